@@ -1,0 +1,261 @@
+"""The one place that talks to NATS: connect, provision, publish, process, drain.
+
+- Connections reconnect forever with jittered waits; lame-duck notices, disconnects and
+  reconnects are logged and counted (nats-py moves to another server on its own).
+- :meth:`Bus.ensure_stream` and :meth:`Bus.ensure_consumer` are idempotent and safe to
+  race between replicas starting together.
+- :meth:`Bus.publish` sends an event to JetStream with ``Nats-Msg-Id`` = ``event.id``, so a
+  retried publish is stored once within the stream's duplicate window. It opens a PRODUCER
+  span ``"<subject template> publish"`` and injects its W3C context into the headers.
+- :meth:`Bus.process` handles one delivered message: a CONSUMER span
+  ``"<subject template> process"`` whose parent is the producer's span, tolerant decoding,
+  then ack on success, ``nak`` (redelivery) when the handler fails, and ``term`` plus a
+  logged, counted drop for a message that can never be valid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from avatar_shared import semconv, subjects
+from avatar_shared.config import NatsSettings
+from avatar_shared.events import Event, InvalidEvent, decode_event
+from avatar_shared.telemetry import extract_context, inject_context
+
+log = logging.getLogger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+_STREAM_NAME_IN_USE = 10058
+_NAK_DELAY_SECONDS = 1.0
+
+Handler = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A JetStream stream this project owns, declared in code and provisioned at start."""
+
+    name: str
+    subjects: tuple[str, ...]
+    duplicate_window_seconds: float = 120.0
+    max_age_seconds: float = 24 * 3600.0
+    replicas: int = 1
+
+    def config(self) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            duplicate_window=self.duplicate_window_seconds,
+            max_age=self.max_age_seconds,
+            num_replicas=self.replicas,
+        )
+
+
+def events_stream(replicas: int = 1) -> StreamSpec:
+    """The stream that stores every event of the current contract version."""
+    return StreamSpec(
+        name=subjects.EVENTS_STREAM, subjects=subjects.EVENTS_STREAM_SUBJECTS, replicas=replicas
+    )
+
+
+class Bus:
+    def __init__(
+        self,
+        nc: NatsClient,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self._tracer = trace.get_tracer(
+            semconv.INSTRUMENTATION_NAME, tracer_provider=tracer_provider
+        )
+        meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME, meter_provider=meter_provider)
+        self._published = meter.create_counter(
+            semconv.METRIC_BUS_PUBLISHED, description="Events published to JetStream"
+        )
+        self._consumed = meter.create_counter(
+            semconv.METRIC_BUS_CONSUMED, description="Events processed, by outcome"
+        )
+        self._dropped = meter.create_counter(
+            semconv.METRIC_BUS_DROPPED, description="Messages dropped as invalid, by reason"
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: NatsSettings,
+        *,
+        name: str,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> Bus:
+        """Connect to NATS; keeps reconnecting for as long as the process lives."""
+        meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME, meter_provider=meter_provider)
+        connection_events = meter.create_counter(
+            semconv.METRIC_BUS_CONNECTION_EVENTS, description="NATS connection state changes"
+        )
+
+        def _callback(kind: str, level: int) -> Callable[[], Awaitable[None]]:
+            async def _log() -> None:
+                connection_events.add(1, {"event": kind})
+                log.log(level, "nats connection %s", kind, extra={"nats_event": kind})
+
+            return _log
+
+        async def _error(exc: Exception) -> None:
+            connection_events.add(1, {"event": "error"})
+            log.warning("nats error: %s", exc, extra={"nats_event": "error"})
+
+        nc = await nats.connect(
+            servers=settings.servers,
+            name=name,
+            user_credentials=settings.creds_file,
+            connect_timeout=settings.connect_timeout,
+            drain_timeout=int(settings.drain_timeout),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            disconnected_cb=_callback("disconnected", logging.WARNING),
+            reconnected_cb=_callback("reconnected", logging.INFO),
+            closed_cb=_callback("closed", logging.INFO),
+            lame_duck_mode_cb=_callback("lame_duck", logging.WARNING),
+            error_cb=_error,
+        )
+        return cls(nc, tracer_provider=tracer_provider, meter_provider=meter_provider)
+
+    async def ensure_stream(self, spec: StreamSpec) -> api.StreamInfo:
+        """Create the stream, or bring an existing one to the declared configuration."""
+        config = spec.config()
+        try:
+            return await self.js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+        log.info("updating stream %s to its declared configuration", spec.name)
+        return await self.js.update_stream(config)
+
+    async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> api.ConsumerInfo:
+        """Create a named consumer, or update its editable settings (create-or-update)."""
+        if not (config.name or config.durable_name):
+            raise ValueError("a provisioned consumer needs a name")
+        return await self.js.add_consumer(stream, config)
+
+    async def publish(self, event: Event) -> api.PubAck:
+        """Store ``event`` in JetStream; safe to retry with the same event."""
+        body = event.to_json()
+        attributes = _event_attributes(event, event.subject_template) | {
+            semconv.MESSAGING_OPERATION_TYPE: "send",
+            semconv.MESSAGING_OPERATION_NAME: "publish",
+            semconv.MESSAGING_DESTINATION_NAME: event.subject,
+            semconv.MESSAGING_MESSAGE_BODY_SIZE: len(body),
+        }
+        with self._tracer.start_as_current_span(
+            f"{event.subject_template} publish", kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            headers = {MSG_ID_HEADER: event.id}
+            inject_context(headers)
+            ack = await self.js.publish(event.subject, body, headers=headers)
+            span.set_attribute(semconv.DUPLICATE, bool(ack.duplicate))
+        self._published.add(
+            1, {semconv.EVENT_TYPE: event.type, semconv.DUPLICATE: bool(ack.duplicate)}
+        )
+        return ack
+
+    async def process(self, msg: Msg, handler: Handler, *, consumer: str = "") -> None:
+        """Decode one JetStream message, run ``handler`` on it, then settle the message."""
+        try:
+            parts: subjects.SubjectParts | None = subjects.parse_subject(msg.subject)
+        except ValueError:
+            parts = None
+        template = subjects.subject_template(parts.source, parts.type) if parts else msg.subject
+        attributes: dict[str, str | int | bool] = {
+            semconv.MESSAGING_SYSTEM: semconv.MESSAGING_SYSTEM_NATS,
+            semconv.MESSAGING_OPERATION_TYPE: "process",
+            semconv.MESSAGING_OPERATION_NAME: "process",
+            semconv.MESSAGING_DESTINATION_NAME: msg.subject,
+            semconv.MESSAGING_DESTINATION_TEMPLATE: template,
+            semconv.MESSAGING_MESSAGE_BODY_SIZE: len(msg.data),
+        }
+        if consumer:
+            attributes[semconv.MESSAGING_CONSUMER_GROUP_NAME] = consumer
+        with self._tracer.start_as_current_span(
+            f"{template} process",
+            context=extract_context(msg.headers),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            try:
+                if parts is None:
+                    raise InvalidEvent("subject is not an event subject of this contract")
+                event = decode_event(msg.data)
+                if event is not None and event.subject != msg.subject:
+                    raise InvalidEvent("event does not match the subject it arrived on")
+            except InvalidEvent as exc:
+                await self._drop(msg, span, reason="invalid", detail=str(exc))
+                return
+            if event is None:
+                self._consumed.add(1, {semconv.OUTCOME: "ignored"})
+                await msg.ack()
+                return
+            span.set_attributes(_event_attributes(event, template))
+            try:
+                await handler(event)
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                log.exception("handler failed; message will be redelivered", extra=_ids(event))
+                self._consumed.add(1, {semconv.EVENT_TYPE: event.type, semconv.OUTCOME: "error"})
+                await msg.nak(delay=_NAK_DELAY_SECONDS)
+                return
+            await msg.ack()
+            self._consumed.add(1, {semconv.EVENT_TYPE: event.type, semconv.OUTCOME: "ok"})
+
+    async def _drop(self, msg: Msg, span: trace.Span, *, reason: str, detail: str) -> None:
+        span.set_status(Status(StatusCode.ERROR, reason))
+        span.set_attribute(semconv.REASON, reason)
+        self._dropped.add(1, {semconv.REASON: reason})
+        log.warning(
+            "dropped message: %s",
+            detail,
+            extra={"reason": reason, "subject": msg.subject, "size": len(msg.data)},
+        )
+        await msg.term()
+
+    async def close(self) -> None:
+        """Drain subscriptions and pending publishes, then close (bounded by drain_timeout)."""
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+
+def _event_attributes(event: Event, template: str) -> dict[str, str | int | bool]:
+    attributes: dict[str, str | int | bool] = {
+        semconv.MESSAGING_SYSTEM: semconv.MESSAGING_SYSTEM_NATS,
+        semconv.MESSAGING_DESTINATION_TEMPLATE: template,
+        semconv.MESSAGING_MESSAGE_ID: event.id,
+        semconv.EVENT_TYPE: event.type,
+        semconv.EVENT_SEQ: event.seq,
+        semconv.ROOM: event.room,
+    }
+    if event.avatar_id:
+        attributes[semconv.AVATAR_ID] = event.avatar_id
+    if event.speech_id:
+        attributes[semconv.SPEECH_ID] = event.speech_id
+    return attributes
+
+
+def _ids(event: Event) -> dict[str, str]:
+    return {"event_id": event.id, "event_type": event.type}

@@ -1,0 +1,108 @@
+"""Settings helpers: every service reads one pydantic-settings class per concern.
+
+Each class has its own environment prefix (``NATS_``, ``TOKEN_``, ...). :func:`load` builds
+one and turns a missing or invalid value into :class:`ConfigError`, whose message names
+the environment variable; :func:`load_or_exit` prints that message and stops the process.
+Secrets are :data:`Secret` fields: no default, and an obvious placeholder is refused.
+OpenTelemetry is configured only through the standard ``OTEL_*`` variables, not here.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDERS = frozenset(
+    {"", "changeme", "change-me", "change_me", "secret", "password", "todo", "xxx", "example"}
+)
+
+
+def _not_placeholder(value: SecretStr) -> SecretStr:
+    raw = value.get_secret_value().strip().lower()
+    if raw in _PLACEHOLDERS or raw.startswith(("your-", "your_", "<")):
+        raise ValueError("is empty or a placeholder; set the real secret")
+    return value
+
+
+Secret = Annotated[SecretStr, AfterValidator(_not_placeholder)]
+
+
+class NatsSettings(BaseSettings):
+    """How a service reaches NATS."""
+
+    model_config = SettingsConfigDict(env_prefix="NATS_", extra="ignore")
+
+    url: str = Field(
+        "nats://127.0.0.1:4222",
+        description="Comma-separated NATS server URLs; every node of the cluster, ideally",
+    )
+    creds_file: str | None = Field(None, description="Path to a NATS .creds file, if required")
+    connect_timeout: float = Field(2.0, gt=0, description="Seconds to wait for each connect")
+    drain_timeout: float = Field(30.0, gt=0, description="Seconds allowed to drain on shutdown")
+    stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of the events stream")
+
+    @property
+    def servers(self) -> list[str]:
+        return [url.strip() for url in self.url.split(",") if url.strip()]
+
+
+class LogSettings(BaseSettings):
+    """Process logging."""
+
+    model_config = SettingsConfigDict(env_prefix="LOG_", extra="ignore")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
+    format: Literal["json", "text"] = Field("json", description="json (one object a line) or text")
+
+
+class ConfigError(Exception):
+    """The environment does not describe a valid configuration."""
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def env_name(settings_cls: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets ``field`` of ``settings_cls``."""
+    prefix = str(settings_cls.model_config.get("env_prefix", ""))
+    info = settings_cls.model_fields[field]
+    return (info.validation_alias if isinstance(info.validation_alias, str) else None) or (
+        prefix + field
+    ).upper()
+
+
+def load(settings_cls: type[S]) -> S:
+    """Build ``settings_cls`` from the environment or raise :class:`ConfigError`."""
+    try:
+        return settings_cls()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name = env_name(settings_cls, field) if field in settings_cls.model_fields else field
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def load_or_exit(settings_cls: type[S]) -> S:
+    """:func:`load`, but print the problem and exit with status 2 (for ``__main__``)."""
+    try:
+        return load(settings_cls)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def settings_table(classes: list[type[BaseSettings]]) -> str:
+    """A Markdown table of every variable the given classes read (used by the README)."""
+    rows = ["| Variable | Default | Description |", "| --- | --- | --- |"]
+    for cls in classes:
+        for field, info in cls.model_fields.items():
+            default = "*required*" if info.is_required() else f"`{info.get_default()}`"
+            if default == "`None`":
+                default = "*unset*"
+            rows.append(f"| `{env_name(cls, field)}` | {default} | {info.description or ''} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,44 @@
+"""Every telemetry name this project defines, declared once.
+
+Custom span and metric attributes carry the ``avatar.`` prefix; standard ones come from the
+OpenTelemetry messaging conventions. Nothing personal goes into span names or log messages:
+room names are server-generated identifiers, but participant identities and transcripts
+may only appear under the ``avatar.personal.*`` attributes, and only when a service is
+explicitly configured to record them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- standard messaging attributes (OpenTelemetry semantic conventions) ---------------
+MESSAGING_SYSTEM: Final = "messaging.system"
+MESSAGING_OPERATION_TYPE: Final = "messaging.operation.type"
+MESSAGING_OPERATION_NAME: Final = "messaging.operation.name"
+MESSAGING_DESTINATION_NAME: Final = "messaging.destination.name"
+MESSAGING_DESTINATION_TEMPLATE: Final = "messaging.destination.template"
+MESSAGING_MESSAGE_ID: Final = "messaging.message.id"
+MESSAGING_MESSAGE_BODY_SIZE: Final = "messaging.message.body.size"
+MESSAGING_CONSUMER_GROUP_NAME: Final = "messaging.consumer.group.name"
+MESSAGING_SYSTEM_NATS: Final = "nats"
+
+# --- project attributes -----------------------------------------------------------------
+EVENT_TYPE: Final = "avatar.event.type"
+EVENT_SEQ: Final = "avatar.event.seq"
+ROOM: Final = "avatar.room"
+AVATAR_ID: Final = "avatar.avatar_id"
+SPEECH_ID: Final = "avatar.speech_id"
+OUTCOME: Final = "avatar.outcome"
+REASON: Final = "avatar.reason"
+DUPLICATE: Final = "avatar.bus.duplicate"
+#: Off by default; only set when a service is configured to record personal data.
+PERSONAL_IDENTITY: Final = "avatar.personal.identity"
+PERSONAL_TEXT: Final = "avatar.personal.text"
+
+# --- metrics ------------------------------------------------------------------------------
+METRIC_BUS_PUBLISHED: Final = "avatar.bus.published"
+METRIC_BUS_CONSUMED: Final = "avatar.bus.consumed"
+METRIC_BUS_DROPPED: Final = "avatar.bus.dropped"
+METRIC_BUS_CONNECTION_EVENTS: Final = "avatar.bus.connection.events"
+
+INSTRUMENTATION_NAME: Final = "avatar_shared"

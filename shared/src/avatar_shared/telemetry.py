@@ -1,0 +1,109 @@
+"""One call at process start: traces and metrics configured from the standard OTEL_* variables.
+
+- ``OTEL_SDK_DISABLED=true``: nothing is installed; the API's no-op providers stay.
+- ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the per-signal ``..._TRACES_/..._METRICS_ENDPOINT``):
+  spans and metrics are exported over OTLP/HTTP (protobuf). Without an endpoint, spans are
+  still created (so trace ids reach the logs and NATS headers) but exported nowhere.
+- ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` name the resource;
+  ``OTEL_PROPAGATORS`` is honoured by the API (W3C ``traceparent`` by default).
+- ``prometheus=True`` also exposes metrics through ``prometheus_client`` for a ``/metrics``
+  route on the service's health port.
+
+Only OTLP over HTTP is shipped; asking for another protocol is a configuration error
+rather than a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+
+from opentelemetry import context, metrics, propagate, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from avatar_shared.config import ConfigError
+
+_SUPPORTED_PROTOCOLS = ("", "http/protobuf")
+
+
+@dataclass
+class Telemetry:
+    """What :func:`setup_telemetry` installed; call :meth:`shutdown` before exiting."""
+
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+    exporting: bool = False
+    readers: list[MetricReader] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def _otlp_enabled(signal: str) -> bool:
+    if not (_env("OTEL_EXPORTER_OTLP_ENDPOINT") or _env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")):
+        return False
+    protocol = _env(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or _env("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol not in _SUPPORTED_PROTOCOLS:
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use http/protobuf"
+        )
+    return True
+
+
+def build_resource(service: str, version: str) -> Resource:
+    # OTEL_SERVICE_NAME must win over the code's default, as the specification says.
+    return Resource.create(
+        {SERVICE_NAME: _env("OTEL_SERVICE_NAME") or service, SERVICE_VERSION: version}
+    )
+
+
+def setup_telemetry(service: str, version: str = "0.1.0", *, prometheus: bool = False) -> Telemetry:
+    """Install global tracer and meter providers for this process."""
+    if _env("OTEL_SDK_DISABLED").lower() == "true":
+        return Telemetry()
+    resource = build_resource(service, version)
+    telemetry = Telemetry()
+
+    tracer_provider = TracerProvider(resource=resource)
+    if _otlp_enabled("TRACES"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        telemetry.exporting = True
+    trace.set_tracer_provider(tracer_provider)
+    telemetry.tracer_provider = tracer_provider
+
+    if _otlp_enabled("METRICS"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        telemetry.readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if prometheus:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        telemetry.readers.append(PrometheusMetricReader())
+    meter_provider = MeterProvider(resource=resource, metric_readers=telemetry.readers)
+    metrics.set_meter_provider(meter_provider)
+    telemetry.meter_provider = meter_provider
+    return telemetry
+
+
+def inject_context(headers: MutableMapping[str, str]) -> None:
+    """Write the current trace context (W3C ``traceparent``/``tracestate``) into headers."""
+    propagate.inject(headers)
+
+
+def extract_context(headers: Mapping[str, str] | None) -> context.Context:
+    """The trace context carried by message headers (empty context when there is none)."""
+    return propagate.extract(dict(headers or {}))
