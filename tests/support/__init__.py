@@ -1,0 +1,1 @@
+"""Test infrastructure shared by the integration and e2e suites."""

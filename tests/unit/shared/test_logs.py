@@ -1,0 +1,48 @@
+import json
+import logging
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from avatar_shared.logs import JsonFormatter
+
+
+def _record(message: str, **extra: object) -> logging.LogRecord:
+    record = logging.makeLogRecord({"name": "t", "levelname": "INFO", "msg": message, **extra})
+    return record
+
+
+def test_log_lines_carry_the_current_trace() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    formatter = JsonFormatter("svc")
+    with tracer.start_as_current_span("work") as span:
+        line = json.loads(formatter.format(_record("hello %s", args=("world",), room="r1")))
+    ctx = span.get_span_context()
+    assert line["msg"] == "hello world"
+    assert line["service"] == "svc"
+    assert line["room"] == "r1"
+    assert line["trace_id"] == format(ctx.trace_id, "032x")
+    assert line["span_id"] == format(ctx.span_id, "016x")
+
+
+def test_log_lines_outside_a_span_have_empty_ids() -> None:
+    line = json.loads(JsonFormatter("svc").format(_record("x")))
+    assert line["trace_id"] == ""
+    assert line["span_id"] == ""
+
+
+def test_exceptions_are_kept() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = _record("failed", exc_info=sys.exc_info())
+    line = json.loads(JsonFormatter("svc").format(record))
+    assert "ValueError: boom" in line["exception"]
+
+
+@pytest.mark.parametrize("value", [object(), b"bytes", {1, 2}])
+def test_unserialisable_extras_do_not_break_logging(value: object) -> None:
+    line = json.loads(JsonFormatter("svc").format(_record("x", thing=value)))
+    assert "thing" in line
