@@ -1,0 +1,54 @@
+# The Makefile is the interface: CI and people call these targets, nothing else.
+# On a fresh machine only Python 3.11+, make and git are needed; uv is bootstrapped here.
+
+SHELL := bash
+.DEFAULT_GOAL := help
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),.bootstrap/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+RUN := $(UV) run --frozen
+
+.PHONY: help install run run-nats test test-unit test-integration lint format docs clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_%-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.bootstrap/bin/uv:
+	python3 -m venv .bootstrap
+	.bootstrap/bin/pip install --quiet uv==$(UV_VERSION)
+
+install: .venv/.installed ## Install every workspace member and the dev tools into .venv
+.venv/.installed: $(if $(shell command -v uv 2>/dev/null),,.bootstrap/bin/uv) pyproject.toml uv.lock $(wildcard shared/pyproject.toml services/*/pyproject.toml)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+run: install ## Run the whole local stack (NATS + every service); Ctrl-C stops it
+	$(RUN) python scripts/devstack.py
+
+run-%: install ## Run one piece of the stack with what it needs, e.g. make run-nats
+	$(RUN) python scripts/devstack.py --only $*
+
+test: install ## Run all tests (unit, integration on real NATS, e2e)
+	$(RUN) pytest
+
+test-unit: install ## Run the unit tests only
+	$(RUN) pytest -m unit
+
+test-integration: install ## Run the integration and e2e tests only
+	$(RUN) pytest -m "integration or e2e"
+
+lint: install ## ruff (lint + format check) everywhere, mypy --strict on the packages
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy shared/src scripts
+
+format: install ## Apply ruff's fixes and formatting
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+docs: install ## Regenerate docs/events.schema.json and the README configuration table
+	$(RUN) python -m avatar_shared.schema docs/events.schema.json
+	$(RUN) python scripts/config_table.py README.md
+
+clean: ## Remove the virtualenvs, caches and local NATS data
+	rm -rf .venv .bootstrap .data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,181 @@
+"""Run the local stack: a JetStream-enabled nats-server and every service that exists.
+
+Each process's output is prefixed with its name. Ctrl-C (or SIGTERM) stops the services
+in reverse start order with SIGTERM, so they drain as they would in Kubernetes, then
+NATS. If any process exits on its own, the whole stack is stopped and the exit status is
+non-zero. ``--only NAME`` starts one service and what it depends on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import shutil
+import signal
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_TIMEOUT = 40.0
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    module: str
+    port: int
+    health_path: str = "/healthz"
+    needs_nats: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+
+#: Every service of the system, with its documented default port. Only those whose
+#: package is installed are started: a service that does not exist yet is not faked.
+SERVICES = (
+    Service("token", "avatar_token", 8100, needs_nats=False),
+    Service("bundles", "avatar_bundles", 8200),
+    Service("actions", "avatar_actions", 8300),
+    Service("agent", "avatar_agent", 8400),
+)
+
+
+def available(services: tuple[Service, ...]) -> list[Service]:
+    return [s for s in services if importlib.util.find_spec(s.module) is not None]
+
+
+def wait_http(url: str, timeout: float) -> bool:
+    """Poll ``url`` until it answers 200 (blocking; run in a thread)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+async def pipe(name: str, stream: asyncio.StreamReader) -> None:
+    width = max(len(s.name) for s in SERVICES)
+    while line := await stream.readline():
+        sys.stdout.write(f"{name:<{width}} | {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
+        self.pipes: list[asyncio.Task[None]] = []
+
+    async def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            env=os.environ | env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+        )
+        assert proc.stdout is not None
+        self.procs.append((name, proc))
+        self.pipes.append(asyncio.create_task(pipe(name, proc.stdout)))
+
+    async def first_exit(self) -> str:
+        waits = {asyncio.create_task(p.wait()): n for n, p in self.procs}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return waits[done.pop()]
+
+    async def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.returncode is not None:
+                continue
+            print(f"stopping {name}", flush=True)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                print(f"{name} did not stop in {STOP_TIMEOUT:.0f}s; killing it", flush=True)
+                proc.kill()
+                await proc.wait()
+        await asyncio.gather(*self.pipes, return_exceptions=True)
+
+
+async def run(args: argparse.Namespace) -> int:
+    services = available(SERVICES)
+    if args.only and args.only != "nats":
+        services = [s for s in services if s.name == args.only]
+        if not services:
+            names = ", ".join(s.name for s in available(SERVICES)) or "none yet"
+            print(f"error: no service named {args.only!r} exists (available: {names})")
+            return 2
+    needs_nats = args.only in (None, "nats") or any(s.needs_nats for s in services)
+    if args.only == "nats":
+        services = []
+
+    stack = Stack()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+
+    nats_url = f"nats://127.0.0.1:{args.nats_port}"
+    try:
+        if needs_nats:
+            binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+            store = Path(args.data_dir) / "nats"
+            store.mkdir(parents=True, exist_ok=True)
+            argv = [binary, "-js", "-a", "127.0.0.1", "-p", str(args.nats_port)]
+            argv += ["-m", str(args.monitor_port), "-sd", str(store)]
+            await stack.start("nats", argv, {})
+            health = f"http://127.0.0.1:{args.monitor_port}/healthz?js-enabled-only=true"
+            if not await asyncio.to_thread(wait_http, health, 30):
+                print("error: nats-server did not become ready", flush=True)
+                return 1
+            print(f"nats ready at {nats_url} (JetStream data in {store})", flush=True)
+        for service in services:
+            env = {"NATS_URL": nats_url, "PORT": str(service.port), **service.env}
+            await stack.start(service.name, [sys.executable, "-m", service.module], env)
+            url = f"http://127.0.0.1:{service.port}{service.health_path}"
+            if not await asyncio.to_thread(wait_http, url, 60):
+                print(f"error: {service.name} did not become healthy at {url}", flush=True)
+                return 1
+            print(f"{service.name} ready on http://127.0.0.1:{service.port}", flush=True)
+        missing = [s.name for s in SERVICES if s not in available(SERVICES)]
+        if missing and not args.only:
+            print(f"not started (not built yet): {', '.join(missing)}", flush=True)
+        print("stack ready; Ctrl-C to stop", flush=True)
+
+        exited = asyncio.create_task(stack.first_exit())
+        stop = asyncio.create_task(stopping.wait())
+        await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done():
+            print(f"error: {exited.result()} exited unexpectedly; stopping the stack", flush=True)
+            return 1
+        exited.cancel()
+        return 0
+    finally:
+        await stack.stop()
+        print("stack stopped", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="start one service (and NATS if it needs it), or 'nats'")
+    parser.add_argument("--nats-port", type=int, default=4222)
+    parser.add_argument("--monitor-port", type=int, default=8222)
+    parser.add_argument("--data-dir", default=str(ROOT / ".data"))
+    return asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

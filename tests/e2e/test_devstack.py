@@ -1,0 +1,75 @@
+"""`make run`'s supervisor starts a working NATS with JetStream and stops it cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from avatar_shared.bus import Bus, events_stream
+from avatar_shared.config import NatsSettings
+from avatar_shared.events import PlayoutStarted
+from tests.support.nats_server import free_port
+
+ROOT = Path(__file__).parents[2]
+pytestmark = pytest.mark.timeout(90)
+
+
+async def _read_until(proc: asyncio.subprocess.Process, marker: str, out: list[str]) -> None:
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        while line := (await proc.stdout.readline()).decode():
+            out.append(line)
+            if marker in line:
+                return
+    raise AssertionError(f"{marker!r} never printed:\n{''.join(out)}")
+
+
+async def test_stack_starts_nats_with_jetstream_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    port, monitor = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "devstack.py"),
+        f"--nats-port={port}",
+        f"--monitor-port={monitor}",
+        f"--data-dir={tmp_path}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out: list[str] = []
+    try:
+        await _read_until(proc, "stack ready", out)
+        bus = await Bus.connect(NatsSettings(url=f"nats://127.0.0.1:{port}"), name="e2e")
+        await bus.ensure_stream(events_stream())
+        ack = await bus.publish(PlayoutStarted(room="devstack", speech_id="s", seq=0))
+        assert ack.stream == "AVATAR_EVENTS"
+        await bus.close()
+        assert (tmp_path / "nats" / "jetstream").is_dir()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            rest = await proc.stdout.read() if proc.stdout else b""
+            code = await proc.wait()
+    log = "".join(out) + rest.decode()
+    assert code == 0, log
+    assert "stopping nats" in log
+    assert "stack stopped" in log
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+async def test_asking_for_a_service_that_does_not_exist_is_a_clear_error() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "devstack.py"),
+        "--only=nonexistent",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 2
+    assert "no service named 'nonexistent' exists" in out.decode()
