@@ -58,6 +58,8 @@ def wait_http(url: str, timeout: float) -> bool:
             with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
                 if response.status == 200:
                     return True
+        except urllib.error.HTTPError as exc:  # not ready yet (e.g. 503)
+            exc.close()
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.1)

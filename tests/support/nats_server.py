@@ -57,6 +57,9 @@ def wait_ready(monitor_port: int, timeout: float = READY_TIMEOUT) -> None:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return
+        except urllib.error.HTTPError as exc:  # e.g. 503 while JetStream starts
+            exc.close()  # it holds the response's socket open until closed
+            last = exc
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             last = exc
         time.sleep(0.05)
