@@ -24,6 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT = 40.0
 
 
+#: Local-only LiveKit credentials; start a LiveKit dev server with the same pair
+#: (`livekit-server --dev --keys "devkey: <secret>"`) to join rooms for real.
+LOCAL_LIVEKIT = {
+    "LIVEKIT_URL": "ws://127.0.0.1:7880",
+    "LIVEKIT_API_KEY": "devkey",
+    "LIVEKIT_API_SECRET": "avatar-backend-local-development-only-secret",
+}
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -31,13 +40,25 @@ class Service:
     port: int
     health_path: str = "/healthz"
     needs_nats: bool = True
-    env: dict[str, str] = field(default_factory=dict)
+    #: Defaults for a local run; variables already set in the environment win.
+    defaults: dict[str, str] = field(default_factory=dict)
 
 
 #: Every service of the system, with its documented default port. Only those whose
 #: package is installed are started: a service that does not exist yet is not faked.
 SERVICES = (
-    Service("token", "avatar_token", 8100, needs_nats=False),
+    Service(
+        "token",
+        "avatar_token",
+        8100,
+        needs_nats=False,
+        defaults={
+            **LOCAL_LIVEKIT,
+            "AUTH_POLICY_FILE": str(ROOT / "services" / "token" / "policy.local.toml"),
+            "AUTH_ANONYMOUS": "true",
+            "TOKEN_CORS_ORIGINS": '["http://localhost:3000", "http://localhost:5173"]',
+        },
+    ),
     Service("bundles", "avatar_bundles", 8200),
     Service("actions", "avatar_actions", 8300),
     Service("agent", "avatar_agent", 8400),
@@ -78,10 +99,12 @@ class Stack:
         self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
         self.pipes: list[asyncio.Task[None]] = []
 
-    async def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    async def start(
+        self, name: str, argv: list[str], env: dict[str, str], defaults: dict[str, str]
+    ) -> None:
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            env=os.environ | env,
+            env=defaults | dict(os.environ) | env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
@@ -138,15 +161,16 @@ async def run(args: argparse.Namespace) -> int:
             store.mkdir(parents=True, exist_ok=True)
             argv = [binary, "-js", "-a", "127.0.0.1", "-p", str(args.nats_port)]
             argv += ["-m", str(args.monitor_port), "-sd", str(store)]
-            await stack.start("nats", argv, {})
+            await stack.start("nats", argv, {}, {})
             health = f"http://127.0.0.1:{args.monitor_port}/healthz?js-enabled-only=true"
             if not await asyncio.to_thread(wait_http, health, 30):
                 print("error: nats-server did not become ready", flush=True)
                 return 1
             print(f"nats ready at {nats_url} (JetStream data in {store})", flush=True)
         for service in services:
-            env = {"NATS_URL": nats_url, "PORT": str(service.port), **service.env}
-            await stack.start(service.name, [sys.executable, "-m", service.module], env)
+            env = {"NATS_URL": nats_url, f"{service.name.upper()}_PORT": str(service.port)}
+            argv = [sys.executable, "-m", service.module]
+            await stack.start(service.name, argv, env, service.defaults)
             url = f"http://127.0.0.1:{service.port}{service.health_path}"
             if not await asyncio.to_thread(wait_http, url, 60):
                 print(f"error: {service.name} did not become healthy at {url}", flush=True)

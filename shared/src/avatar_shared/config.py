@@ -49,6 +49,19 @@ class NatsSettings(BaseSettings):
         return [url.strip() for url in self.url.split(",") if url.strip()]
 
 
+class LiveKitSettings(BaseSettings):
+    """The LiveKit deployment; the same variables livekit-agents and the LiveKit CLI read."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVEKIT_", extra="ignore")
+
+    url: str = Field(
+        pattern=r"^(wss?|https?)://[^\s]+$",
+        description="LiveKit server URL, e.g. wss://livekit.example.com",
+    )
+    api_key: str = Field(min_length=1, description="LiveKit API key (JWT issuer)")
+    api_secret: Secret = Field(description="LiveKit API secret (signs tokens)")
+
+
 class LogSettings(BaseSettings):
     """Process logging."""
 

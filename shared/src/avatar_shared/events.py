@@ -41,11 +41,8 @@ SCHEMA_VERSION: Final = 1
 RoomName = Annotated[
     str, AfterValidator(check_room), Field(description="LiveKit room name, 1-256 UTF-8 bytes")
 ]
-AvatarId = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"),
-    Field(description="Avatar id: letters, digits, '-' and '_', at most 128 characters"),
-]
+#: Letters, digits, '-' and '_', at most 128 characters, starting with a letter or digit.
+AvatarId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")]
 SpeechId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 EventId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]

@@ -1,0 +1,1 @@
+"""The token service: authenticated, policy-checked LiveKit join tokens."""

@@ -1,0 +1,28 @@
+"""Settings of the token service (``TOKEN_*``), plus the shared LiveKit and auth settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TokenSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOKEN_", extra="ignore")
+
+    host: str = Field("0.0.0.0", description="Address the token service listens on")  # noqa: S104
+    port: int = Field(8100, gt=0, lt=65536, description="Port of the token service")
+    public_livekit_url: str | None = Field(
+        None, description="LiveKit URL given to browsers, if not LIVEKIT_URL"
+    )
+    cors_origins: list[str] = Field(
+        [],
+        description='Origins allowed to call from a browser, JSON list, e.g. ["https://app.example"]',
+    )
+    rate_per_ip: str = Field("60/minute", description="Token requests allowed per client IP")
+    rate_per_principal: str = Field("20/minute", description="Token requests allowed per caller")
+    trusted_proxies: list[str] = Field(
+        [], description="CIDRs of proxies whose X-Forwarded-For is believed, JSON list"
+    )
+    graceful_timeout_seconds: float = Field(
+        20.0, gt=0, description="Seconds in-flight requests get to finish on SIGTERM"
+    )

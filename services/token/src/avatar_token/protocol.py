@@ -1,0 +1,111 @@
+"""The HTTP contract of the token service, as the frontend and LiveKit SDKs see it.
+
+- ``GET /api/livekit/token?avatar_id=..&name=..[&room=..]``: what ZeroWeight's
+  ``LiveKitAvatarSession`` calls through its ``getLiveKitToken`` callback. Its expected
+  response shape is unpublished, so :class:`AvatarTokenResponse` carries the usual
+  spellings of every value (``token``/``participant_token``/``accessToken``,
+  ``server_url``/``serverUrl``/``url``, ``room``/``room_name``/``roomName``, ...).
+- ``POST /api/livekit/token``: LiveKit's standard token endpoint ("endpoint token
+  generation"), request :class:`StandardTokenRequest`, response 201
+  :class:`StandardTokenResponse`. ``avatar_id`` is our one addition (body or query).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from avatar_shared.events import AvatarId
+
+MAX_METADATA_BYTES = 4096
+MAX_ATTRIBUTES = 32
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _metadata_size(value: str) -> str:
+    if len(value.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes")
+    return value
+
+
+def _attributes_size(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_ATTRIBUTES:
+        raise ValueError(f"at most {MAX_ATTRIBUTES} attributes")
+    if sum(len(k.encode()) + len(v.encode()) for k, v in value.items()) > MAX_METADATA_BYTES:
+        raise ValueError(f"attributes must total at most {MAX_METADATA_BYTES} bytes")
+    return value
+
+
+RoomName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+DisplayName = Annotated[
+    str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)
+]
+Identity = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+Metadata = Annotated[str, AfterValidator(_metadata_size)]
+AttributeKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+Attributes = Annotated[dict[AttributeKey, str], AfterValidator(_attributes_size)]
+
+
+class AvatarTokenResponse(BaseModel):
+    """Everything a browser needs to join; several spellings of each value on purpose."""
+
+    token: str = Field(description="LiveKit access token (JWT)")
+    participant_token: str = Field(description="Same token, LiveKit's spelling")
+    accessToken: str = Field(description="Same token, camelCase spelling")
+    server_url: str = Field(description="LiveKit URL to connect to")
+    serverUrl: str = Field(description="Same URL, camelCase spelling")
+    url: str = Field(description="Same URL")
+    room: str = Field(description="Room the token admits to")
+    room_name: str = Field(description="Same room")
+    roomName: str = Field(description="Same room, camelCase spelling")
+    identity: str = Field(description="Participant identity in the token (JWT sub)")
+    participant_identity: str = Field(description="Same identity")
+    participant_name: str | None = Field(description="Display name in the token")
+    avatar_id: str
+    expires_at: datetime = Field(description="When the token stops admitting joins (UTC)")
+    ttl_seconds: int
+
+
+class AgentDispatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_name: str | None = None
+    metadata: str | None = None
+
+
+class RoomConfigRequest(BaseModel):
+    """Only agent dispatch may be asked for, and only of the configured agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: list[AgentDispatchRequest] | None = Field(None, max_length=1)
+
+
+class StandardTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    room_name: RoomName | None = None
+    participant_identity: Identity | None = None
+    participant_name: DisplayName | None = None
+    participant_metadata: Metadata | None = None
+    participant_attributes: Attributes | None = None
+    room_config: RoomConfigRequest | None = None
+    avatar_id: AvatarId | None = Field(None, description="Our addition; or ?avatar_id=")
+
+
+class StandardTokenResponse(BaseModel):
+    server_url: str
+    participant_token: str
+
+
+def room_config_agents(config: RoomConfigRequest | None) -> list[dict[str, Any]]:
+    if config is None or not config.agents:
+        return []
+    return [a.model_dump(exclude_none=True) for a in config.agents]

@@ -1,0 +1,152 @@
+"""Who is calling: API keys, OIDC/JWT bearer tokens, or (only if enabled) nobody.
+
+- ``X-API-Key: <key>``: the key's SHA-256 is compared with every configured hash in
+  constant time (``hmac.compare_digest``, no early exit), so neither the position nor the
+  prefix of a match shows in the timing. Keys are random secrets, so a fast hash suffices.
+- ``Authorization: Bearer <jwt>``: verified against the issuer's JWKS: signature with an
+  allowlisted asymmetric algorithm, ``iss``, ``aud``, ``exp``/``nbf``; the identity is the
+  configured claim, groups come from another.
+- Neither header: anonymous, only when ``AUTH_ANONYMOUS=true``; otherwise 401.
+
+A request carrying credentials is never downgraded to anonymous when they are wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from avatar_shared.web.errors import ApiError
+from avatar_shared.web.jwks import JwksCache
+from avatar_shared.web.principal import Principal
+
+if TYPE_CHECKING:
+    import httpx
+
+    from avatar_shared.web.policy import Policy
+
+API_KEY_HEADER = "x-api-key"
+_ASYMMETRIC = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class AuthSettings(BaseSettings):
+    """Authentication of callers (token and bundles services)."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
+
+    policy_file: str = Field(description="Path to the access policy (TOML, see docs/policy.md)")
+    anonymous: bool = Field(False, description="Let callers without credentials in (local use)")
+    oidc_issuer: str | None = Field(None, description="Expected `iss` of bearer JWTs; enables OIDC")
+    oidc_audience: str | None = Field(None, description="Expected `aud` of bearer JWTs")
+    oidc_jwks_url: str | None = Field(None, description="JWKS URL of the issuer")
+    oidc_algorithms: list[str] = Field(["RS256", "ES256"], description="Allowed JWT algorithms")
+    oidc_identity_claim: str = Field("sub", description="Claim that names the user")
+    oidc_groups_claim: str = Field("groups", description="Claim listing the user's groups")
+    oidc_leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed")
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def unauthenticated(message: str) -> ApiError:
+    return ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Authenticator:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        api_keys: dict[str, str],
+        jwks: JwksCache | None = None,
+    ) -> None:
+        """``api_keys`` maps key names to hex SHA-256 hashes."""
+        self._settings = settings
+        self._keys = [(name, bytes.fromhex(digest)) for name, digest in api_keys.items()]
+        self._jwks = jwks
+        bad = set(settings.oidc_algorithms) - _ASYMMETRIC
+        if bad:
+            raise ValueError(f"AUTH_OIDC_ALGORITHMS: not asymmetric: {', '.join(sorted(bad))}")
+        if settings.oidc_issuer and (jwks is None or not settings.oidc_audience):
+            raise ValueError(
+                "OIDC needs AUTH_OIDC_ISSUER, AUTH_OIDC_AUDIENCE and AUTH_OIDC_JWKS_URL"
+            )
+
+    @classmethod
+    def from_settings(
+        cls, settings: AuthSettings, policy: Policy, http: httpx.AsyncClient
+    ) -> Authenticator:
+        """API keys from the policy file; OIDC when AUTH_OIDC_ISSUER is set."""
+        jwks = JwksCache(settings.oidc_jwks_url, http) if settings.oidc_jwks_url else None
+        return cls(settings, {key.name: key.sha256 for key in policy.api_keys}, jwks)
+
+    async def authenticate(self, headers: Any) -> Principal:
+        """Identify the caller from request headers (a case-insensitive mapping)."""
+        api_key = headers.get(API_KEY_HEADER)
+        authorization = headers.get("authorization")
+        if api_key is not None:
+            return self._api_key(api_key)
+        if authorization is not None:
+            scheme, _, credentials = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not credentials.strip():
+                raise unauthenticated("Authorization must be 'Bearer <token>'")
+            return await self._bearer(credentials.strip())
+        if self._settings.anonymous:
+            return Principal("anonymous", f"anon-{secrets.token_hex(8)}")
+        raise unauthenticated("credentials required: X-API-Key or Authorization: Bearer")
+
+    def _api_key(self, key: str) -> Principal:
+        digest = hashlib.sha256(key.encode()).digest()
+        found = None
+        for name, expected in self._keys:  # every key compared: no early exit
+            if hmac.compare_digest(digest, expected):
+                found = name
+        if found is None:
+            raise unauthenticated("API key not recognised")
+        return Principal("api_key", found)
+
+    async def _bearer(self, token: str) -> Principal:
+        if self._jwks is None or not self._settings.oidc_issuer:
+            raise unauthenticated("bearer tokens are not accepted here")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise unauthenticated("bearer token is not a JWT") from None
+        if header.get("alg") not in self._settings.oidc_algorithms:
+            raise unauthenticated("bearer token algorithm not allowed")
+        key = await self._jwks.key(str(header.get("kid", "")))
+        if key is None:
+            raise unauthenticated("bearer token signed by an unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=self._settings.oidc_algorithms,
+                audience=self._settings.oidc_audience,
+                issuer=self._settings.oidc_issuer,
+                leeway=self._settings.oidc_leeway_seconds,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthenticated("bearer token expired") from None
+        except jwt.InvalidAudienceError:
+            raise unauthenticated("bearer token has the wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise unauthenticated("bearer token has the wrong issuer") from None
+        except jwt.PyJWTError:
+            raise unauthenticated("bearer token is invalid") from None
+        identity = claims.get(self._settings.oidc_identity_claim)
+        if not isinstance(identity, str) or not 0 < len(identity) <= 256:
+            raise unauthenticated(f"bearer token has no '{self._settings.oidc_identity_claim}'")
+        groups = claims.get(self._settings.oidc_groups_claim) or []
+        if not isinstance(groups, list):
+            groups = []
+        return Principal("user", identity, frozenset(str(g) for g in groups))
