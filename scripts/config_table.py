@@ -21,6 +21,9 @@ END = "<!-- config-table:end -->"
 SETTINGS = (
     "avatar_shared.config:NatsSettings",
     "avatar_shared.config:LogSettings",
+    "avatar_shared.config:LiveKitSettings",
+    "avatar_shared.web.auth:AuthSettings",
+    "avatar_token.config:TokenSettings",
 )
 
 
