@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from avatar_shared.web.ratelimit import parse_rate
 
 
 class TokenSettings(BaseSettings):
@@ -26,3 +28,9 @@ class TokenSettings(BaseSettings):
     graceful_timeout_seconds: float = Field(
         20.0, gt=0, description="Seconds in-flight requests get to finish on SIGTERM"
     )
+
+    @field_validator("rate_per_ip", "rate_per_principal")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
