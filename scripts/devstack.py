@@ -168,14 +168,15 @@ async def run(args: argparse.Namespace) -> int:
                 return 1
             print(f"nats ready at {nats_url} (JetStream data in {store})", flush=True)
         for service in services:
-            env = {"NATS_URL": nats_url, f"{service.name.upper()}_PORT": str(service.port)}
+            port = service.port + args.port_offset
+            env = {"NATS_URL": nats_url, f"{service.name.upper()}_PORT": str(port)}
             argv = [sys.executable, "-m", service.module]
             await stack.start(service.name, argv, env, service.defaults)
-            url = f"http://127.0.0.1:{service.port}{service.health_path}"
+            url = f"http://127.0.0.1:{port}{service.health_path}"
             if not await asyncio.to_thread(wait_http, url, 60):
                 print(f"error: {service.name} did not become healthy at {url}", flush=True)
                 return 1
-            print(f"{service.name} ready on http://127.0.0.1:{service.port}", flush=True)
+            print(f"{service.name} ready on http://127.0.0.1:{port}", flush=True)
         missing = [s.name for s in SERVICES if s not in available(SERVICES)]
         if missing and not args.only:
             print(f"not started (not built yet): {', '.join(missing)}", flush=True)
@@ -200,6 +201,9 @@ def main() -> int:
     parser.add_argument("--nats-port", type=int, default=4222)
     parser.add_argument("--monitor-port", type=int, default=8222)
     parser.add_argument("--data-dir", default=str(ROOT / ".data"))
+    parser.add_argument(
+        "--port-offset", type=int, default=0, help="added to every service port (tests)"
+    )
     return asyncio.run(run(parser.parse_args()))
 
 

@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from avatar_shared.bus import Bus, events_stream
@@ -29,14 +30,17 @@ async def _read_until(proc: asyncio.subprocess.Process, marker: str, out: list[s
     raise AssertionError(f"{marker!r} never printed:\n{''.join(out)}")
 
 
-async def test_stack_starts_nats_with_jetstream_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port, monitor = free_port(), free_port()
+    token_port = free_port()  # ephemeral ports lie above the documented ones
+    offset = token_port - 8100
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "scripts" / "devstack.py"),
         f"--nats-port={port}",
         f"--monitor-port={monitor}",
         f"--data-dir={tmp_path}",
+        f"--port-offset={offset}",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -49,6 +53,11 @@ async def test_stack_starts_nats_with_jetstream_and_stops_on_ctrl_c(tmp_path: Pa
         assert ack.stream == "AVATAR_EVENTS"
         await bus.close()
         assert (tmp_path / "nats" / "jetstream").is_dir()
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{token_port}") as http:
+            response = await http.get("/api/livekit/token", params={"avatar_id": "demo-avatar"})
+        assert response.status_code == 200, response.text
+        assert response.json()["room"].startswith("avatar-demo-avatar-")
     finally:
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
@@ -56,7 +65,7 @@ async def test_stack_starts_nats_with_jetstream_and_stops_on_ctrl_c(tmp_path: Pa
             code = await proc.wait()
     log = "".join(out) + rest.decode()
     assert code == 0, log
-    assert "stopping nats" in log
+    assert log.index("stopping token") < log.index("stopping nats")  # reverse start order
     assert "stack stopped" in log
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
