@@ -21,7 +21,7 @@ from avatar_token.protocol import (
 from avatar_token.sessions import SessionRequest
 
 TOKEN_PATH = "/api/livekit/token"  # noqa: S105 (a route, not a password)
-_ERRORS = error_responses(401, 403, 422, 429)
+_ERRORS = error_responses(400, 401, 403, 422, 429)
 
 
 def token_router(issuer: TokenIssuer, client_address: ClientAddress, server_url: str) -> APIRouter:

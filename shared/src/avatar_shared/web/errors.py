@@ -64,7 +64,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "http_error"
+    )
     body = ErrorBody(error=code, message=str(exc.detail))
     return JSONResponse(
         body.model_dump(exclude_none=True), status_code=exc.status_code, headers=exc.headers
