@@ -27,28 +27,26 @@ _ERRORS = error_responses(400, 401, 403, 422, 429)
 def token_router(issuer: TokenIssuer, client_address: ClientAddress, server_url: str) -> APIRouter:
     router = APIRouter(tags=["tokens"])
 
-    async def issue(request: Request, response: Response, session: SessionRequest) -> Issued:
+    async def issue(request: Request, session: SessionRequest) -> tuple[Issued, dict[str, str]]:
         peer = request.client.host if request.client else None
         client_ip = client_address.resolve(peer, request.headers.get("x-forwarded-for"))
         issued = await issuer.issue(request.headers, client_ip, session)
-        response.headers[REMAINING_HEADER] = str(issued.remaining)
-        response.headers["Cache-Control"] = "no-store"
-        return issued
+        headers = {REMAINING_HEADER: str(issued.remaining), "Cache-Control": "no-store"}
+        return issued, headers
 
     @router.get(TOKEN_PATH, response_model=AvatarTokenResponse, responses=_ERRORS)
     async def avatar_token(
         request: Request,
-        response: Response,
         avatar_id: Annotated[AvatarId, Query(description="Avatar to talk to")],
         name: Annotated[DisplayName | None, Query(description="Display name")] = None,
         room: Annotated[RoomName | None, Query(description="Room, where policy allows")] = None,
-    ) -> AvatarTokenResponse:
+    ) -> Response:
         """Token for ZeroWeight's `LiveKitAvatarSession` (`getLiveKitToken`)."""
-        issued = await issue(
-            request, response, SessionRequest(avatar_id=avatar_id, room=room, name=name)
+        issued, headers = await issue(
+            request, SessionRequest(avatar_id=avatar_id, room=room, name=name)
         )
         s = issued.session
-        return AvatarTokenResponse(
+        body = AvatarTokenResponse(
             token=issued.token,
             participant_token=issued.token,
             accessToken=issued.token,
@@ -65,6 +63,8 @@ def token_router(issuer: TokenIssuer, client_address: ClientAddress, server_url:
             expires_at=issued.expires_at,
             ttl_seconds=s.ttl_seconds,
         )
+        # Serialised here, once: FastAPI would validate the model a second time.
+        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
     @router.post(
         TOKEN_PATH, status_code=201, response_model=StandardTokenResponse, responses=_ERRORS
@@ -91,7 +91,8 @@ def token_router(issuer: TokenIssuer, client_address: ClientAddress, server_url:
             agents=room_config_agents(body.room_config),
             room_field="room_name",
         )
-        issued = await issue(request, response, session)
+        issued, headers = await issue(request, session)
+        response.headers.update(headers)
         return StandardTokenResponse(server_url=server_url, participant_token=issued.token)
 
     return router

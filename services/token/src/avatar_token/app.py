@@ -9,7 +9,6 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from avatar_shared.config import LiveKitSettings
 from avatar_shared.web.auth import Authenticator, AuthSettings
@@ -18,6 +17,7 @@ from avatar_shared.web.errors import install_error_handlers
 from avatar_shared.web.policy import Policy
 from avatar_shared.web.ratelimit import RateLimiter
 from avatar_shared.web.service import ops_router
+from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
 from avatar_token.api import token_router
 from avatar_token.config import TokenSettings
 from avatar_token.issuer import TokenIssuer
@@ -56,6 +56,7 @@ def create_app(
         version=VERSION,
         description="LiveKit join tokens for avatar sessions, after authentication and policy.",
         lifespan=lifespan,
+        telemetry=NO_FASTAPI_TELEMETRY,
     )
     install_error_handlers(app)
     if settings.cors_origins:
@@ -74,10 +75,7 @@ def create_app(
             settings.public_livekit_url or livekit.url,
         )
     )
-    FastAPIInstrumentor.instrument_app(
-        app,
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-        excluded_urls="healthz,readyz,metrics",
+    app.add_middleware(
+        ServerTelemetry, tracer_provider=tracer_provider, meter_provider=meter_provider
     )
     return app
