@@ -450,3 +450,34 @@ async def test_unknown_routes_answer_json(client: httpx.AsyncClient) -> None:
     wrong_method = await client.delete(PATH)
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"] == "method_not_allowed"
+
+
+async def test_server_span_continues_the_callers_trace(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    response = await client.get(
+        PATH,
+        params={"avatar_id": "demo-avatar"},
+        headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+    )
+    assert response.status_code == 200
+    (server,) = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER"]
+    assert format(server.context.trace_id, "032x") == trace_id
+    assert server.parent is not None
+    assert format(server.parent.span_id, "016x") == parent_id
+    assert dict(server.attributes or {})["http.response.status_code"] == 200
+
+
+async def test_refusals_are_recorded_on_the_span_and_counted(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter, metric_reader: InMemoryMetricReader
+) -> None:
+    response = await client.get(PATH, params={"avatar_id": "private-avatar"})
+    assert response.status_code == 403
+    (server,) = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER"]
+    attributes = dict(server.attributes or {})
+    assert attributes["avatar.outcome"] == "refused"
+    assert attributes["http.response.status_code"] == 403
+    assert metric_points(metric_reader, "avatar.token.refused") == {
+        (("avatar.reason", "forbidden_avatar"),): 1
+    }
