@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 from avatar_shared.config import ConfigError, LiveKitSettings, LogSettings, load_or_exit
@@ -26,7 +27,7 @@ def main() -> int:
         telemetry = setup_telemetry("avatar-token", VERSION, prometheus=True)
         app = create_app(settings, livekit, auth, policy)
     except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", flush=True)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     try:
         asyncio.run(

@@ -1,0 +1,57 @@
+"""The token service as a process: bad configuration stops it with the variable's name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+GOOD = {
+    "LIVEKIT_URL": "ws://127.0.0.1:7880",
+    "LIVEKIT_API_KEY": "devkey",
+    "LIVEKIT_API_SECRET": "a-long-and-entirely-fake-livekit-secret-0123",
+    "AUTH_POLICY_FILE": str(ROOT / "services" / "token" / "policy.local.toml"),
+    "TOKEN_PORT": "1",  # never reached: every case stops before serving
+}
+
+
+def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "AUTH_", "TOKEN_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "avatar_token"],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"LIVEKIT_API_SECRET": None}, "LIVEKIT_API_SECRET: Field required"),
+        (
+            {"LIVEKIT_API_SECRET": "changeme"},
+            "LIVEKIT_API_SECRET: Value error, is empty or a placeholder",
+        ),
+        ({"LIVEKIT_URL": "livekit.example.com"}, "LIVEKIT_URL: String should match pattern"),
+        ({"TOKEN_RATE_PER_IP": "lots"}, "TOKEN_RATE_PER_IP: Value error, rate limit 'lots'"),
+        ({"TOKEN_PORT": "http"}, "TOKEN_PORT: Input should be a valid integer"),
+        ({"AUTH_POLICY_FILE": "/nonexistent/policy.toml"}, "policy file /nonexistent/policy.toml"),
+        ({"AUTH_OIDC_ISSUER": "https://issuer.test"}, "OIDC needs AUTH_OIDC_ISSUER"),
+    ],
+)
+def test_bad_configuration_stops_the_process_naming_the_variable(
+    change: dict[str, str | None], message: str
+) -> None:
+    env = {k: v for k, v in (GOOD | change).items() if v is not None}
+    done = run(env)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
