@@ -2,8 +2,8 @@
 
 - Connections reconnect forever with jittered waits; lame-duck notices, disconnects and
   reconnects are logged and counted (nats-py moves to another server on its own).
-- :meth:`Bus.ensure_stream` and :meth:`Bus.ensure_consumer` are idempotent and safe to
-  race between replicas starting together.
+- :meth:`Bus.ensure_stream`, :meth:`Bus.ensure_consumer` and :meth:`Bus.ensure_kv` are
+  idempotent and safe to race between replicas starting together.
 - :meth:`Bus.publish` sends an event to JetStream with ``Nats-Msg-Id`` = ``event.id``, so a
   retried publish is stored once within the stream's duplicate window. It opens a PRODUCER
   span ``"<subject template> publish"`` and injects its W3C context into the headers.
@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -153,6 +154,32 @@ class Bus:
         if not (config.name or config.durable_name):
             raise ValueError("a provisioned consumer needs a name")
         return await self.js.add_consumer(stream, config)
+
+    async def ensure_kv(
+        self, bucket: str, *, ttl_seconds: float, replicas: int = 1, max_value_bytes: int = -1
+    ) -> KeyValue:
+        """Create a key-value bucket, or bring an existing one to this configuration."""
+        config = api.KeyValueConfig(
+            bucket=bucket,
+            ttl=ttl_seconds,
+            history=1,
+            replicas=replicas,
+            storage=api.StorageType.FILE,
+            max_value_size=max_value_bytes,
+        )
+        try:
+            return await self.js.create_key_value(config)
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+        log.info("updating key-value bucket %s to its declared configuration", bucket)
+        info = await self.js.stream_info(f"KV_{bucket}")
+        stream = info.config
+        stream.max_age = ttl_seconds
+        stream.num_replicas = replicas
+        stream.max_msg_size = max_value_bytes
+        await self.js.update_stream(stream)
+        return await self.js.key_value(bucket)
 
     async def publish(self, event: Event) -> api.PubAck:
         """Store ``event`` in JetStream; safe to retry with the same event."""

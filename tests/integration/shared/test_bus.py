@@ -216,3 +216,17 @@ async def test_publishing_resumes_after_nats_restarts_and_keeps_stored_events(
         assert await _drain_into(bus, await _consumer(bus, room), 2) == [before, after]
     finally:
         await bus.close()
+
+
+async def test_key_value_provisioning_is_idempotent_and_converges(bus: Bus) -> None:
+    bucket = f"test_{uuid.uuid4().hex[:8]}"
+    first, second = await asyncio.gather(
+        bus.ensure_kv(bucket, ttl_seconds=60), bus.ensure_kv(bucket, ttl_seconds=60)
+    )
+    await first.put("k", b"v")
+    assert (await second.get("k")).value == b"v"
+    changed = await bus.ensure_kv(bucket, ttl_seconds=120)
+    info = await bus.js.stream_info(f"KV_{bucket}")
+    assert info.config.max_age == 120
+    assert (await changed.get("k")).value == b"v"
+    await bus.js.delete_key_value(bucket)
