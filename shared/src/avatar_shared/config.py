@@ -95,8 +95,10 @@ def load(settings_cls: type[S]) -> S:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
-            name = env_name(settings_cls, field) if field in settings_cls.model_fields else field
-            problems.append(f"{name}: {err['msg']}")
+            if field in settings_cls.model_fields:
+                problems.append(f"{env_name(settings_cls, field)}: {err['msg']}")
+            else:  # a check across fields names its variables in its message
+                problems.append(str(err["msg"]))
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 

@@ -1,0 +1,1 @@
+"""The bundle service: avatar runtime bundles, from ZeroWeight or a folder, cached."""

@@ -1,0 +1,78 @@
+"""HTTP route of the bundle service: the same path and body as ZeroWeight's public API.
+
+``GET /api/avatars/bundle/{avatar_id}`` -> ``200 {"payload": "..."}`` with a strong
+``ETag`` and ``Cache-Control: private, max-age=N`` (private: access is per caller);
+``If-None-Match`` with a current tag -> ``304``. Callers are authenticated and checked
+against the access policy exactly as by the token service.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel
+
+from avatar_bundles.bundles import BundleService
+from avatar_bundles.sources import SourceError
+from avatar_shared.web.auth import Authenticator
+from avatar_shared.web.errors import ApiError, error_responses
+from avatar_shared.web.policy import Policy
+
+BUNDLE_PATH = "/api/avatars/bundle/{avatar_id}"
+CACHE_HEADER = "X-Bundle-Cache"
+
+
+class BundleBody(BaseModel):
+    payload: str
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def bundle_router(
+    service: BundleService, authenticator: Authenticator, policy: Policy, max_age: int
+) -> APIRouter:
+    router = APIRouter(tags=["bundles"])
+
+    @router.get(
+        BUNDLE_PATH,
+        response_model=BundleBody,
+        responses={
+            304: {"description": "Not modified"},
+            **error_responses(401, 403, 404, 422, 502, 503),
+        },
+    )
+    async def bundle(
+        request: Request,
+        avatar_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")],
+    ) -> Response:
+        """The avatar's runtime bundle, for `LiveKitAvatarSession`'s `getBundle`."""
+        principal = await authenticator.authenticate(request.headers)
+        if policy.rule_for(principal, avatar_id) is None:
+            raise ApiError(
+                403, "forbidden_avatar", "not allowed to use this avatar", field="avatar_id"
+            )
+        try:
+            served = await service.get(avatar_id)
+        except SourceError as exc:
+            headers = (
+                {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+            )
+            raise ApiError(exc.status, exc.error, exc.message, headers=headers) from None
+        headers = {
+            "ETag": served.bundle.etag,
+            "Cache-Control": f"private, max-age={max_age}",
+            CACHE_HEADER: served.cache,
+        }
+        if _matches(request.headers.get("if-none-match"), served.bundle.etag):
+            return Response(status_code=304, headers=headers)
+        body = json.dumps({"payload": served.bundle.payload})
+        return Response(body, media_type="application/json", headers=headers)
+
+    return router

@@ -1,0 +1,103 @@
+"""Composition root: settings, policy and adapters in; the FastAPI application out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from opentelemetry import metrics, trace
+
+from avatar_bundles.api import bundle_router
+from avatar_bundles.bundles import BundleService
+from avatar_bundles.cache import MemoryCache, SharedCache
+from avatar_bundles.config import BundlesSettings
+from avatar_bundles.sources import BundleSource, DirectorySource, RateGate, ZeroWeightSource
+from avatar_shared import semconv
+from avatar_shared.web.auth import Authenticator, AuthSettings
+from avatar_shared.web.errors import install_error_handlers
+from avatar_shared.web.policy import Policy
+from avatar_shared.web.service import ops_router
+from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
+
+VERSION = "0.1.0"
+
+
+def build_source(
+    settings: BundlesSettings, http: httpx.AsyncClient, meter_provider: metrics.MeterProvider | None
+) -> BundleSource:
+    if settings.backend == "directory":
+        return DirectorySource(Path(settings.directory))
+    assert settings.zeroweight_api_key is not None  # the settings check guarantees it
+    meter = metrics.get_meter("avatar_bundles", meter_provider=meter_provider)
+    calls = meter.create_counter(
+        semconv.METRIC_BUNDLE_UPSTREAM_CALLS, description="ZeroWeight calls by status (or shed)"
+    )
+    return ZeroWeightSource(
+        settings.zeroweight_url,
+        settings.zeroweight_api_key.get_secret_value(),
+        http,
+        timeout=settings.upstream_timeout_seconds,
+        retries=settings.upstream_retries,
+        gate=RateGate(settings.upstream_reserve),
+        on_call=lambda status: calls.add(1, {semconv.UPSTREAM_STATUS: status}),
+    )
+
+
+def create_app(
+    settings: BundlesSettings,
+    auth: AuthSettings,
+    policy: Policy,
+    shared: SharedCache | None,
+    *,
+    http: httpx.AsyncClient | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: metrics.MeterProvider | None = None,
+) -> FastAPI:
+    http = http or httpx.AsyncClient()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await http.aclose()
+
+    service = BundleService(
+        build_source(settings, http, meter_provider),
+        MemoryCache(settings.memory_cache_entries),
+        shared,
+        ttl_seconds=settings.cache_ttl_seconds,
+        stale_seconds=settings.stale_seconds,
+        meter_provider=meter_provider,
+    )
+    app = FastAPI(
+        title="avatar-backend bundle service",
+        version=VERSION,
+        description="Avatar runtime bundles, from ZeroWeight or a folder, cached.",
+        lifespan=lifespan,
+        telemetry=NO_FASTAPI_TELEMETRY,
+    )
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET"],
+            allow_headers=["Authorization", "X-API-Key", "If-None-Match"],
+            expose_headers=["ETag"],
+        )
+    app.include_router(ops_router())
+    app.include_router(
+        bundle_router(
+            service,
+            Authenticator.from_settings(auth, policy, http),
+            policy,
+            settings.browser_max_age_seconds,
+        )
+    )
+    app.add_middleware(
+        ServerTelemetry, tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+    return app
