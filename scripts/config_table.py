@@ -24,6 +24,7 @@ SETTINGS = (
     "avatar_shared.config:LiveKitSettings",
     "avatar_shared.web.auth:AuthSettings",
     "avatar_token.config:TokenSettings",
+    "avatar_bundles.config:BundlesSettings",
 )
 
 

@@ -46,20 +46,31 @@ class Service:
 
 #: Every service of the system, with its documented default port. Only those whose
 #: package is installed are started: a service that does not exist yet is not faked.
+LOCAL_AUTH = {
+    "AUTH_POLICY_FILE": str(ROOT / "deploy" / "local" / "policy.toml"),
+    "AUTH_ANONYMOUS": "true",
+}
+LOCAL_ORIGINS = '["http://localhost:3000", "http://localhost:5173"]'
+
 SERVICES = (
     Service(
         "token",
         "avatar_token",
         8100,
         needs_nats=False,
+        defaults={**LOCAL_LIVEKIT, **LOCAL_AUTH, "TOKEN_CORS_ORIGINS": LOCAL_ORIGINS},
+    ),
+    Service(
+        "bundles",
+        "avatar_bundles",
+        8200,
         defaults={
-            **LOCAL_LIVEKIT,
-            "AUTH_POLICY_FILE": str(ROOT / "services" / "token" / "policy.local.toml"),
-            "AUTH_ANONYMOUS": "true",
-            "TOKEN_CORS_ORIGINS": '["http://localhost:3000", "http://localhost:5173"]',
+            **LOCAL_AUTH,
+            "BUNDLES_BACKEND": "directory",
+            "BUNDLES_DIRECTORY": str(ROOT / "services" / "bundles" / "samples"),
+            "BUNDLES_CORS_ORIGINS": LOCAL_ORIGINS,
         },
     ),
-    Service("bundles", "avatar_bundles", 8200),
     Service("actions", "avatar_actions", 8300),
     Service("agent", "avatar_agent", 8400),
 )

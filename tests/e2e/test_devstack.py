@@ -58,6 +58,11 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
             response = await http.get("/api/livekit/token", params={"avatar_id": "demo-avatar"})
         assert response.status_code == 200, response.text
         assert response.json()["room"].startswith("avatar-demo-avatar-")
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{8200 + offset}") as http:
+            bundle = await http.get("/api/avatars/bundle/demo-avatar")
+        assert bundle.status_code == 200, bundle.text
+        assert "payload" in bundle.json()
     finally:
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
@@ -65,7 +70,8 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
             code = await proc.wait()
     log = "".join(out) + rest.decode()
     assert code == 0, log
-    assert log.index("stopping token") < log.index("stopping nats")  # reverse start order
+    # reverse start order: bundles, then token, then NATS
+    assert log.index("stopping bundles") < log.index("stopping token") < log.index("stopping nats")
     assert "stack stopped" in log
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -14,7 +14,7 @@ GOOD = {
     "LIVEKIT_URL": "ws://127.0.0.1:7880",
     "LIVEKIT_API_KEY": "devkey",
     "LIVEKIT_API_SECRET": "a-long-and-entirely-fake-livekit-secret-0123",
-    "AUTH_POLICY_FILE": str(ROOT / "services" / "token" / "policy.local.toml"),
+    "AUTH_POLICY_FILE": str(ROOT / "deploy" / "local" / "policy.toml"),
     "TOKEN_PORT": "1",  # never reached: every case stops before serving
 }
 

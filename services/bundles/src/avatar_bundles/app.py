@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def create_app(
     shared: SharedCache | None,
     *,
     http: httpx.AsyncClient | None = None,
+    clock: Callable[[], float] = time.time,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
 ) -> FastAPI:
@@ -70,6 +72,7 @@ def create_app(
         shared,
         ttl_seconds=settings.cache_ttl_seconds,
         stale_seconds=settings.stale_seconds,
+        clock=clock,
         meter_provider=meter_provider,
     )
     app = FastAPI(

@@ -16,7 +16,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_shipped_policies_load() -> None:
-    for path in [ROOT / "services/token/policy.local.toml", ROOT / "docs/policy.example.toml"]:
+    for path in [ROOT / "deploy/local/policy.toml", ROOT / "docs/policy.example.toml"]:
         assert load_policy(path).rules
 
 
