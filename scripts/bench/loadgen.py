@@ -55,12 +55,78 @@ async def _worker(
         await writer.wait_closed()
 
 
+def _request(host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: keep-alive"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _result(latencies: list[float], seconds: float, errors: int) -> Result:
+    ordered = sorted(latencies)
+    return Result(
+        requests=len(ordered),
+        seconds=seconds,
+        p50_ms=statistics.median(ordered) * 1000,
+        p99_ms=ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000,
+        errors=errors,
+    )
+
+
+async def _paced_worker(
+    host: str,
+    port: int,
+    request: bytes,
+    schedule: list[float],
+    latencies: list[float],
+    errors: list[int],
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for due in schedule:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            writer.write(request)
+            status = await _read_response(reader)
+            # From the moment the request was due, so a stall is not hidden by waiting for it.
+            latencies.append(time.perf_counter() - due)
+            if status >= 300:
+                errors.append(status)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def run_rate(
+    host: str,
+    port: int,
+    path: str,
+    *,
+    headers: dict[str, str],
+    rate: float,
+    seconds: float,
+    connections: int = 16,
+) -> Result:
+    """Open loop: ``rate`` requests a second, spread over ``connections``, for ``seconds``."""
+    request = _request(host, port, path, headers)
+    start = time.perf_counter() + 0.05
+    total = int(rate * seconds)
+    schedules = [
+        [start + i / rate for i in range(c, total, connections)] for c in range(connections)
+    ]
+    latencies: list[float] = []
+    errors: list[int] = []
+    await asyncio.gather(
+        *(_paced_worker(host, port, request, s, latencies, errors) for s in schedules)
+    )
+    return _result(latencies, time.perf_counter() - start, len(errors))
+
+
 async def run(
     host: str, port: int, path: str, *, headers: dict[str, str], concurrency: int, seconds: float
 ) -> Result:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: keep-alive"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    """Closed loop: ``concurrency`` connections, each sending as soon as it has an answer."""
+    request = _request(host, port, path, headers)
     latencies: list[float] = []
     errors: list[int] = []
     start = time.perf_counter()
@@ -68,12 +134,4 @@ async def run(
     await asyncio.gather(
         *(_worker(host, port, request, until, latencies, errors) for _ in range(concurrency))
     )
-    elapsed = time.perf_counter() - start
-    ordered = sorted(latencies)
-    return Result(
-        requests=len(ordered),
-        seconds=elapsed,
-        p50_ms=statistics.median(ordered) * 1000,
-        p99_ms=ordered[int(len(ordered) * 0.99) - 1] * 1000,
-        errors=len(errors),
-    )
+    return _result(latencies, time.perf_counter() - start, len(errors))

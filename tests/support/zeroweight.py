@@ -70,8 +70,16 @@ class ZeroWeightDouble:
             return JSONResponse({"detail": "Avatar not found"}, 404, headers=headers)
         return JSONResponse({"payload": self.bundles[avatar_id]}, headers=headers)
 
+    async def _stats(self, request: Request) -> JSONResponse:
+        return JSONResponse({"calls": len(self.calls)})
+
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/api/v1/avatars/bundle/{avatar_id}", self._bundle)])
+        return Starlette(
+            routes=[
+                Route("/api/v1/avatars/bundle/{avatar_id}", self._bundle),
+                Route("/_double/stats", self._stats),  # the double's own, not ZeroWeight's
+            ]
+        )
 
 
 class Running:
@@ -95,3 +103,10 @@ class Running:
         self._server.should_exit = True
         if self._task is not None:
             await self._task
+
+
+if __name__ == "__main__":  # for benchmarks: python -m tests.support.zeroweight PORT
+    import sys
+
+    double = ZeroWeightDouble(bundles={"hot-avatar": "x" * 100_000}, limit=10**9)
+    uvicorn.run(double.app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

@@ -8,7 +8,6 @@ against the access policy exactly as by the token service.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
@@ -72,7 +71,6 @@ def bundle_router(
         }
         if _matches(request.headers.get("if-none-match"), served.bundle.etag):
             return Response(status_code=304, headers=headers)
-        body = json.dumps({"payload": served.bundle.payload})
-        return Response(body, media_type="application/json", headers=headers)
+        return Response(served.bundle.body, media_type="application/json", headers=headers)
 
     return router

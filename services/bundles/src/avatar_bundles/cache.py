@@ -26,11 +26,13 @@ class Cached:
     payload: str
     etag: str
     fetched_at: float
+    body: bytes  # the HTTP answer, serialised once per fetch rather than per request
 
     @classmethod
     def of(cls, payload: str, fetched_at: float) -> Cached:
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
-        return cls(payload, f'"{digest}"', fetched_at)
+        body = json.dumps({"payload": payload}).encode()
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        return cls(payload, f'"{digest}"', fetched_at, body)
 
     def age(self, now: float) -> float:
         return now - self.fetched_at

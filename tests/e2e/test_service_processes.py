@@ -1,4 +1,4 @@
-"""The token service as a process: bad configuration stops it with the variable's name."""
+"""Services as processes: bad configuration stops them with the variable's name."""
 
 from __future__ import annotations
 
@@ -55,3 +55,17 @@ def test_bad_configuration_stops_the_process_naming_the_variable(
     done = run(env)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+def test_bundle_service_needs_the_zeroweight_key_for_the_zeroweight_backend() -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "BUNDLES_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "avatar_bundles"],
+        env=clean | {"AUTH_POLICY_FILE": GOOD["AUTH_POLICY_FILE"], "BUNDLES_BACKEND": "zeroweight"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "BUNDLES_ZEROWEIGHT_API_KEY is required when BUNDLES_BACKEND=zeroweight" in done.stderr
