@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
 
 from avatar_bundles.app import create_app
 from avatar_bundles.cache import SharedCache
@@ -54,6 +55,7 @@ def make_client(
     zeroweight: ZeroWeightDouble,
     shared_cache: SharedCache,
     clock: Clock,
+    tracer_provider: TracerProvider,
     meter_provider: MeterProvider,
 ) -> Callable[..., httpx.AsyncClient]:
     """A replica of the bundle service; each call is a new replica (own memory cache)."""
@@ -74,6 +76,7 @@ def make_client(
             POLICY,
             shared_cache,
             clock=clock,
+            tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
         return httpx.AsyncClient(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.integration.bundles.conftest import Clock
 from tests.integration.conftest import metric_points
@@ -225,3 +226,16 @@ async def test_hostile_avatar_ids_are_4xx_and_never_reach_upstream(
     assert 400 <= response.status_code < 500
     assert response.headers["content-type"].startswith("application/json")
     assert zeroweight.calls == []
+
+
+async def test_a_miss_is_one_trace_from_request_to_upstream_call(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    assert (await client.get(PATH.format("ava-1"))).status_code == 200
+    by_kind = {s.kind.name: s for s in spans.get_finished_spans()}
+    server, upstream = by_kind["SERVER"], by_kind["CLIENT"]
+    assert server.name == "GET /api/avatars/bundle/{avatar_id}"
+    assert dict(server.attributes or {})["avatar.bundles.cache"] == "miss"
+    assert upstream.parent is not None
+    assert upstream.parent.span_id == server.context.span_id
+    assert dict(upstream.attributes or {})["http.response.status_code"] == 200

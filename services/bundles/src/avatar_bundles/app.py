@@ -28,7 +28,10 @@ VERSION = "0.1.0"
 
 
 def build_source(
-    settings: BundlesSettings, http: httpx.AsyncClient, meter_provider: metrics.MeterProvider | None
+    settings: BundlesSettings,
+    http: httpx.AsyncClient,
+    tracer_provider: trace.TracerProvider | None,
+    meter_provider: metrics.MeterProvider | None,
 ) -> BundleSource:
     if settings.backend == "directory":
         return DirectorySource(Path(settings.directory))
@@ -45,6 +48,7 @@ def build_source(
         retries=settings.upstream_retries,
         gate=RateGate(settings.upstream_reserve),
         on_call=lambda status: calls.add(1, {semconv.UPSTREAM_STATUS: status}),
+        tracer_provider=tracer_provider,
     )
 
 
@@ -67,7 +71,7 @@ def create_app(
         await http.aclose()
 
     service = BundleService(
-        build_source(settings, http, meter_provider),
+        build_source(settings, http, tracer_provider, meter_provider),
         MemoryCache(settings.memory_cache_entries),
         shared,
         ttl_seconds=settings.cache_ttl_seconds,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
+from opentelemetry import propagate, trace
 
 log = logging.getLogger(__name__)
 AVATAR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -132,6 +133,7 @@ class ZeroWeightSource:
         gate: RateGate,
         on_call: Callable[[str], None] = lambda status: None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._headers = {API_KEY_HEADER: api_key, "Accept": "application/json"}
@@ -141,6 +143,7 @@ class ZeroWeightSource:
         self._gate = gate
         self._on_call = on_call
         self._sleep = sleep
+        self._tracer = trace.get_tracer("avatar_bundles", tracer_provider=tracer_provider)
 
     async def fetch(self, avatar_id: str) -> str:
         url = f"{self._base}/api/v1/avatars/bundle/{avatar_id}"
@@ -152,7 +155,7 @@ class ZeroWeightSource:
             if attempt:
                 await self._sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311
             try:
-                response = await self._client.get(url, headers=self._headers, timeout=self._timeout)
+                response = await self._get(url, attempt)
             except httpx.TransportError as exc:  # timeouts, refused connections, resets
                 self._on_call(type(exc).__name__)
                 log.warning("ZeroWeight request failed: %s", type(exc).__name__)
@@ -182,3 +185,23 @@ class ZeroWeightSource:
                     502, "bad_upstream", f"bundle source answered {response.status_code}"
                 )
         raise SourceError(502, "upstream_unavailable", "bundle source is unavailable")
+
+    async def _get(self, url: str, attempt: int) -> httpx.Response:
+        """One upstream call in a CLIENT span; W3C context goes along in the headers."""
+        with self._tracer.start_as_current_span(
+            "GET",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "GET",
+                "server.address": httpx.URL(url).host,
+                "url.template": "/api/v1/avatars/bundle/{avatar_id}",
+                "http.request.resend_count": attempt,
+            },
+        ) as span:
+            headers = dict(self._headers)
+            propagate.inject(headers)
+            response = await self._client.get(url, headers=headers, timeout=self._timeout)
+            span.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 500:
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
+            return response
