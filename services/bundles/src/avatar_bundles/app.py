@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry import metrics, trace
 
 from avatar_bundles.api import bundle_router
@@ -19,10 +17,8 @@ from avatar_bundles.config import BundlesSettings
 from avatar_bundles.sources import BundleSource, DirectorySource, RateGate, ZeroWeightSource
 from avatar_shared import semconv
 from avatar_shared.web.auth import Authenticator, AuthSettings
-from avatar_shared.web.errors import install_error_handlers
 from avatar_shared.web.policy import Policy
-from avatar_shared.web.service import ops_router
-from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
+from avatar_shared.web.service import Cors, build_app
 
 VERSION = "0.1.0"
 
@@ -64,12 +60,6 @@ def create_app(
     meter_provider: metrics.MeterProvider | None = None,
 ) -> FastAPI:
     http = http or httpx.AsyncClient()
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        await http.aclose()
-
     service = BundleService(
         build_source(settings, http, tracer_provider, meter_provider),
         MemoryCache(settings.memory_cache_entries),
@@ -79,32 +69,24 @@ def create_app(
         clock=clock,
         meter_provider=meter_provider,
     )
-    app = FastAPI(
+    router = bundle_router(
+        service,
+        Authenticator.from_settings(auth, policy, http),
+        policy,
+        settings.browser_max_age_seconds,
+    )
+    return build_app(
         title="avatar-backend bundle service",
-        version=VERSION,
         description="Avatar runtime bundles, from ZeroWeight or a folder, cached.",
-        lifespan=lifespan,
-        telemetry=NO_FASTAPI_TELEMETRY,
+        version=VERSION,
+        routers=[router],
+        http=http,
+        cors=Cors(
+            origins=settings.cors_origins,
+            methods=["GET"],
+            headers=["Authorization", "X-API-Key", "If-None-Match"],
+            expose=["ETag"],
+        ),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
     )
-    install_error_handlers(app)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET"],
-            allow_headers=["Authorization", "X-API-Key", "If-None-Match"],
-            expose_headers=["ETag"],
-        )
-    app.include_router(ops_router())
-    app.include_router(
-        bundle_router(
-            service,
-            Authenticator.from_settings(auth, policy, http),
-            policy,
-            settings.browser_max_age_seconds,
-        )
-    )
-    app.add_middleware(
-        ServerTelemetry, tracer_provider=tracer_provider, meter_provider=meter_provider
-    )
-    return app

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import httpx
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry import metrics, trace
 
 from avatar_shared.config import LiveKitSettings
 from avatar_shared.web.auth import Authenticator, AuthSettings
 from avatar_shared.web.clientip import ClientAddress
-from avatar_shared.web.errors import install_error_handlers
 from avatar_shared.web.policy import Policy
 from avatar_shared.web.ratelimit import RateLimiter
-from avatar_shared.web.service import ops_router
-from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
+from avatar_shared.web.service import Cors, build_app
 from avatar_token.api import token_router
 from avatar_token.config import TokenSettings
 from avatar_token.issuer import TokenIssuer
@@ -37,12 +31,6 @@ def create_app(
     meter_provider: metrics.MeterProvider | None = None,
 ) -> FastAPI:
     http = http or httpx.AsyncClient()
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        await http.aclose()
-
     issuer = TokenIssuer(
         policy,
         Authenticator.from_settings(auth, policy, http),
@@ -51,31 +39,23 @@ def create_app(
         per_principal=RateLimiter(settings.rate_per_principal),
         meter_provider=meter_provider,
     )
-    app = FastAPI(
+    router = token_router(
+        issuer,
+        ClientAddress(settings.trusted_proxies),
+        settings.public_livekit_url or livekit.url,
+    )
+    return build_app(
         title="avatar-backend token service",
-        version=VERSION,
         description="LiveKit join tokens for avatar sessions, after authentication and policy.",
-        lifespan=lifespan,
-        telemetry=NO_FASTAPI_TELEMETRY,
+        version=VERSION,
+        routers=[router],
+        http=http,
+        cors=Cors(
+            origins=settings.cors_origins,
+            methods=["GET", "POST"],
+            headers=["Authorization", "Content-Type", "X-API-Key"],
+            expose=["X-RateLimit-Remaining", "Retry-After"],
+        ),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
     )
-    install_error_handlers(app)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
-            expose_headers=["X-RateLimit-Remaining", "Retry-After"],
-        )
-    app.include_router(ops_router())
-    app.include_router(
-        token_router(
-            issuer,
-            ClientAddress(settings.trusted_proxies),
-            settings.public_livekit_url or livekit.url,
-        )
-    )
-    app.add_middleware(
-        ServerTelemetry, tracer_provider=tracer_provider, meter_provider=meter_provider
-    )
-    return app
