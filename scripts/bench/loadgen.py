@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -38,16 +39,30 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
+def _until(deadline: float) -> Iterator[float]:
+    """Closed loop: each request is due the moment the previous answer arrived."""
+    while (now := time.perf_counter()) < deadline:
+        yield now
+
+
 async def _worker(
-    host: str, port: int, request: bytes, until: float, latencies: list[float], errors: list[int]
+    host: str,
+    port: int,
+    request: bytes,
+    due_times: Iterator[float],
+    latencies: list[float],
+    errors: list[int],
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        while time.perf_counter() < until:
-            start = time.perf_counter()
+        for due in due_times:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
             writer.write(request)
             status = await _read_response(reader)
-            latencies.append(time.perf_counter() - start)
+            # From the moment the request was due, so a stall is not hidden by waiting for it.
+            latencies.append(time.perf_counter() - due)
             if status >= 300:
                 errors.append(status)
     finally:
@@ -72,31 +87,6 @@ def _result(latencies: list[float], seconds: float, errors: int) -> Result:
     )
 
 
-async def _paced_worker(
-    host: str,
-    port: int,
-    request: bytes,
-    schedule: list[float],
-    latencies: list[float],
-    errors: list[int],
-) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        for due in schedule:
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            writer.write(request)
-            status = await _read_response(reader)
-            # From the moment the request was due, so a stall is not hidden by waiting for it.
-            latencies.append(time.perf_counter() - due)
-            if status >= 300:
-                errors.append(status)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-
-
 async def run_rate(
     host: str,
     port: int,
@@ -117,7 +107,7 @@ async def run_rate(
     latencies: list[float] = []
     errors: list[int] = []
     await asyncio.gather(
-        *(_paced_worker(host, port, request, s, latencies, errors) for s in schedules)
+        *(_worker(host, port, request, iter(s), latencies, errors) for s in schedules)
     )
     return _result(latencies, time.perf_counter() - start, len(errors))
 
@@ -130,8 +120,10 @@ async def run(
     latencies: list[float] = []
     errors: list[int] = []
     start = time.perf_counter()
-    until = start + seconds
     await asyncio.gather(
-        *(_worker(host, port, request, until, latencies, errors) for _ in range(concurrency))
+        *(
+            _worker(host, port, request, _until(start + seconds), latencies, errors)
+            for _ in range(concurrency)
+        )
     )
     return _result(latencies, time.perf_counter() - start, len(errors))
