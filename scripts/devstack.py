@@ -77,7 +77,14 @@ SERVICES = (
 
 
 def available(services: tuple[Service, ...]) -> list[Service]:
-    return [s for s in services if importlib.util.find_spec(s.module) is not None]
+    """Services that can run: their package has a process entry point (``__main__``)."""
+    found = []
+    for service in services:
+        if importlib.util.find_spec(service.module) is None:
+            continue
+        if importlib.util.find_spec(f"{service.module}.__main__") is not None:
+            found.append(service)
+    return found
 
 
 def wait_http(url: str, timeout: float) -> bool:
