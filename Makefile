@@ -40,7 +40,7 @@ test-integration: install ## Run the integration and e2e tests only
 lint: install ## ruff (lint + format check) everywhere, mypy --strict on the packages
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy shared/src services/token/src services/bundles/src services/agent/src scripts
+	$(RUN) mypy shared/src services/token/src services/bundles/src services/agent/src services/actions/src scripts
 
 format: install ## Apply ruff's fixes and formatting
 	$(RUN) ruff check --fix .

@@ -1,0 +1,1 @@
+"""The actions service. So far: its sequencing rules (``rules``)."""
