@@ -47,6 +47,6 @@ METRIC_TOKENS_MINTED: Final = "avatar.token.minted"
 METRIC_TOKENS_REFUSED: Final = "avatar.token.refused"
 METRIC_BUNDLE_REQUESTS: Final = "avatar.bundles.requests"
 METRIC_BUNDLE_UPSTREAM_CALLS: Final = "avatar.bundles.upstream.calls"
-METRIC_BUNDLE_UPSTREAM_SHED: Final = "avatar.bundles.upstream.shed"
+METRIC_ACTIONS_SEND_RETRIES: Final = "avatar.actions.send.retries"
 
 INSTRUMENTATION_NAME: Final = "avatar_shared"

@@ -1,0 +1,143 @@
+"""Sending ``AVATAR_UPDATE`` packets into LiveKit rooms, or logging them in a dry run.
+
+:class:`LiveKitPublisher` calls ``RoomService.SendData`` through livekit-api (Twirp, a
+token with ``roomAdmin`` for the room), reliable kind, with the reference payload
+``{"type": "AVATAR_UPDATE", "action": ...}`` byte for byte unless a template says
+otherwise. Each call is bounded by ``timeout``; 5xx answers, timeouts and connection
+errors are retried with exponential
+backoff and full jitter, a bounded number of times; a 4xx is final and not retried.
+The server does not de-duplicate our retries (livekit-api sets a fresh nonce on every
+call), so at-most-once delivery across crashes is the caller's idempotency record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from livekit import api
+from livekit.api.room_service import RoomService
+from opentelemetry import metrics, trace
+
+from avatar_shared import semconv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    room: str
+    action: str
+
+
+def reference_payload(action: str) -> bytes:
+    """Byte-compatible with the reference agent's ``json.dumps({...})``."""
+    return json.dumps({"type": "AVATAR_UPDATE", "action": action}).encode()
+
+
+class PublishError(Exception):
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Publisher(Protocol):
+    async def publish(self, packet: Packet) -> None: ...
+
+
+class DryRunPublisher:
+    """No LiveKit configured: each packet that would be sent is one JSON log line."""
+
+    def __init__(self) -> None:
+        log.warning("no LiveKit configured: dry run, packets are logged instead of sent")
+
+    async def publish(self, packet: Packet) -> None:
+        log.info(
+            "dry-run packet",
+            extra={"room": packet.room, "payload": reference_payload(packet.action).decode()},
+        )
+
+
+class LiveKitPublisher:
+    def __init__(
+        self,
+        room_service: RoomService,
+        *,
+        topic: str = "",
+        destinations: Sequence[str] = (),
+        timeout: float = 5.0,
+        retries: int = 4,
+        backoff: float = 0.05,
+        max_backoff: float = 2.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self._rooms = room_service
+        self._topic = topic
+        self._destinations = list(destinations)
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+        self._tracer = trace.get_tracer("avatar_actions", tracer_provider=tracer_provider)
+        meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
+        self._retried = meter.create_counter(
+            semconv.METRIC_ACTIONS_SEND_RETRIES, description="SendData calls retried"
+        )
+
+    async def publish(self, packet: Packet) -> None:
+        request = api.SendDataRequest(
+            room=packet.room,
+            data=reference_payload(packet.action),
+            kind=api.DataPacket.Kind.RELIABLE,
+            destination_identities=self._destinations,
+            topic=self._topic or None,
+        )
+        with self._tracer.start_as_current_span(
+            "livekit.RoomService/SendData",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "twirp",
+                "rpc.service": "livekit.RoomService",
+                "rpc.method": "SendData",
+                semconv.ROOM: packet.room,
+            },
+        ) as span:
+            for attempt in range(self._retries + 1):
+                if attempt:
+                    self._retried.add(1)
+                    ceiling = min(self._max_backoff, self._backoff * 2**attempt)
+                    await self._sleep(random.uniform(0, ceiling))  # noqa: S311 (jitter)
+                try:
+                    # Our own bound: livekit-api passes timeout=None per request, which
+                    # disables the session's timeout in aiohttp.
+                    async with asyncio.timeout(self._timeout):
+                        await self._rooms.send_data(request)
+                    span.set_attribute("avatar.send.attempts", attempt + 1)
+                    return
+                except api.ServerError as exc:
+                    if exc.status < 500:
+                        log.error(
+                            "LiveKit refused SendData (%s %s): not retried",
+                            exc.status,
+                            exc.code,
+                            extra={"room": packet.room},
+                        )
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, exc.code))
+                        raise PublishError(
+                            f"LiveKit answered {exc.status}", permanent=True
+                        ) from exc
+                    reason = f"{exc.status} {exc.code}"
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    reason = type(exc).__name__
+                log.warning("SendData failed (%s), attempt %d", reason, attempt + 1)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "retries exhausted"))
+            raise PublishError("LiveKit unavailable after retries", permanent=False)

@@ -1,0 +1,125 @@
+"""A LiveKit server double for RoomService.SendData, on a real loopback HTTP port.
+
+It speaks what livekit-api sends: ``POST /twirp/livekit.RoomService/SendData`` with a
+protobuf (``application/protobuf``) or JSON body, decoded with the real
+``livekit-protocol`` messages, and checks the bearer token as livekit-server does:
+HS256 signed with the secret of the key named in ``iss``, ``nbf``/``exp`` in force, a
+video grant with ``roomAdmin`` for the request's room. Failures answer in Twirp's JSON
+error format: 401 ``unauthenticated``, 403 ``permission_denied``, 400 ``malformed``.
+Tests can queue failures or delays and read every packet that was accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import jwt
+import uvicorn
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from livekit.protocol.room import SendDataRequest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.support.nats_server import free_port
+
+
+@dataclass(frozen=True)
+class Received:
+    request: SendDataRequest
+    traceparent: str | None
+
+
+@dataclass
+class LiveKitDouble:
+    keys: dict[str, str]  # API key -> secret
+    received: list[Received] = field(default_factory=list)
+    fail_with: list[int] = field(default_factory=list)  # statuses for the next calls
+    delay: float = 0.0
+    attempts: int = 0
+    port: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _error(self, status: int, code: str, msg: str) -> JSONResponse:
+        return JSONResponse({"code": code, "msg": msg}, status_code=status)
+
+    def _authorize(self, header: str | None, room: str) -> JSONResponse | None:
+        if not header or not header.startswith("Bearer "):
+            return self._error(401, "unauthenticated", "no authorization")
+        token = header.removeprefix("Bearer ")
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            secret = self.keys.get(str(issuer))
+            if secret is None:
+                return self._error(401, "unauthenticated", "unknown API key")
+            claims = jwt.decode(
+                token, secret, algorithms=["HS256"], options={"require": ["exp", "nbf", "iss"]}
+            )
+        except jwt.PyJWTError as exc:
+            return self._error(401, "unauthenticated", f"invalid token: {exc}")
+        video = claims.get("video") or {}
+        if not video.get("roomAdmin") or video.get("room") != room:
+            return self._error(403, "permission_denied", "requires roomAdmin for this room")
+        return None
+
+    async def _send_data(self, request: Request) -> Response:
+        self.attempts += 1
+        body = await request.body()
+        content_type = request.headers.get("content-type", "")
+        message = SendDataRequest()
+        try:
+            if content_type.startswith("application/protobuf"):
+                message.ParseFromString(body)
+            elif content_type.startswith("application/json"):
+                json_format.Parse(body, message)
+            else:
+                return self._error(415, "malformed", "unsupported content type")
+        except (DecodeError, json_format.ParseError):
+            return self._error(400, "malformed", "cannot decode SendDataRequest")
+        if denied := self._authorize(request.headers.get("authorization"), message.room):
+            return denied
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_with:
+            status = self.fail_with.pop(0)
+            return self._error(
+                status, "unavailable" if status >= 500 else "invalid_argument", "injected"
+            )
+        self.received.append(Received(message, request.headers.get("traceparent")))
+        self.arrived.set()
+        return Response(b"", media_type="application/protobuf")  # an empty SendDataResponse
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[Route("/twirp/livekit.RoomService/SendData", self._send_data, methods=["POST"])]
+        )
+
+
+class RunningLiveKit:
+    def __init__(self, double: LiveKitDouble) -> None:
+        self.double = double
+        double.port = free_port()
+        config = uvicorn.Config(
+            double.app(), host="127.0.0.1", port=double.port, log_level="warning", lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LiveKitDouble:
+        self._task = asyncio.create_task(self._server.serve())
+        async with asyncio.timeout(10):
+            while not self._server.started:
+                await asyncio.sleep(0.01)
+        return self.double
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
