@@ -3,7 +3,7 @@
 A subject token may not contain ``.``, ``*``, ``>`` or whitespace, and non-ASCII tokens
 are legal but awkward to filter on, so a room name is encoded byte by byte over its UTF-8
 form: ASCII letters, digits, ``-`` and ``_`` stand for themselves; every other byte becomes
-``~`` followed by two upper-case hex digits. Readable room names stay readable in
+``=`` followed by two upper-case hex digits. Readable room names stay readable in
 subjects, the encoding is injective (``decode_room(encode_room(r)) == r`` for every valid
 room) and a token is at most three times the room's byte length (768 characters for the
 256-byte maximum).
@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 
 MAX_ROOM_BYTES = 256
-_ESCAPE = "~"
+_ESCAPE = "="
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-_TOKEN = re.compile(r"(?:[A-Za-z0-9_-]|~[0-9A-F]{2})+")
+_TOKEN = re.compile(r"(?:[A-Za-z0-9_-]|=[0-9A-F]{2})+")
 
 
 class RoomNameError(ValueError):

@@ -96,10 +96,10 @@ def test_consumers_reject_invalid_bodies_with_a_clear_message(body: bytes, messa
 
 def test_subject_follows_the_event() -> None:
     event = one_of_each(room="a.b")[3]
-    assert event.subject == "avatars.v1.agent.tag_parsed.a~2Eb"
+    assert event.subject == "avatars.v1.agent.tag_parsed.a=2Eb"
     assert event.subject_template == "avatars.v1.agent.tag_parsed.{room}"
     decision = one_of_each(room="a.b")[-2]
-    assert decision.subject == "avatars.v1.actions.action_decision.a~2Eb"
+    assert decision.subject == "avatars.v1.actions.action_decision.a=2Eb"
 
 
 def test_ids_are_unique_per_event() -> None:

@@ -5,7 +5,7 @@ from avatar_shared import subjects
 
 def test_subjects_read_namespace_first_and_room_last() -> None:
     subject = subjects.subject_for(subjects.AGENT, "tag_parsed", "lobby.1")
-    assert subject == "avatars.v1.agent.tag_parsed.lobby~2E1"
+    assert subject == "avatars.v1.agent.tag_parsed.lobby=2E1"
     parts = subjects.parse_subject(subject)
     assert (parts.source, parts.type, parts.room) == ("agent", "tag_parsed", "lobby.1")
 
@@ -17,7 +17,7 @@ def test_templates_have_no_room_in_them() -> None:
 
 
 def test_room_filter_matches_one_room_of_every_type() -> None:
-    assert subjects.room_filter("r 1") == "avatars.v1.*.*.r~201"
+    assert subjects.room_filter("r 1") == "avatars.v1.*.*.r=201"
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_room_filter_matches_one_room_of_every_type() -> None:
         "avatars.v2.agent.tag_parsed.room",
         "other.v1.agent.tag_parsed.room",
         "avatars.v1.nobody.tag_parsed.room",
-        "avatars.v1.agent.tag_parsed.bad~zz",
+        "avatars.v1.agent.tag_parsed.bad=zz",
         "avatars.v1.agent.tag_parsed.room.extra",
     ],
 )

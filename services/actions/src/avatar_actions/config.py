@@ -1,0 +1,29 @@
+"""Settings of the actions service (``ACTIONS_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ActionsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ACTIONS_", extra="ignore")
+
+    host: str = Field("0.0.0.0", description="Address of the health/metrics server")  # noqa: S104
+    port: int = Field(8300, gt=0, lt=65536, description="Port of the health/metrics server")
+    consumer: str = Field("actions", pattern=r"^[A-Za-z0-9_-]+$", description="Durable consumer name")
+    allowed_actions: list[str] = Field(
+        ["speaking", "wave_hand"], description="Actions avatars may perform, JSON list"
+    )
+    debounce_seconds: float = Field(0.2, ge=0, description="Wait after a reply before gestures")
+    gesture_ttl_seconds: float = Field(30.0, gt=0, description="Held gestures expire after this")
+    cap_per_speech: int = Field(3, ge=0, description="Gestures allowed per reply")
+    min_gap_seconds: float = Field(1.0, ge=0, description="Minimum time between gestures")
+    topic: str = Field("", description="LiveKit data topic of AVATAR_UPDATE packets (none if empty)")
+    destinations: list[str] = Field(
+        [], description="Participant identities to send to, JSON list (everyone if empty)"
+    )
+    send_timeout_seconds: float = Field(5.0, gt=0, description="Per SendData call")
+    send_retries: int = Field(4, ge=0, le=10, description="Retries on 5xx, timeouts, resets")
+    state_ttl_seconds: float = Field(86400, gt=0, description="Room state kept this long")
+    sent_ttl_seconds: float = Field(3600, gt=0, description="Idempotency records kept this long")

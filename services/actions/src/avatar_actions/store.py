@@ -1,0 +1,68 @@
+"""Durable per-room state and the record of packets sent, in JetStream key-value buckets.
+
+Keys are room tokens (subject-safe, see :mod:`avatar_shared.rooms`). The sent record is
+keyed by room, the id of the event that caused the packet and the action, so a
+redelivered event or a successor replica finds the packet already sent.
+"""
+
+from __future__ import annotations
+
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel
+
+from avatar_actions.rules import RoomState
+from avatar_shared.rooms import encode_room
+
+STATE_BUCKET = "ACTIONS_ROOMS"
+SENT_BUCKET = "ACTIONS_SENT"
+
+
+class StoredRoom(BaseModel):
+    avatar_id: str | None = None
+    decisions_seq: int = 0
+    rules: RoomState = RoomState()
+
+
+class RoomStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def load(self, room: str) -> StoredRoom:
+        try:
+            entry = await self._kv.get(encode_room(room))
+        except KeyNotFoundError:
+            return StoredRoom()
+        return StoredRoom.model_validate_json(entry.value or b"{}")
+
+    async def save(self, room: str, stored: StoredRoom) -> None:
+        await self._kv.put(encode_room(room), stored.model_dump_json().encode())
+
+    async def rooms(self) -> list[str]:
+        """Every room with stored state (to resume held gestures after a restart)."""
+        from avatar_shared.rooms import decode_room
+
+        try:
+            keys = await self._kv.keys()
+        except Exception:  # nats-py raises NoKeysError for an empty bucket
+            return []
+        return [decode_room(key) for key in keys]
+
+
+class SentRecord:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @staticmethod
+    def _key(room: str, cause_id: str, action: str) -> str:
+        return f"{encode_room(room)}.{cause_id}.{action}"
+
+    async def was_sent(self, room: str, cause_id: str, action: str) -> bool:
+        try:
+            await self._kv.get(self._key(room, cause_id, action))
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def mark_sent(self, room: str, cause_id: str, action: str) -> None:
+        await self._kv.put(self._key(room, cause_id, action), b"1")
