@@ -25,6 +25,7 @@ SETTINGS = (
     "avatar_shared.web.auth:AuthSettings",
     "avatar_token.config:TokenSettings",
     "avatar_bundles.config:BundlesSettings",
+    "avatar_actions.config:ActionsSettings",
 )
 
 

@@ -71,6 +71,7 @@ SERVICES = (
             "BUNDLES_CORS_ORIGINS": LOCAL_ORIGINS,
         },
     ),
+    # No LIVEKIT_URL locally: the actions service runs as a dry run and logs each packet.
     Service("actions", "avatar_actions", 8300),
     Service("agent", "avatar_agent", 8400),
 )

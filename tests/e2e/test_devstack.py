@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from avatar_shared.bus import Bus, events_stream
 from avatar_shared.config import NatsSettings
-from avatar_shared.events import PlayoutStarted
+from avatar_shared.events import PlayoutStarted, SpeechCreated
 from tests.support.nats_server import free_port
 
 ROOT = Path(__file__).parents[2]
@@ -63,6 +64,21 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
             bundle = await http.get("/api/avatars/bundle/demo-avatar")
         assert bundle.status_code == 200, bundle.text
         assert "payload" in bundle.json()
+
+        # The actions service runs as a dry run: an agent's reply shows up as logged packets.
+        bus = await Bus.connect(NatsSettings(url=f"nats://127.0.0.1:{port}"), name="e2e-agent")
+        for event in [
+            SpeechCreated(
+                room="demo", speech_id="s1", seq=0, source_kind="say", user_initiated=False
+            ),
+            PlayoutStarted(room="demo", speech_id="s1", seq=1),
+        ]:
+            await bus.publish(event)
+        await bus.close()
+        await _read_until(proc, '"room": "demo"', out)
+        entry = json.loads(out[-1].split("| ", 1)[1])
+        assert entry["room"] == "demo"
+        assert entry["payload"] == '{"type": "AVATAR_UPDATE", "action": "speaking"}'
     finally:
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
@@ -70,8 +86,9 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
             code = await proc.wait()
     log = "".join(out) + rest.decode()
     assert code == 0, log
-    # reverse start order: bundles, then token, then NATS
-    assert log.index("stopping bundles") < log.index("stopping token") < log.index("stopping nats")
+    # reverse start order: actions, bundles, token, then NATS
+    stops = [log.index(f"stopping {name}") for name in ("actions", "bundles", "token", "nats")]
+    assert stops == sorted(stops)
     assert "stack stopped" in log
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

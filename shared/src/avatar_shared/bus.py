@@ -110,10 +110,19 @@ class Bus:
             semconv.METRIC_BUS_CONNECTION_EVENTS, description="NATS connection state changes"
         )
 
+        client: list[NatsClient] = []
+
         def _callback(kind: str, level: int) -> Callable[[], Awaitable[None]]:
             async def _log() -> None:
+                # Draining on shutdown disconnects too; that one is not worth a warning.
+                draining = bool(client) and (client[0].is_draining or client[0].is_closed)
                 connection_events.add(1, {"event": kind})
-                log.log(level, "nats connection %s", kind, extra={"nats_event": kind})
+                log.log(
+                    logging.INFO if draining else level,
+                    "nats connection %s",
+                    kind,
+                    extra={"nats_event": kind},
+                )
 
             return _log
 
@@ -136,6 +145,7 @@ class Bus:
             lame_duck_mode_cb=_callback("lame_duck", logging.WARNING),
             error_cb=_error,
         )
+        client.append(nc)
         return cls(nc, tracer_provider=tracer_provider, meter_provider=meter_provider)
 
     async def ensure_stream(self, spec: StreamSpec) -> api.StreamInfo:

@@ -48,5 +48,7 @@ METRIC_TOKENS_REFUSED: Final = "avatar.token.refused"
 METRIC_BUNDLE_REQUESTS: Final = "avatar.bundles.requests"
 METRIC_BUNDLE_UPSTREAM_CALLS: Final = "avatar.bundles.upstream.calls"
 METRIC_ACTIONS_SEND_RETRIES: Final = "avatar.actions.send.retries"
+METRIC_ACTIONS_DECISIONS: Final = "avatar.actions.decisions"
+METRIC_ACTIONS_LATENCY: Final = "avatar.actions.latency"
 
 INSTRUMENTATION_NAME: Final = "avatar_shared"

@@ -1,4 +1,4 @@
-"""Each sequencing rule, driven by events and explicit times (docs/actions-rules.md)."""
+"""Each sequencing rule, driven by events and explicit times (docs/actions.md)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,9 @@ class ActionsSettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address of the health/metrics server")  # noqa: S104
     port: int = Field(8300, gt=0, lt=65536, description="Port of the health/metrics server")
-    consumer: str = Field("actions", pattern=r"^[A-Za-z0-9_-]+$", description="Durable consumer name")
+    consumer: str = Field(
+        "actions", pattern=r"^[A-Za-z0-9_-]+$", description="Durable consumer name"
+    )
     allowed_actions: list[str] = Field(
         ["speaking", "wave_hand"], description="Actions avatars may perform, JSON list"
     )
@@ -19,7 +21,9 @@ class ActionsSettings(BaseSettings):
     gesture_ttl_seconds: float = Field(30.0, gt=0, description="Held gestures expire after this")
     cap_per_speech: int = Field(3, ge=0, description="Gestures allowed per reply")
     min_gap_seconds: float = Field(1.0, ge=0, description="Minimum time between gestures")
-    topic: str = Field("", description="LiveKit data topic of AVATAR_UPDATE packets (none if empty)")
+    topic: str = Field(
+        "", description="LiveKit data topic of AVATAR_UPDATE packets (none if empty)"
+    )
     destinations: list[str] = Field(
         [], description="Participant identities to send to, JSON list (everyone if empty)"
     )

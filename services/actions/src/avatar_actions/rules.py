@@ -4,7 +4,7 @@ Pure and deterministic: :meth:`RoomSequencer.handle` takes an event and the curr
 :meth:`RoomSequencer.tick` takes the time; both return the decisions now due, and
 :meth:`RoomSequencer.next_deadline` says when ``tick`` must run next. Nothing here sleeps,
 raises for a refusal, or does I/O; the state is a plain model that serialises to JSON, so
-the service can keep it durable. Every rule is a row in ``docs/actions-rules.md``:
+the service can keep it durable. Every rule is a row in ``docs/actions.md``:
 
 1. ``speaking`` is published once per speech, when its playout starts.
 2. Gestures belong to the speech whose text held their tag; they are released in tag

@@ -7,12 +7,12 @@ redelivered event or a successor replica finds the packet already sent.
 
 from __future__ import annotations
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from avatar_actions.rules import RoomState
-from avatar_shared.rooms import encode_room
+from avatar_shared.rooms import decode_room, encode_room
 
 STATE_BUCKET = "ACTIONS_ROOMS"
 SENT_BUCKET = "ACTIONS_SENT"
@@ -40,11 +40,9 @@ class RoomStore:
 
     async def rooms(self) -> list[str]:
         """Every room with stored state (to resume held gestures after a restart)."""
-        from avatar_shared.rooms import decode_room
-
         try:
             keys = await self._kv.keys()
-        except Exception:  # nats-py raises NoKeysError for an empty bucket
+        except NoKeysError:
             return []
         return [decode_room(key) for key in keys]
 

@@ -1,0 +1,71 @@
+"""Process entry: configuration (fail fast), telemetry, NATS, consume until SIGTERM, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from livekit import api
+
+from avatar_actions import consumer
+from avatar_actions.app import VERSION, build_engine, build_publisher, health_app
+from avatar_actions.config import ActionsSettings
+from avatar_actions.store import SENT_BUCKET, STATE_BUCKET, RoomStore, SentRecord
+from avatar_shared.bus import Bus, events_stream
+from avatar_shared.config import LiveKitSettings, LogSettings, NatsSettings, load_or_exit
+from avatar_shared.logs import configure_logging
+from avatar_shared.telemetry import setup_telemetry
+from avatar_shared.web.service import serve
+
+
+async def run(
+    settings: ActionsSettings, nats: NatsSettings, livekit: LiveKitSettings | None
+) -> None:
+    bus = await Bus.connect(nats, name="avatar-actions")
+    lk = (
+        api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret.get_secret_value())
+        if livekit
+        else None
+    )
+    stop = asyncio.Event()
+    try:
+        await bus.ensure_stream(events_stream(nats.stream_replicas))
+        rooms = RoomStore(
+            await bus.ensure_kv(
+                STATE_BUCKET, ttl_seconds=settings.state_ttl_seconds, replicas=nats.stream_replicas
+            )
+        )
+        sent = SentRecord(
+            await bus.ensure_kv(
+                SENT_BUCKET, ttl_seconds=settings.sent_ttl_seconds, replicas=nats.stream_replicas
+            )
+        )
+        engine = build_engine(
+            settings, bus, rooms, sent, build_publisher(settings, lk.room if lk else None)
+        )
+        consuming = asyncio.create_task(consumer.run(bus, engine, settings.consumer, stop))
+        await serve(health_app(), host=settings.host, port=settings.port, graceful_timeout=5)
+        stop.set()  # SIGTERM: finish the batch in hand, then drain
+        await consuming
+    finally:
+        await bus.close()
+        if lk:
+            await lk.aclose()
+
+
+def main() -> int:
+    logs = load_or_exit(LogSettings)
+    configure_logging("actions", logs.level, logs.format)
+    settings = load_or_exit(ActionsSettings)
+    nats = load_or_exit(NatsSettings)
+    livekit = load_or_exit(LiveKitSettings) if os.environ.get("LIVEKIT_URL") else None
+    telemetry = setup_telemetry("avatar-actions", VERSION, prometheus=True)
+    try:
+        asyncio.run(run(settings, nats, livekit))
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

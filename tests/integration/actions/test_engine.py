@@ -1,0 +1,233 @@
+"""The actions service's engine and consumer on real NATS, sending to the LiveKit double."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from livekit import api
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from avatar_actions import consumer
+from avatar_actions.app import build_engine, build_publisher
+from avatar_actions.config import ActionsSettings
+from avatar_actions.engine import Engine
+from avatar_actions.store import RoomStore, SentRecord
+from avatar_shared.bus import Bus
+from avatar_shared.events import (
+    AgentState,
+    AgentStateChanged,
+    Event,
+    PlayoutStarted,
+    SpeechCreated,
+    SpeechDone,
+    TagKind,
+    TagParsed,
+)
+from tests.support.livekit_server import LiveKitDouble, RunningLiveKit
+
+KEY, SECRET = "APIactions", "actions-test-secret-that-is-long-enough-0123456789"
+SETTINGS = ActionsSettings(
+    allowed_actions=["speaking", "wave_hand", "nod"],
+    debounce_seconds=0.05,
+    min_gap_seconds=0.05,
+)
+
+
+class Turns:
+    """Agent events for one room, numbered as the agent would number them."""
+
+    def __init__(self, room: str) -> None:
+        self.room = room
+        self._seq = itertools.count()
+
+    def _common(self) -> dict[str, Any]:
+        return {"room": self.room, "avatar_id": "demo-avatar", "seq": next(self._seq)}
+
+    def reply(self, speech: str, *gestures: str, interrupted: bool = False) -> list[Event]:
+        tags = [
+            TagParsed(
+                **self._common(),
+                speech_id=speech,
+                kind=TagKind.ACTION,
+                name=g,
+                valid=True,
+                index=i,
+                char_offset=0,
+                word_index=0,
+            )
+            for i, g in enumerate(gestures)
+        ]
+        return [
+            SpeechCreated(
+                **self._common(),
+                speech_id=speech,
+                source_kind="generate_reply",
+                user_initiated=False,
+            ),
+            AgentStateChanged(
+                **self._common(), old_state=AgentState.THINKING, new_state=AgentState.SPEAKING
+            ),
+            *tags,
+            PlayoutStarted(**self._common(), speech_id=speech),
+            SpeechDone(**self._common(), speech_id=speech, interrupted=interrupted),
+            AgentStateChanged(
+                **self._common(), old_state=AgentState.SPEAKING, new_state=AgentState.LISTENING
+            ),
+        ]
+
+
+@pytest.fixture
+async def livekit() -> AsyncIterator[LiveKitDouble]:
+    async with RunningLiveKit(LiveKitDouble(keys={KEY: SECRET})) as double:
+        yield double
+
+
+@pytest.fixture
+async def stores(bus: Bus) -> AsyncIterator[tuple[RoomStore, SentRecord]]:
+    tag = uuid.uuid4().hex[:8]
+    rooms_kv = await bus.ensure_kv(f"rooms_{tag}", ttl_seconds=600)
+    sent_kv = await bus.ensure_kv(f"sent_{tag}", ttl_seconds=600)
+    yield RoomStore(rooms_kv), SentRecord(sent_kv)
+    await bus.js.delete_key_value(f"rooms_{tag}")
+    await bus.js.delete_key_value(f"sent_{tag}")
+
+
+@pytest.fixture
+async def start(
+    bus: Bus,
+    livekit: LiveKitDouble,
+    stores: tuple[RoomStore, SentRecord],
+    tracer_provider: TracerProvider,
+) -> AsyncIterator[Callable[[], Any]]:
+    """Start a replica (engine + consumer); each call is a fresh process's worth of memory."""
+    name = f"actions-{uuid.uuid4().hex[:8]}"
+    running: list[tuple[asyncio.Task[None], asyncio.Event, api.LiveKitAPI]] = []
+
+    async def launch() -> tuple[Engine, asyncio.Task[None], asyncio.Event]:
+        lk = api.LiveKitAPI(livekit.url, KEY, SECRET)
+        publisher = build_publisher(SETTINGS, lk.room, tracer_provider=tracer_provider)
+        engine = build_engine(SETTINGS, bus, *stores, publisher, tracer_provider=tracer_provider)
+        stop = asyncio.Event()
+        task = asyncio.create_task(consumer.run(bus, engine, name, stop))
+        running.append((task, stop, lk))
+        async with asyncio.timeout(10):  # readiness: the durable consumer exists
+            while True:
+                try:
+                    await bus.js.consumer_info("AVATAR_EVENTS", name)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.02)
+        return engine, task, stop
+
+    yield launch
+    for task, stop, lk in running:
+        stop.set()
+        if not task.done():
+            await task
+        await lk.aclose()
+    await bus.js.delete_consumer("AVATAR_EVENTS", name)
+
+
+async def received(livekit: LiveKitDouble, count: int) -> list[tuple[str, str]]:
+    async with asyncio.timeout(15):
+        while len(livekit.received) < count:
+            livekit.arrived.clear()
+            await livekit.arrived.wait()
+    return [(r.request.room, json.loads(r.request.data)["action"]) for r in livekit.received]
+
+
+def in_room(packets: list[tuple[str, str]], room: str) -> list[str]:
+    return [action for r, action in packets if r == room]
+
+
+async def test_a_scripted_stream_for_several_rooms_yields_exactly_the_expected_packets(
+    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+) -> None:
+    await start()
+    rooms = {name: Turns(f"{room}-{name}") for name in ("a", "b", "c")}
+    script = [
+        *rooms["a"].reply("a1", "wave_hand"),
+        *rooms["b"].reply("b1", "nod", "wave_hand", "moonwalk"),
+        *rooms["c"].reply("c1", "wave_hand", interrupted=True),
+    ]
+    for event in script:
+        await bus.publish(event)
+    packets = await received(livekit, 2 + 3 + 1)
+    assert in_room(packets, rooms["a"].room) == ["speaking", "wave_hand"]
+    assert in_room(packets, rooms["b"].room) == ["speaking", "nod", "wave_hand"]
+    assert in_room(packets, rooms["c"].room) == ["speaking"]
+    await asyncio.sleep(0.3)  # nothing else may follow (an absence cannot be waited for)
+    assert len(livekit.received) == 6
+
+
+async def test_one_turn_is_one_trace_from_agent_publish_to_send_data(
+    bus: Bus,
+    livekit: LiveKitDouble,
+    start: Callable[[], Any],
+    room: str,
+    spans: InMemorySpanExporter,
+) -> None:
+    await start()
+    for event in Turns(room).reply("s1", "wave_hand"):
+        await bus.publish(event)
+    await received(livekit, 2)
+    async with asyncio.timeout(5):  # the client span ends just after the double answers
+        while sum(s.name == "livekit.RoomService/SendData" for s in spans.get_finished_spans()) < 2:
+            await asyncio.sleep(0.01)
+    finished = spans.get_finished_spans()
+    by_id = {s.context.span_id: s for s in finished}
+    sends = [s for s in finished if s.name == "livekit.RoomService/SendData"]
+    assert len(sends) == 2
+    for send in sends:
+        chain = []
+        span = send
+        while span.parent is not None and span.parent.span_id in by_id:
+            span = by_id[span.parent.span_id]
+            chain.append(span.name)
+        assert span.kind.name == "PRODUCER", chain  # the trace starts at the agent's publish
+        assert span.name.endswith(" publish")
+        assert any(name.endswith(" process") for name in chain)
+        assert span.context.trace_id == send.context.trace_id
+
+
+async def test_a_replica_that_dies_mid_stream_loses_nothing_and_repeats_nothing(
+    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+) -> None:
+    _, first, _ = await start()
+    turn = Turns(room).reply("s1", "wave_hand", "nod")
+    for event in turn[:-2]:  # up to playout: speaking goes out, gestures are held
+        await bus.publish(event)
+    await received(livekit, 1)
+    first.cancel()  # a crash: no drain, nothing more acked
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await start()  # a successor with empty memory, same durable consumer and stores
+    for event in turn[-2:]:
+        await bus.publish(event)
+    packets = await received(livekit, 3)
+    assert in_room(packets, room) == ["speaking", "wave_hand", "nod"]
+    await asyncio.sleep(0.3)
+    assert len(livekit.received) == 3
+
+
+async def test_redelivered_events_send_nothing_twice(
+    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+) -> None:
+    await start()
+    turn = Turns(room).reply("s1", "wave_hand")
+    for event in turn:
+        await bus.publish(event)
+    await received(livekit, 2)
+    # The same events again, as a redelivery would bring them (the stream de-duplicates
+    # identical ids, so these arrive as new messages with the same content and new ids).
+    for event in turn:
+        await bus.publish(event.model_copy(update={"id": uuid.uuid4().hex}))
+    await asyncio.sleep(0.5)
+    assert len(livekit.received) == 2
