@@ -38,6 +38,7 @@ class LiveKitDouble:
     keys: dict[str, str]  # API key -> secret
     received: list[Received] = field(default_factory=list)
     fail_with: list[int] = field(default_factory=list)  # statuses for the next calls
+    unavailable_rooms: set[str] = field(default_factory=set)  # 503 for these rooms
     delay: float = 0.0
     attempts: int = 0
     port: int = 0
@@ -87,6 +88,8 @@ class LiveKitDouble:
             return denied
         if self.delay:
             await asyncio.sleep(self.delay)
+        if message.room in self.unavailable_rooms:
+            return self._error(503, "unavailable", "injected for this room")
         if self.fail_with:
             status = self.fail_with.pop(0)
             return self._error(

@@ -30,6 +30,7 @@ from avatar_shared.events import (
     TagKind,
     TagParsed,
 )
+from avatar_shared.rooms import encode_room
 from tests.support.livekit_server import LiveKitDouble, RunningLiveKit
 
 KEY, SECRET = "APIactions", "actions-test-secret-that-is-long-enough-0123456789"
@@ -231,3 +232,52 @@ async def test_redelivered_events_send_nothing_twice(
         await bus.publish(event.model_copy(update={"id": uuid.uuid4().hex}))
     await asyncio.sleep(0.5)
     assert len(livekit.received) == 2
+
+
+async def test_livekit_failing_for_a_while_delays_packets_but_loses_none(
+    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+) -> None:
+    livekit.fail_with = [503] * 6  # more than one call's retries: the event is redelivered
+    await start()
+    for event in Turns(room).reply("s1", "wave_hand"):
+        await bus.publish(event)
+    packets = await received(livekit, 2)
+    assert in_room(packets, room) == ["speaking", "wave_hand"]
+
+
+async def test_a_livekit_4xx_drops_the_packet_and_says_why(
+    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+) -> None:
+    livekit.fail_with = [400]
+    await start()
+    decisions = await bus.js.pull_subscribe(
+        f"avatars.v1.actions.action_decision.{encode_room(room)}", stream="AVATAR_EVENTS"
+    )
+    for event in Turns(room).reply("s1", "wave_hand"):
+        await bus.publish(event)
+    packets = await received(livekit, 1)
+    assert in_room(packets, room) == ["wave_hand"]
+    async with asyncio.timeout(10):
+        got: list[dict[str, Any]] = []
+        while len(got) < 2:
+            got += [json.loads(m.data) for m in await decisions.fetch(2, timeout=5)]
+    assert [(d["action"], d["outcome"], d["reason"]) for d in got] == [
+        ("speaking", "dropped", "send_failed"),
+        ("wave_hand", "published", None),
+    ]
+    assert livekit.attempts == 2  # the 4xx was not retried
+
+
+async def test_a_room_waiting_for_livekit_does_not_hold_up_the_others(
+    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+) -> None:
+    stuck, free = Turns(f"{room}-stuck"), Turns(f"{room}-free")
+    livekit.unavailable_rooms.add(stuck.room)
+    await start()
+    for event in [*stuck.reply("s1", "wave_hand"), *free.reply("f1", "nod")]:
+        await bus.publish(event)
+    packets = await received(livekit, 2)
+    assert in_room(packets, free.room) == ["speaking", "nod"]
+    livekit.unavailable_rooms.clear()
+    packets = await received(livekit, 4)
+    assert in_room(packets, stuck.room) == ["speaking", "wave_hand"]  # late, in order

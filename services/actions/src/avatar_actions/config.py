@@ -28,6 +28,8 @@ class ActionsSettings(BaseSettings):
         [], description="Participant identities to send to, JSON list (everyone if empty)"
     )
     send_timeout_seconds: float = Field(5.0, gt=0, description="Per SendData call")
-    send_retries: int = Field(4, ge=0, le=10, description="Retries on 5xx, timeouts, resets")
+    send_retries: int = Field(
+        2, ge=0, le=10, description="Quick retries per SendData; longer outages wait in the outbox"
+    )
     state_ttl_seconds: float = Field(86400, gt=0, description="Room state kept this long")
     sent_ttl_seconds: float = Field(3600, gt=0, description="Idempotency records kept this long")

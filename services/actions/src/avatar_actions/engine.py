@@ -1,12 +1,18 @@
 """The actions service's core: events in, packets and decision events out, state kept.
 
-For each event: load the room's state, let the rules decide, carry the decisions out,
-save the state; only then does the bus ack the message, so a crash before that
-redelivers the event to a successor that starts from the last saved state. Carrying
-out a ``published`` decision sends the packet unless the sent record already has it,
-then records it; every decision, sent or dropped, goes back on the bus as an
-``action_decision`` event whose id is derived from its cause, so a redelivery does not
-store it twice. :meth:`Engine.tick` releases what has become due without an event.
+For each event: load the room's state, let the rules decide, put the packets to send in
+the room's outbox, send what the outbox holds, save the state; only then does the bus
+ack the message, so a crash before that redelivers the event to a successor that starts
+from the last saved state (an event already applied is recognised by its id and skipped).
+
+- A packet is sent unless the sent record already has it, then recorded: redeliveries
+  and successors never send it twice.
+- If LiveKit is unavailable the outbox keeps the packet, and everything after it for
+  that room, and retries with backoff from :meth:`Engine.tick`: the room's packets stay
+  in order, other rooms are not held up, and the message is still acked (its effect,
+  the outbox, is durable).
+- Every decision, sent or dropped, goes back on the bus as an ``action_decision`` event
+  whose id derives from its cause, so a redelivery stores it once.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from opentelemetry import metrics, trace
 
 from avatar_actions.publisher import Packet, Publisher, PublishError
 from avatar_actions.rules import Decision, RoomSequencer, RulesConfig
-from avatar_actions.store import RoomStore, SentRecord, StoredRoom
+from avatar_actions.store import Outgoing, RoomStore, SentRecord, StoredRoom
 from avatar_shared import semconv
 from avatar_shared.bus import Bus
 from avatar_shared.events import ActionDecision, DropReason, Event, Outcome
 
 log = logging.getLogger(__name__)
+_APPLIED_REMEMBERED = 64
+_RETRY_BASE, _RETRY_MAX = 0.5, 10.0
 
 
 class Engine:
@@ -63,61 +71,54 @@ class Engine:
         )
 
     async def resume(self) -> None:
-        """After a (re)start: find rooms whose stored state still holds gestures."""
+        """After a (re)start: find rooms with held gestures or packets still to send."""
         for room in await self._rooms.rooms():
-            stored = await self._rooms.load(room)
-            deadline = RoomSequencer(self._rules, stored.rules).next_deadline()
-            if deadline is not None:
-                self._deadlines[room] = deadline
+            self._schedule(room, await self._rooms.load(room))
 
     async def handle(self, event: Event) -> None:
-        """Process one event; raises (so the bus redelivers) if the effect is not durable."""
+        """Apply one event; raises (so the bus redelivers) if its effect is not durable."""
         stored = await self._rooms.load(event.room)
+        if event.id in stored.applied:
+            return  # a redelivery of an event whose effect is already saved
         stored.avatar_id = event.avatar_id or stored.avatar_id
-        sequencer = RoomSequencer(self._rules, stored.rules)
-        decisions = sequencer.handle(event, self._clock())
-        await self._carry_out(event.room, stored, decisions, started=time.perf_counter())
-        stored.rules = sequencer.state
+        await self._step(event.room, stored, lambda seq: seq.handle(event, self._clock()))
+        stored.applied = [*stored.applied, event.id][-_APPLIED_REMEMBERED:]
         await self._rooms.save(event.room, stored)
-        self._schedule(event.room, sequencer)
+        self._schedule(event.room, stored)
 
     def next_deadline(self) -> float | None:
         return min(self._deadlines.values(), default=None)
 
     async def tick(self) -> None:
-        """Release and expire what is due in every room with a deadline passed."""
+        """Release, expire and retry what is due in every room whose deadline has passed."""
         now = self._clock()
         for room in [r for r, due in self._deadlines.items() if due <= now]:
             cause = self._release_trace.get(room)
             parent = trace.set_span_in_context(trace.NonRecordingSpan(cause)) if cause else None
             with self._tracer.start_as_current_span("actions release", context=parent):
                 stored = await self._rooms.load(room)
-                sequencer = RoomSequencer(self._rules, stored.rules)
-                decisions = sequencer.tick(now)
-                await self._carry_out(room, stored, decisions, started=time.perf_counter())
-                stored.rules = sequencer.state
+                await self._step(room, stored, lambda seq: seq.tick(now))
                 await self._rooms.save(room, stored)
-                self._schedule(room, sequencer)
+                self._schedule(room, stored)
 
-    def _schedule(self, room: str, sequencer: RoomSequencer) -> None:
-        deadline = sequencer.next_deadline()
-        if deadline is None:
-            self._deadlines.pop(room, None)
-            self._release_trace.pop(room, None)
-            return
-        self._deadlines[room] = deadline
-        current = trace.get_current_span().get_span_context()
-        if current.is_valid:
-            self._release_trace[room] = current
-
-    async def _carry_out(
-        self, room: str, stored: StoredRoom, decisions: list[Decision], *, started: float
+    async def _step(
+        self,
+        room: str,
+        stored: StoredRoom,
+        decide: Callable[[RoomSequencer], list[Decision]],
     ) -> None:
-        for decision in decisions:
+        sequencer = RoomSequencer(self._rules, stored.rules)
+        now = self._clock()
+        for decision in decide(sequencer):
             if decision.outcome is Outcome.PUBLISHED:
-                decision = await self._send(room, decision)
-                if decision.outcome is Outcome.PUBLISHED:
-                    self._latency.record(time.perf_counter() - started)
+                stored.outbox.append(
+                    Outgoing(
+                        action=decision.action,
+                        speech_id=decision.speech_id,
+                        cause_id=decision.cause_id,
+                        decided_at=now,
+                    )
+                )
             else:
                 log.info(
                     "dropped action %s: %s",
@@ -125,33 +126,54 @@ class Engine:
                     decision.reason,
                     extra={"room": room, "speech_id": decision.speech_id},
                 )
-            self._decisions.add(
-                1,
-                {
-                    semconv.OUTCOME: decision.outcome.value,
-                    semconv.REASON: decision.reason.value if decision.reason else "",
-                },
-            )
+                await self._announce(room, stored, decision)
+        stored.rules = sequencer.state
+        if stored.retry_at is None or stored.retry_at <= now:
+            await self._flush(room, stored)
+
+    async def _flush(self, room: str, stored: StoredRoom) -> None:
+        """Send the outbox in order; stop at the first packet LiveKit cannot take now."""
+        while stored.outbox:
+            item = stored.outbox[0]
+            decision = Decision(Outcome.PUBLISHED, item.action, item.speech_id, item.cause_id)
+            if not await self._sent.was_sent(room, item.cause_id, item.action):
+                try:
+                    await self._publisher.publish(Packet(room=room, action=item.action))
+                except PublishError as exc:
+                    if not exc.permanent:
+                        stored.failures += 1
+                        backoff = min(_RETRY_MAX, _RETRY_BASE * 2 ** (stored.failures - 1))
+                        stored.retry_at = self._clock() + backoff
+                        log.warning("LiveKit unavailable; retrying room in %.1fs", backoff)
+                        return
+                    decision = Decision(
+                        Outcome.DROPPED,
+                        item.action,
+                        item.speech_id,
+                        item.cause_id,
+                        DropReason.SEND_FAILED,
+                    )
+                else:
+                    await self._sent.mark_sent(room, item.cause_id, item.action)
+                    self._latency.record(max(0.0, self._clock() - item.decided_at))
+            stored.outbox.pop(0)
+            stored.failures, stored.retry_at = 0, None
             await self._announce(room, stored, decision)
 
-    async def _send(self, room: str, decision: Decision) -> Decision:
-        if await self._sent.was_sent(room, decision.cause_id, decision.action):
-            return decision  # sent before a crash or redelivery: never twice
-        try:
-            await self._publisher.publish(Packet(room=room, action=decision.action))
-        except PublishError as exc:
-            if not exc.permanent:
-                raise  # not durable: let the event come back
-            return Decision(
-                Outcome.DROPPED,
-                decision.action,
-                decision.speech_id,
-                decision.cause_id,
-                DropReason.SEND_FAILED,
-            )
-        await self._sent.mark_sent(room, decision.cause_id, decision.action)
-        trace.get_current_span().add_event("packet sent", {"avatar.action": decision.action})
-        return decision
+    def _schedule(self, room: str, stored: StoredRoom) -> None:
+        deadlines = [
+            d
+            for d in (RoomSequencer(self._rules, stored.rules).next_deadline(), stored.retry_at)
+            if d is not None
+        ]
+        if not deadlines:
+            self._deadlines.pop(room, None)
+            self._release_trace.pop(room, None)
+            return
+        self._deadlines[room] = min(deadlines)
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid:
+            self._release_trace[room] = current
 
     async def _announce(self, room: str, stored: StoredRoom, decision: Decision) -> None:
         key = f"{decision.cause_id}:{decision.action}:{decision.outcome.value}"

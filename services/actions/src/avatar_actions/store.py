@@ -18,10 +18,23 @@ STATE_BUCKET = "ACTIONS_ROOMS"
 SENT_BUCKET = "ACTIONS_SENT"
 
 
+class Outgoing(BaseModel):
+    """A packet decided on and not yet sent (LiveKit was unavailable)."""
+
+    action: str
+    speech_id: str | None
+    cause_id: str
+    decided_at: float
+
+
 class StoredRoom(BaseModel):
     avatar_id: str | None = None
     decisions_seq: int = 0
     rules: RoomState = RoomState()
+    applied: list[str] = []  # ids of the latest events applied, to skip redeliveries
+    outbox: list[Outgoing] = []  # in order; the head blocks the rest (per-room order)
+    retry_at: float | None = None
+    failures: int = 0
 
 
 class RoomStore:
