@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import nats.errors
 import pytest
 from livekit import api
 from opentelemetry.sdk.trace import TracerProvider
@@ -281,3 +282,24 @@ async def test_a_room_waiting_for_livekit_does_not_hold_up_the_others(
     livekit.unavailable_rooms.clear()
     packets = await received(livekit, 4)
     assert in_room(packets, stuck.room) == ["speaking", "wave_hand"]  # late, in order
+
+
+async def test_nats_restarting_mid_stream_loses_nothing_acked(
+    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str, nats_server: Any
+) -> None:
+    await start()
+    turn = Turns(room).reply("s1", "wave_hand")
+    for event in turn[:-2]:
+        await bus.publish(event)
+    await received(livekit, 1)
+    await asyncio.to_thread(nats_server.restart)
+    for event in turn[-2:]:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await bus.publish(event)  # same id on every try: stored once
+                    break
+                except (nats.errors.Error, TimeoutError):
+                    await asyncio.sleep(0.1)
+    packets = await received(livekit, 2)
+    assert in_room(packets, room) == ["speaking", "wave_hand"]

@@ -9,10 +9,12 @@ deadline, so a gesture due in 200 ms is not held up by a quiet stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 import nats.errors
+import nats.js
 from nats.js import api
 
 from avatar_actions.engine import Engine
@@ -45,14 +47,26 @@ async def run(bus: Bus, engine: Engine, consumer: str, stop: asyncio.Event) -> N
     log.info("consuming agent events as %s", consumer)
     try:
         while not stop.is_set():
-            deadline = engine.next_deadline()
-            wait = _MAX_WAIT if deadline is None else deadline - time.time()
             try:
-                messages = await sub.fetch(batch=64, timeout=min(_MAX_WAIT, max(_MIN_WAIT, wait)))
-            except nats.errors.TimeoutError:
-                messages = []
-            for message in messages:
-                await bus.process(message, engine.handle, consumer=consumer)
-            await engine.tick()
+                await _step(bus, engine, sub, consumer)
+            except (nats.errors.Error, TimeoutError) as exc:
+                # NATS restarting or unreachable: nothing unacked is lost; try again soon.
+                log.warning("consumer step failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(_MAX_WAIT)
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+
+async def _step(
+    bus: Bus, engine: Engine, sub: nats.js.JetStreamContext.PullSubscription, consumer: str
+) -> None:
+    deadline = engine.next_deadline()
+    wait = _MAX_WAIT if deadline is None else deadline - time.time()
+    try:
+        messages = await sub.fetch(batch=64, timeout=min(_MAX_WAIT, max(_MIN_WAIT, wait)))
+    except nats.errors.TimeoutError:
+        messages = []
+    for message in messages:
+        await bus.process(message, engine.handle, consumer=consumer)
+    await engine.tick()
