@@ -8,7 +8,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),.bootstrap/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 RUN := $(UV) run --frozen
 
-.PHONY: help install run run-nats test test-unit test-integration lint format docs bench bench-token bench-bundles bench-parser clean
+.PHONY: help install run run-nats test test-unit test-integration lint format docs bench bench-token bench-bundles bench-parser bench-actions clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_%-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,7 +46,7 @@ format: install ## Apply ruff's fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 
-bench: bench-token bench-bundles bench-parser ## Run every benchmark; results go to docs/benchmarks.md
+bench: bench-token bench-bundles bench-parser bench-actions ## Run every benchmark; results go to docs/benchmarks.md
 
 bench-token: install ## Token service vs a minimal token endpoint (throughput, p99)
 	$(RUN) python -m scripts.bench.bench_token
@@ -56,6 +56,9 @@ bench-bundles: install ## Bundle service cache hits at 500 req/s, peak, upstream
 
 bench-parser: install ## Agent tag parser throughput on typical and hostile text
 	$(RUN) python -m scripts.bench.bench_parser
+
+bench-actions: install ## Actions event-to-SendData latency at 1/100/1000 rooms, throughput
+	$(RUN) python -m scripts.bench.bench_actions
 
 docs: install ## Regenerate docs/events.schema.json and the README configuration table
 	$(RUN) python -m avatar_shared.schema docs/events.schema.json

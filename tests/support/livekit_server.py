@@ -12,6 +12,7 @@ Tests can queue failures or delays and read every packet that was accepted.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import jwt
@@ -31,6 +32,7 @@ from tests.support.nats_server import free_port
 class Received:
     request: SendDataRequest
     traceparent: str | None
+    at: float  # time.perf_counter() when it was accepted
 
 
 @dataclass
@@ -95,7 +97,9 @@ class LiveKitDouble:
             return self._error(
                 status, "unavailable" if status >= 500 else "invalid_argument", "injected"
             )
-        self.received.append(Received(message, request.headers.get("traceparent")))
+        self.received.append(
+            Received(message, request.headers.get("traceparent"), time.perf_counter())
+        )
         self.arrived.set()
         return Response(b"", media_type="application/protobuf")  # an empty SendDataResponse
 
