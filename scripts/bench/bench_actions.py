@@ -15,9 +15,7 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,8 +27,8 @@ from avatar_shared.bus import Bus, events_stream
 from avatar_shared.config import NatsSettings
 from avatar_shared.events import PlayoutStarted, SpeechCreated
 from scripts.bench.report import write_section
-from tests.support.livekit_server import LiveKitDouble, RunningLiveKit
-from tests.support.nats_server import free_port, nats_server_binary, wait_ready
+from tests.support.livekit_server import LiveKitDouble, running_livekit
+from tests.support.nats_server import free_port, start_nats_process
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY, SECRET = "APIbench", "bench-actions-secret-that-is-long-enough-0123"
@@ -107,7 +105,7 @@ async def measure(args: argparse.Namespace, nats_url: str) -> str:
     port = free_port()
     bus = await Bus.connect(NatsSettings(url=nats_url), name="bench")
     await bus.ensure_stream(events_stream())
-    async with RunningLiveKit(LiveKitDouble(keys={KEY: SECRET})) as double:
+    async with running_livekit(LiveKitDouble(keys={KEY: SECRET})) as double:
         env = os.environ | {
             "NATS_URL": nats_url,
             "LIVEKIT_URL": double.url,
@@ -150,30 +148,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    store = tempfile.mkdtemp(prefix="bench-actions-")
-    nats_port, monitor = free_port(), free_port()
-    nats_server = subprocess.Popen(
-        [
-            str(nats_server_binary()),
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(nats_port),
-            "-m",
-            str(monitor),
-            "-sd",
-            store,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    nats_server = start_nats_process()
     try:
-        wait_ready(monitor)
-        body = asyncio.run(measure(args, f"nats://127.0.0.1:{nats_port}"))
+        body = asyncio.run(measure(args, nats_server.url))
     finally:
-        nats_server.terminate()
-        nats_server.wait(timeout=30)
+        nats_server.stop()
     write_section("actions", "make bench-actions", body)
     print(body)
     return 0

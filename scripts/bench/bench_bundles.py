@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scripts.bench import loadgen
 from scripts.bench.report import write_section
-from tests.support.nats_server import free_port, nats_server_binary, wait_ready
+from tests.support.nats_server import free_port, start_nats_process
 from tests.support.zeroweight import API_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,33 +52,17 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-bundles-"))
     policy = tmp / "policy.toml"
     policy.write_text('[[rules]]\nprincipals = ["anonymous"]\navatars = ["*"]\n')
-    nats_port, monitor, zw_port, port = free_port(), free_port(), free_port(), free_port()
+    zw_port, port = free_port(), free_port()
+    nats = start_nats_process()
     procs = [
-        subprocess.Popen(
-            [
-                str(nats_server_binary()),
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(nats_port),
-                "-m",
-                str(monitor),
-                "-sd",
-                str(tmp / "nats"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
         subprocess.Popen(
             [sys.executable, "-m", "tests.support.zeroweight", str(zw_port)], cwd=ROOT
         ),
     ]
     try:
-        wait_ready(monitor)
         _wait_http(f"http://127.0.0.1:{zw_port}/_double/stats")
         env = os.environ | {
-            "NATS_URL": f"nats://127.0.0.1:{nats_port}",
+            "NATS_URL": nats.url,
             "BUNDLES_PORT": str(port),
             "BUNDLES_HOST": "127.0.0.1",
             "BUNDLES_BACKEND": "zeroweight",
@@ -105,6 +89,7 @@ def main() -> int:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(timeout=30)
+        nats.stop()
 
     if paced.errors or peak.errors:
         raise RuntimeError(f"non-2xx answers: {paced.errors + peak.errors}")

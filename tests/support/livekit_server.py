@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import jwt
-import uvicorn
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from livekit.protocol.room import SendDataRequest
@@ -25,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.support.nats_server import free_port
+from tests.support.http_server import serving
 
 
 @dataclass(frozen=True)
@@ -109,24 +110,8 @@ class LiveKitDouble:
         )
 
 
-class RunningLiveKit:
-    def __init__(self, double: LiveKitDouble) -> None:
-        self.double = double
-        double.port = free_port()
-        config = uvicorn.Config(
-            double.app(), host="127.0.0.1", port=double.port, log_level="warning", lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> LiveKitDouble:
-        self._task = asyncio.create_task(self._server.serve())
-        async with asyncio.timeout(10):
-            while not self._server.started:
-                await asyncio.sleep(0.01)
-        return self.double
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
+@asynccontextmanager
+async def running_livekit(double: LiveKitDouble) -> AsyncIterator[LiveKitDouble]:
+    async with serving(double.app()) as port:
+        double.port = port
+        yield double

@@ -171,7 +171,8 @@ def _start_container(client: Any) -> NatsServer:
     return server
 
 
-def _start_process() -> NatsServer:
+def start_nats_process() -> NatsServer:
+    """The nats-server binary as a child process, JetStream data in a temporary folder."""
     binary = nats_server_binary()
     port, monitor_port = free_port(), free_port()
     store = tempfile.mkdtemp(prefix="nats-test-")
@@ -210,4 +211,4 @@ def start_nats() -> NatsServer:
             client.close()
     if os.environ.get("AVATAR_TEST_REQUIRE_DOCKER") == "1":
         raise RuntimeError("AVATAR_TEST_REQUIRE_DOCKER=1 but no Docker engine answers")
-    return _start_process()
+    return start_nats_process()

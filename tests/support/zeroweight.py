@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -20,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.support.nats_server import free_port
+from tests.support.http_server import serving
 
 API_KEY = "zw-test-key-7f3a9c"
 
@@ -82,27 +84,11 @@ class ZeroWeightDouble:
         )
 
 
-class Running:
-    def __init__(self, double: ZeroWeightDouble) -> None:
-        self.double = double
-        double.port = free_port()
-        config = uvicorn.Config(
-            double.app(), host="127.0.0.1", port=double.port, log_level="warning", lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> ZeroWeightDouble:
-        self._task = asyncio.create_task(self._server.serve())
-        async with asyncio.timeout(10):
-            while not self._server.started:
-                await asyncio.sleep(0.01)
-        return self.double
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
+@asynccontextmanager
+async def running(double: ZeroWeightDouble) -> AsyncIterator[ZeroWeightDouble]:
+    async with serving(double.app()) as port:
+        double.port = port
+        yield double
 
 
 if __name__ == "__main__":  # for benchmarks: python -m tests.support.zeroweight PORT

@@ -32,7 +32,7 @@ from avatar_shared.events import (
     TagParsed,
 )
 from avatar_shared.rooms import encode_room
-from tests.support.livekit_server import LiveKitDouble, RunningLiveKit
+from tests.support.livekit_server import LiveKitDouble, running_livekit
 
 KEY, SECRET = "APIactions", "actions-test-secret-that-is-long-enough-0123456789"
 SETTINGS = ActionsSettings(
@@ -87,7 +87,7 @@ class Turns:
 
 @pytest.fixture
 async def livekit() -> AsyncIterator[LiveKitDouble]:
-    async with RunningLiveKit(LiveKitDouble(keys={KEY: SECRET})) as double:
+    async with running_livekit(LiveKitDouble(keys={KEY: SECRET})) as double:
         yield double
 
 

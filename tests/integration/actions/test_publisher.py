@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from avatar_actions.publisher import LiveKitPublisher, Packet, PublishError
 from tests.integration.conftest import metric_points
-from tests.support.livekit_server import LiveKitDouble, RunningLiveKit
+from tests.support.livekit_server import LiveKitDouble, running_livekit
 
 KEY, SECRET = "APIactions", "actions-test-secret-that-is-long-enough-0123456789"
 
@@ -28,7 +28,7 @@ async def no_wait(_: float) -> None:
 
 @pytest.fixture
 async def livekit() -> AsyncIterator[LiveKitDouble]:
-    async with RunningLiveKit(LiveKitDouble(keys={KEY: SECRET})) as double:
+    async with running_livekit(LiveKitDouble(keys={KEY: SECRET})) as double:
         yield double
 
 

@@ -17,7 +17,7 @@ from avatar_bundles.config import BundlesSettings
 from avatar_shared.bus import Bus
 from avatar_shared.web.auth import AuthSettings
 from avatar_shared.web.policy import Policy
-from tests.support.zeroweight import API_KEY, Running, ZeroWeightDouble
+from tests.support.zeroweight import API_KEY, ZeroWeightDouble, running
 
 ALLOWED = ["ava-1", "ava-2", "ava-3", "gone", "theirs", *(f"r{i}" for i in range(10))]
 POLICY = Policy.model_validate({"rules": [{"principals": ["anonymous"], "avatars": ALLOWED}]})
@@ -33,7 +33,7 @@ class Clock:
 
 @pytest.fixture
 async def zeroweight() -> AsyncIterator[ZeroWeightDouble]:
-    async with Running(ZeroWeightDouble()) as double:
+    async with running(ZeroWeightDouble()) as double:
         yield double
 
 
