@@ -12,6 +12,8 @@ from typing import Any
 import nats.errors
 import pytest
 from livekit import api
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -32,6 +34,7 @@ from avatar_shared.events import (
     TagParsed,
 )
 from avatar_shared.rooms import encode_room
+from tests.integration.conftest import metric_points
 from tests.support.livekit_server import LiveKitDouble, running_livekit
 
 KEY, SECRET = "APIactions", "actions-test-secret-that-is-long-enough-0123456789"
@@ -107,6 +110,7 @@ async def start(
     livekit: LiveKitDouble,
     stores: tuple[RoomStore, SentRecord],
     tracer_provider: TracerProvider,
+    meter_provider: MeterProvider,
 ) -> AsyncIterator[Callable[[], Any]]:
     """Start a replica (engine + consumer); each call is a fresh process's worth of memory."""
     name = f"actions-{uuid.uuid4().hex[:8]}"
@@ -115,7 +119,14 @@ async def start(
     async def launch() -> tuple[Engine, asyncio.Task[None], asyncio.Event]:
         lk = api.LiveKitAPI(livekit.url, KEY, SECRET)
         publisher = build_publisher(SETTINGS, lk.room, tracer_provider=tracer_provider)
-        engine = build_engine(SETTINGS, bus, *stores, publisher, tracer_provider=tracer_provider)
+        engine = build_engine(
+            SETTINGS,
+            bus,
+            *stores,
+            publisher,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(consumer.run(bus, engine, name, stop))
         running.append((task, stop, lk))
@@ -247,7 +258,11 @@ async def test_livekit_failing_for_a_while_delays_packets_but_loses_none(
 
 
 async def test_a_livekit_4xx_drops_the_packet_and_says_why(
-    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+    bus: Bus,
+    livekit: LiveKitDouble,
+    start: Callable[[], Any],
+    room: str,
+    metric_reader: InMemoryMetricReader,
 ) -> None:
     livekit.fail_with = [400]
     await start()
@@ -267,6 +282,11 @@ async def test_a_livekit_4xx_drops_the_packet_and_says_why(
         ("wave_hand", "published", None),
     ]
     assert livekit.attempts == 2  # the 4xx was not retried
+    counted = metric_points(metric_reader, "avatar.actions.decisions")
+    assert counted == {
+        (("avatar.outcome", "dropped"), ("avatar.reason", "send_failed")): 1,
+        (("avatar.outcome", "published"), ("avatar.reason", "")): 1,
+    }
 
 
 async def test_a_room_waiting_for_livekit_does_not_hold_up_the_others(

@@ -189,4 +189,11 @@ class Engine:
             cause_id=decision.cause_id,
         )
         stored.decisions_seq += 1
+        self._decisions.add(
+            1,
+            {
+                semconv.OUTCOME: decision.outcome.value,
+                semconv.REASON: decision.reason.value if decision.reason else "",
+            },
+        )
         await self._bus.publish(event)
