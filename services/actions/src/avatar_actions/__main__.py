@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
 
 from livekit import api
 
@@ -16,6 +18,8 @@ from avatar_shared.config import LiveKitSettings, LogSettings, NatsSettings, loa
 from avatar_shared.logs import configure_logging
 from avatar_shared.telemetry import setup_telemetry
 from avatar_shared.web.service import serve
+
+log = logging.getLogger(__name__)
 
 
 async def run(
@@ -44,13 +48,22 @@ async def run(
             settings, bus, rooms, sent, build_publisher(settings, lk.room if lk else None)
         )
         consuming = asyncio.create_task(consumer.run(bus, engine, settings.consumer, stop))
-        await serve(health_app(), host=settings.host, port=settings.port, graceful_timeout=5)
+        consuming.add_done_callback(_stop_if_failed)
+        app = health_app(lambda: "consumer stopped" if consuming.done() else None)
+        await serve(app, host=settings.host, port=settings.port, graceful_timeout=5)
         stop.set()  # SIGTERM: finish the batch in hand, then drain
-        await consuming
+        await consuming  # re-raises what stopped the consumer: the process exits non-zero
     finally:
         await bus.close()
         if lk:
             await lk.aclose()
+
+
+def _stop_if_failed(task: asyncio.Task[None]) -> None:
+    """A consumer that died must not leave a process that looks alive: stop it."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("consumer failed; stopping the process", exc_info=task.exception())
+        signal.raise_signal(signal.SIGTERM)
 
 
 def main() -> int:

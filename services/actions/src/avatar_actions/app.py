@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httpx
@@ -71,7 +72,8 @@ def build_engine(
     )
 
 
-def health_app() -> FastAPI:
+def health_app(ready: Callable[[], str | None]) -> FastAPI:
+    """``/readyz`` answers 503 with ``ready()``'s reason while it returns one."""
     return build_app(
         title="avatar-backend actions service",
         description="Health, readiness and metrics of the actions service.",
@@ -79,4 +81,5 @@ def health_app() -> FastAPI:
         routers=[],
         http=httpx.AsyncClient(),
         cors=Cors(origins=[], methods=[], headers=[]),
+        ready=ready,
     )

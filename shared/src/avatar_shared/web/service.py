@@ -48,6 +48,7 @@ def build_app(
     routers: Sequence[APIRouter],
     http: httpx.AsyncClient,
     cors: Cors,
+    ready: Callable[[], str | None] = lambda: None,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
 ) -> FastAPI:
@@ -72,7 +73,7 @@ def build_app(
             allow_headers=list(cors.headers),
             expose_headers=list(cors.expose),
         )
-    app.include_router(ops_router())
+    app.include_router(ops_router(ready))
     for router in routers:
         app.include_router(router)
     app.add_middleware(
