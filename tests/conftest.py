@@ -7,8 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.nats_server import NatsServer, start_nats
+
+# Property tests check behaviour, not speed: a slow CI machine must not fail them.
+settings.register_profile("repo", deadline=None, print_blob=True)
+settings.load_profile("repo")
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
