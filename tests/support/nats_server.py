@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,6 +76,7 @@ class NatsServer:
     how: str
     _stop: Any = field(repr=False)
     _restart: Any = field(repr=False)
+    _lame_duck: Any = field(repr=False, default=None)
 
     @property
     def url(self) -> str:
@@ -86,6 +88,10 @@ class NatsServer:
 
     def stop(self) -> None:
         self._stop()
+
+    def lame_duck(self) -> None:
+        """Put the server in lame-duck mode (SIGUSR2), as before a rolling upgrade."""
+        self._lame_duck()
 
 
 def _server_args(port: int, monitor_port: int, store_dir: str) -> list[str]:
@@ -166,7 +172,12 @@ def _start_container(client: Any) -> NatsServer:
     def restart() -> None:
         container.get_wrapped_container().restart(timeout=10)
 
-    server = NatsServer(port, monitor_port, f"testcontainers ({image})", container.stop, restart)
+    def lame_duck() -> None:
+        container.get_wrapped_container().kill(signal="SIGUSR2")
+
+    server = NatsServer(
+        port, monitor_port, f"testcontainers ({image})", container.stop, restart, lame_duck
+    )
     wait_ready(monitor_port)
     return server
 
@@ -184,7 +195,11 @@ def start_nats_process() -> NatsServer:
 
     def stop() -> None:
         proc[-1].terminate()
-        proc[-1].wait(timeout=10)
+        try:
+            proc[-1].wait(timeout=2)
+        except subprocess.TimeoutExpired:  # e.g. in lame-duck mode, which delays exiting
+            proc[-1].kill()
+            proc[-1].wait(timeout=10)
 
     def restart() -> None:
         stop()
@@ -194,9 +209,12 @@ def start_nats_process() -> NatsServer:
         stop()
         shutil.rmtree(store, ignore_errors=True)
 
+    def lame_duck() -> None:
+        proc[-1].send_signal(signal.SIGUSR2)
+
     launch()
     server = NatsServer(
-        port, monitor_port, f"nats-server binary ({binary})", stop_and_clean, restart
+        port, monitor_port, f"nats-server binary ({binary})", stop_and_clean, restart, lame_duck
     )
     wait_ready(monitor_port)
     return server

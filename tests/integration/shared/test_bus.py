@@ -9,6 +9,7 @@ import uuid
 import nats
 import pytest
 from nats.js import api
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -230,3 +231,27 @@ async def test_key_value_provisioning_is_idempotent_and_converges(bus: Bus) -> N
     assert info.config.max_age == 120
     assert (await changed.get("k")).value == b"v"
     await bus.js.delete_key_value(bucket)
+
+
+async def test_lame_duck_notices_are_logged_and_counted(
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from avatar_shared.config import NatsSettings
+    from tests.support.nats_server import start_nats_process
+
+    server = start_nats_process()  # its own server: lame duck ends in a shutdown
+    bus = await Bus.connect(NatsSettings(url=server.url), name="ldm", meter_provider=meter_provider)
+    try:
+        server.lame_duck()
+        async with asyncio.timeout(10):
+            while not metric_points(metric_reader, "avatar.bus.connection.events"):
+                await asyncio.sleep(0.05)
+        assert metric_points(metric_reader, "avatar.bus.connection.events") == {
+            (("event", "lame_duck"),): 1
+        }
+        assert "nats connection lame_duck" in caplog.text
+    finally:
+        await bus.close()
+        server.stop()
