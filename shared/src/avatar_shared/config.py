@@ -98,7 +98,7 @@ def load(settings_cls: type[S]) -> S:
             if field in settings_cls.model_fields:
                 problems.append(f"{env_name(settings_cls, field)}: {err['msg']}")
             else:  # a check across fields names its variables in its message
-                problems.append(str(err["msg"]))
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 

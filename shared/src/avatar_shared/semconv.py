@@ -50,5 +50,8 @@ METRIC_BUNDLE_UPSTREAM_CALLS: Final = "avatar.bundles.upstream.calls"
 METRIC_ACTIONS_SEND_RETRIES: Final = "avatar.actions.send.retries"
 METRIC_ACTIONS_DECISIONS: Final = "avatar.actions.decisions"
 METRIC_ACTIONS_LATENCY: Final = "avatar.actions.latency"
+METRIC_AGENT_EVENTS_DROPPED: Final = "avatar.agent.events.dropped"
+METRIC_AGENT_EVENTS_QUEUED: Final = "avatar.agent.events.queued"
+METRIC_AGENT_TAGS: Final = "avatar.agent.tags"
 
 INSTRUMENTATION_NAME: Final = "avatar_shared"

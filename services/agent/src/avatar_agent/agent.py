@@ -1,0 +1,140 @@
+"""The avatar agent: one tag parser on both text paths, tags reported once per speech.
+
+The LLM's text reaches two nodes of the voice pipeline: ``tts_node`` (what is spoken) and
+``transcription_node`` (what the user reads). Each runs its own :class:`TagParser` over
+the same text, so both strip action tags identically; only text bound for Cartesia keeps
+the allowed emotion tags. Both parsers find the same tags in the same order, and
+:class:`SpeechTags` reports each (speech, tag index) once, whichever node sees it first:
+tags reach the bus even when one of the two outputs is disabled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import Agent, ModelSettings
+from livekit.agents.voice.agent_activity import _SpeechHandleContextVar
+from opentelemetry import metrics
+
+from avatar_agent.avatars import Avatar
+from avatar_agent.prompt import build_instructions
+from avatar_agent.tags import Tag, TagParser
+from avatar_shared import semconv
+
+log = logging.getLogger(__name__)
+
+TagSink = Callable[[str, Tag], None]
+
+
+def current_speech_id() -> str | None:
+    """The id of the speech whose pipeline is running in this task.
+
+    livekit-agents runs each speech's nodes in tasks that carry its ``SpeechHandle`` in a
+    context variable; it has no public accessor (``session.current_speech`` is the one
+    *playing*, not the one being generated, which differs with preemptive generation).
+    """
+    handle = _SpeechHandleContextVar.get(None)
+    return handle.id if handle is not None else None
+
+
+async def strip_tags(
+    text: AsyncIterable[str], parser: TagParser, on_tags: Callable[[list[Tag]], None]
+) -> AsyncIterator[str]:
+    """The pure streaming transform: text in, text without tags out, tags reported."""
+    async for chunk in text:
+        clean, tags = parser.feed(str(chunk))
+        if tags:
+            on_tags(tags)
+        if clean:
+            yield clean
+    clean, tags = parser.close()
+    if tags:
+        on_tags(tags)
+    if clean:
+        yield clean
+    if parser.dropped:
+        log.info("unterminated tag dropped at the end of a reply")
+
+
+class SpeechTags:
+    """Reports each tag of a speech once, in order, although two nodes parse it."""
+
+    def __init__(self, sink: TagSink) -> None:
+        self._sink = sink
+        self._reported: dict[str, int] = {}
+
+    def report(self, speech_id: str, tags: list[Tag]) -> None:
+        done = self._reported.get(speech_id, 0)
+        for tag in tags:
+            if tag.index >= done:
+                self._sink(speech_id, tag)
+                done = tag.index + 1
+        self._reported[speech_id] = done
+
+    def forget(self, speech_id: str) -> None:
+        self._reported.pop(speech_id, None)
+
+
+class AvatarAgent(Agent):
+    def __init__(
+        self,
+        avatar: Avatar,
+        *,
+        on_tag: TagSink,
+        tts_keeps_emotions: bool,
+        max_hold: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(instructions=build_instructions(avatar), **kwargs)
+        self.avatar = avatar
+        self.speech_tags = SpeechTags(self._count_and_forward(on_tag))
+        self._tts_keeps_emotions = tts_keeps_emotions
+        self._max_hold = max_hold
+
+    def _count_and_forward(self, sink: TagSink) -> TagSink:
+        counter = metrics.get_meter(semconv.INSTRUMENTATION_NAME).create_counter(
+            semconv.METRIC_AGENT_TAGS, description="Inline tags parsed, by kind and validity"
+        )
+
+        def forward(speech_id: str, tag: Tag) -> None:
+            counter.add(1, {"kind": tag.kind.value, "valid": tag.valid})
+            if not tag.valid:
+                log.info("tag not allowed for this avatar", extra={"tag": tag.name})
+            sink(speech_id, tag)
+
+        return forward
+
+    def _parser(self, *, keep_emotions: bool) -> TagParser:
+        return TagParser(
+            actions=self.avatar.actions.keys(),
+            emotions=self.avatar.emotions,
+            keep_emotions=keep_emotions,
+            max_hold=self._max_hold,
+        )
+
+    def _clean(self, text: AsyncIterable[str], *, keep_emotions: bool) -> AsyncIterator[str]:
+        speech_id = current_speech_id()
+
+        def on_tags(tags: list[Tag]) -> None:
+            if speech_id is None:
+                log.warning("tags outside any speech not reported", extra={"count": len(tags)})
+                return
+            self.speech_tags.report(speech_id, tags)
+
+        return strip_tags(text, self._parser(keep_emotions=keep_emotions), on_tags)
+
+    async def tts_node(
+        self, text: AsyncIterable[str], model_settings: ModelSettings
+    ) -> AsyncIterator[rtc.AudioFrame]:
+        clean = self._clean(text, keep_emotions=self._tts_keeps_emotions)
+        async for frame in Agent.default.tts_node(self, clean, model_settings):
+            yield frame
+
+    async def transcription_node(
+        self, text: AsyncIterable[Any], model_settings: ModelSettings
+    ) -> AsyncIterator[str]:
+        async for chunk in self._clean(text, keep_emotions=False):
+            yield chunk

@@ -1,0 +1,132 @@
+"""One conversation: an ``AgentSession`` running an :class:`AvatarAgent`, reported to the bus.
+
+:class:`Conversation` is the only place that knows how livekit-agents' session events map
+to our contract (``avatar_shared.events``). The LiveKit worker and the local demo both
+use it, so what the bus sees does not depend on how the agent was started.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from livekit.agents import AgentSession
+from livekit.agents.voice import SpeechHandle
+from livekit.agents.voice.events import (
+    AgentStateChangedEvent,
+    CloseEvent,
+    SpeechCreatedEvent,
+    UserStateChangedEvent,
+)
+
+from avatar_agent.agent import AvatarAgent
+from avatar_agent.avatars import Avatar
+from avatar_agent.outbox import EventOutbox
+from avatar_agent.tags import Tag
+from avatar_shared.events import (
+    AgentState,
+    AgentStateChanged,
+    PlayoutStarted,
+    SessionEnded,
+    SessionStarted,
+    SpeechCreated,
+    SpeechDone,
+    TagParsed,
+    UserState,
+    UserStateChanged,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Conversation:
+    def __init__(
+        self,
+        session: AgentSession,
+        avatar: Avatar,
+        outbox: EventOutbox,
+        *,
+        agent_name: str,
+        tts_keeps_emotions: bool,
+        max_hold: int = 64,
+    ) -> None:
+        self.session = session
+        self.outbox = outbox
+        self.agent_name = agent_name
+        self.agent = AvatarAgent(
+            avatar, on_tag=self._on_tag, tts_keeps_emotions=tts_keeps_emotions, max_hold=max_hold
+        )
+        self._playing: set[str] = set()  # speeches whose playout started and is not done
+        self._ended = False
+        session.on("speech_created", self._on_speech_created)
+        session.on("agent_state_changed", self._on_agent_state)
+        session.on("user_state_changed", self._on_user_state)
+        session.on("close", self._on_close)
+
+    def begin(self) -> None:
+        """Call right before starting the session: starts publishing, says so on the bus."""
+        self.outbox.start()
+        self.outbox.emit(SessionStarted, agent_name=self.agent_name)
+
+    def end(self, reason: str) -> None:
+        """The session is over (idempotent: the first reason wins)."""
+        if self._ended:
+            return
+        self._ended = True
+        self.outbox.emit(SessionEnded, reason=reason[:128] or "unknown")
+
+    async def finish(self, reason: str, *, flush_timeout: float = 5.0) -> None:
+        """End the conversation and publish what is still queued (bounded)."""
+        self.end(reason)
+        await self.outbox.aclose(flush_timeout)
+
+    # --- livekit-agents callbacks (synchronous, never raise into the framework) ------
+
+    def _on_speech_created(self, ev: SpeechCreatedEvent) -> None:
+        handle = ev.speech_handle
+        self.outbox.emit(
+            SpeechCreated,
+            speech_id=handle.id,
+            source_kind=ev.source,
+            user_initiated=ev.user_initiated,
+        )
+        handle.add_done_callback(self._speech_done_callback())
+
+    def _speech_done_callback(self) -> Callable[[SpeechHandle], None]:
+        def done(handle: SpeechHandle) -> None:
+            self._playing.discard(handle.id)
+            self.agent.speech_tags.forget(handle.id)
+            self.outbox.emit(SpeechDone, speech_id=handle.id, interrupted=handle.interrupted)
+
+        return done
+
+    def _on_tag(self, speech_id: str, tag: Tag) -> None:
+        self.outbox.emit(
+            TagParsed,
+            speech_id=speech_id,
+            kind=tag.kind,
+            name=tag.name,
+            valid=tag.valid,
+            index=tag.index,
+            char_offset=tag.char_offset,
+            word_index=tag.word_index,
+        )
+
+    def _on_agent_state(self, ev: AgentStateChangedEvent) -> None:
+        self.outbox.emit(
+            AgentStateChanged, old_state=AgentState(ev.old_state), new_state=AgentState(ev.new_state)
+        )
+        # The agent turns "speaking" on the first audio frame (or text, without audio) of
+        # a speech and leaves that state when its playout ends: one transition per speech.
+        speech = self.session.current_speech
+        if ev.new_state == "speaking" and speech is not None and speech.id not in self._playing:
+            self._playing.add(speech.id)
+            self.outbox.emit(PlayoutStarted, speech_id=speech.id)
+
+    def _on_user_state(self, ev: UserStateChangedEvent) -> None:
+        self.outbox.emit(
+            UserStateChanged, old_state=UserState(ev.old_state), new_state=UserState(ev.new_state)
+        )
+
+    def _on_close(self, ev: CloseEvent) -> None:
+        self.end(ev.reason.value)

@@ -1,0 +1,79 @@
+"""Run one scripted conversation in this process, without LiveKit: ``make run``'s agent.
+
+The session is a real ``AgentSession`` with the configured providers (the demo ones when
+there are no keys), talking to a paced speaker instead of a room and fed typed user turns.
+The clean transcript is logged, and every event goes to NATS as in a room, so the actions
+service (dry run) logs the packets it would send. Afterwards the process stays up, healthy,
+until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+
+from aiohttp import web
+
+from avatar_agent.local_io import PacedAudioOutput, TranscriptOutput
+from avatar_agent.runtime import LazyBus, runtime, start_conversation
+
+log = logging.getLogger(__name__)
+
+USER_TURNS = (
+    "Hi! Who are you?",
+    "How do you work without any API keys?",
+    "Show me how your tags are handled.",
+)
+
+
+async def _health(_: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+async def run(avatar_id: str | None = None, *, pause: float = 1.0) -> None:
+    rt = runtime()
+    avatar = rt.catalog.get(avatar_id or rt.catalog.ids[0])
+    if avatar is None:
+        raise SystemExit(f"error: avatar {avatar_id!r} is not in {rt.settings.avatars_file}")
+    app = web.Application()
+    app.add_routes([web.get("/", _health), web.get("/healthz", _health)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, rt.settings.host, rt.settings.port).start()
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+
+    room = f"local-{uuid.uuid4().hex[:8]}"
+    bus = LazyBus(rt.nats, name=f"{rt.settings.name}:local")
+    conversation = start_conversation(rt, avatar, bus, room=room)
+    session = conversation.session
+    session.output.audio = PacedAudioOutput()
+    session.output.transcription = TranscriptOutput(
+        lambda text: log.info("agent: %s", text, extra={"room": room})
+    )
+    log.info(
+        "local conversation (no LiveKit): %s as %s, events on NATS for room %s",
+        avatar.id,
+        avatar.name,
+        room,
+        extra={"llm": session.llm and session.llm.label, "tts": session.tts and session.tts.label},
+    )
+    try:
+        await session.start(conversation.agent)
+        for line in USER_TURNS:
+            if stop.is_set():
+                break
+            log.info("user: %s", line, extra={"room": room})
+            await session.generate_reply(user_input=line)
+            await asyncio.sleep(pause)
+        log.info("scripted conversation done; serving health until stopped")
+        await stop.wait()
+    finally:
+        await session.aclose()
+        await conversation.finish("local run stopped")
+        await bus.close()
+        await runner.cleanup()

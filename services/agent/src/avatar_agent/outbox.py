@@ -1,0 +1,165 @@
+"""Events from one conversation to the bus, without ever making speech wait.
+
+The voice pipeline calls :meth:`EventOutbox.emit`, which never blocks and never raises:
+it stamps the event (room, avatar, per-room ``seq``) and queues it with the trace context
+it was emitted in. One task publishes the queue in order. A failed publish is retried
+with backoff for up to ``max_wait`` seconds after the event was emitted, with the same
+event id (the ``Nats-Msg-Id``), so a publish that did land is stored once. Past that
+bound, or when the queue is full, events are dropped: logged, counted by reason, never
+silently. ``seq`` still counts dropped events, so a consumer can see the gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics
+
+from avatar_shared import semconv
+from avatar_shared.events import Event
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    event: Event
+    context: otel_context.Context
+    emitted_at: float
+
+
+class EventOutbox:
+    def __init__(
+        self,
+        bus: Publisher,
+        *,
+        room: str,
+        avatar_id: str | None,
+        max_queue: int = 1000,
+        max_wait: float = 30.0,
+        retry_base: float = 0.1,
+        retry_max: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.room = room
+        self.avatar_id = avatar_id
+        self._bus = bus
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(max_queue)
+        self._max_wait = max_wait
+        self._retry_base = retry_base
+        self._retry_max = retry_max
+        self._clock = clock
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME, meter_provider=meter_provider)
+        self._dropped = meter.create_counter(
+            semconv.METRIC_AGENT_EVENTS_DROPPED,
+            description="Agent events not published, by reason",
+        )
+        self._queued = meter.create_up_down_counter(
+            semconv.METRIC_AGENT_EVENTS_QUEUED, description="Agent events waiting to publish"
+        )
+        self.dropped = 0
+
+    def emit(self, model: type[E], **fields: Any) -> E | None:
+        """Queue one event; returns it, or None if it could not be built or queued."""
+        try:
+            event = model(room=self.room, avatar_id=self.avatar_id, seq=self._seq, **fields)
+        except ValueError:  # a bug on our side: say so loudly, keep the call going
+            log.exception("invalid %s event not emitted", model.__name__)
+            self._drop(model.__name__, "invalid")
+            return None
+        self._seq += 1
+        try:
+            self._queue.put_nowait(_Queued(event, otel_context.get_current(), self._clock()))
+        except asyncio.QueueFull:
+            self._drop(event.type, "queue_full", event)
+            return None
+        self._queued.add(1)
+        return event
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"event-outbox:{self.room}")
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Publish what is queued, for at most ``timeout`` seconds; drop the rest."""
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            pass
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            self._queued.add(-1)
+            self._drop(item.event.type, "shutdown", item.event)
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                await self._publish(item)
+            finally:
+                self._queued.add(-1)
+                self._queue.task_done()
+
+    async def _publish(self, item: _Queued) -> None:
+        attempt = 0
+        while True:
+            token = otel_context.attach(item.context)
+            budget = self._max_wait - (self._clock() - item.emitted_at)
+            try:
+                await asyncio.wait_for(self._bus.publish(item.event), max(budget, 0.05))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (any bus failure is retried, then dropped)
+                error = str(exc) or "no answer from NATS in time"
+                waited = self._clock() - item.emitted_at
+                if waited >= self._max_wait:
+                    self._drop(item.event.type, "timeout", item.event, error)
+                    return
+                if attempt == 0:
+                    log.warning("publishing %s failed, retrying: %s", item.event.type, error)
+            finally:
+                otel_context.detach(token)
+            delay = min(self._retry_max, self._retry_base * 2**attempt) * random.uniform(0.5, 1)
+            attempt += 1
+            await asyncio.sleep(min(delay, max(0.0, self._max_wait - waited)))
+
+    def _drop(
+        self, event_type: str, reason: str, event: Event | None = None, error: str | None = None
+    ) -> None:
+        self.dropped += 1
+        self._dropped.add(1, {semconv.EVENT_TYPE: event_type, semconv.REASON: reason})
+        log.warning(
+            "event dropped",
+            extra={
+                "reason": reason,
+                "event_type": event_type,
+                "event_id": event.id if event else None,
+                "seq": event.seq if event else None,
+                "room": self.room,
+                "error": error,
+            },
+        )

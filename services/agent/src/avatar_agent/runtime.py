@@ -1,0 +1,133 @@
+"""What a job process (or the local run) sets up once: config, telemetry, the bus.
+
+livekit-agents runs each call in a job process it spawns, so nothing built in the parent
+process can be shared with a job: each process loads the configuration from the
+environment, installs telemetry, and connects to NATS lazily, on its first publish, so a
+NATS outage at start delays events instead of failing the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from dataclasses import dataclass
+
+from livekit.agents import AgentSession, telemetry as lk_telemetry
+
+from avatar_agent.avatars import Avatar, AvatarCatalog
+from avatar_agent.config import AgentSettings
+from avatar_agent.conversation import Conversation
+from avatar_agent.outbox import EventOutbox
+from avatar_agent.providers import build_models
+from avatar_shared.bus import Bus, events_stream
+from avatar_shared.config import NatsSettings, load
+from avatar_shared.events import Event
+from avatar_shared.telemetry import Telemetry, setup_telemetry
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "avatar-agent"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: AgentSettings
+    nats: NatsSettings
+    catalog: AvatarCatalog
+    telemetry: Telemetry
+
+
+@functools.cache
+def runtime() -> Runtime:
+    """This process's configuration and telemetry (raises ConfigError when invalid)."""
+    settings = load(AgentSettings)
+    catalog = AvatarCatalog.load(settings.avatars_file)
+    telemetry = setup_telemetry(SERVICE_NAME)
+    if telemetry.tracer_provider is not None:
+        # The framework's spans (turns, LLM, TTS) join our traces; our publish spans
+        # are children of whatever framework span emitted the event.
+        lk_telemetry.set_tracer_provider(
+            telemetry.tracer_provider, allow_pii=settings.trace_content
+        )
+    return Runtime(settings, load(NatsSettings), catalog, telemetry)
+
+
+class LazyBus:
+    """A :class:`Bus` that connects in the background, from the first publish on.
+
+    nats-py keeps retrying a first connection for as long as NATS is down; that attempt
+    runs in its own task, and each publish waits for it only as long as the caller
+    allows (the outbox bounds every attempt), so a NATS outage never blocks a call.
+    """
+
+    def __init__(self, settings: NatsSettings, *, name: str) -> None:
+        self._settings = settings
+        self._name = name
+        self._connecting: asyncio.Task[Bus] | None = None
+
+    async def publish(self, event: Event) -> object:
+        return await (await self.get()).publish(event)
+
+    async def get(self) -> Bus:
+        if self._connecting is None or (
+            self._connecting.done() and self._connecting.exception() is not None
+        ):
+            self._connecting = asyncio.create_task(self._connect(), name="nats-connect")
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> Bus:
+        bus = await Bus.connect(self._settings, name=self._name)
+        try:
+            await bus.ensure_stream(events_stream(self._settings.stream_replicas))
+        except BaseException:
+            await bus.nc.close()
+            raise
+        return bus
+
+    async def close(self) -> None:
+        task, self._connecting = self._connecting, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        try:
+            bus = await task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 (nothing to close)
+            return
+        await bus.close()
+
+
+def avatar_id_from_metadata(metadata: str) -> str | None:
+    """The avatar id the token service put in the dispatch metadata, if any."""
+    try:
+        value = json.loads(metadata or "{}")
+    except json.JSONDecodeError:
+        return None
+    avatar_id = value.get("avatar_id") if isinstance(value, dict) else None
+    return avatar_id if isinstance(avatar_id, str) else None
+
+
+def start_conversation(rt: Runtime, avatar: Avatar, bus: LazyBus, *, room: str) -> Conversation:
+    """Build the session for one call and begin reporting it; the caller starts it."""
+    settings = rt.settings
+    models = build_models(settings, avatar)
+    session: AgentSession = AgentSession(llm=models.llm, tts=models.tts, stt=models.stt)
+    outbox = EventOutbox(
+        bus,
+        room=room,
+        avatar_id=avatar.id,
+        max_queue=settings.events_queue,
+        max_wait=settings.events_max_wait_seconds,
+    )
+    conversation = Conversation(
+        session,
+        avatar,
+        outbox,
+        agent_name=settings.name,
+        tts_keeps_emotions=models.tts_keeps_emotions,
+        max_hold=settings.max_tag_hold,
+    )
+    conversation.begin()
+    return conversation

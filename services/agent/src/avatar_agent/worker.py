@@ -1,0 +1,73 @@
+"""The LiveKit worker: explicit dispatch by agent name, one conversation per job.
+
+The token service dispatches ``AGENT_NAME`` into each new room with
+``{"avatar_id": ...}`` as dispatch metadata. A request for an avatar the avatars file
+does not know is rejected before joining. The worker's HTTP server answers ``GET /`` on
+``AGENT_PORT`` (health) and ``GET /worker``; on SIGTERM the worker stops taking jobs and
+lets running calls finish for up to ``AGENT_DRAIN_TIMEOUT_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from livekit.agents import AgentServer, JobContext, JobRequest, cli
+
+from avatar_agent.runtime import LazyBus, avatar_id_from_metadata, runtime, start_conversation
+from avatar_shared.config import LiveKitSettings, load
+
+log = logging.getLogger(__name__)
+
+
+async def on_request(request: JobRequest) -> None:
+    rt = runtime()
+    avatar_id = avatar_id_from_metadata(request.job.metadata)
+    if avatar_id is None or avatar_id not in rt.catalog:
+        log.warning(
+            "job rejected: unknown avatar",
+            extra={"avatar_id": avatar_id, "job_id": request.id, "room": request.room.name},
+        )
+        await request.reject()
+        return
+    await request.accept(identity=f"agent-{avatar_id}", attributes={"avatar.id": avatar_id})
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    rt = runtime()
+    avatar_id = avatar_id_from_metadata(ctx.job.metadata)
+    avatar = rt.catalog.get(avatar_id or "")
+    if avatar is None:  # on_request rejects these; a forced dispatch may still arrive
+        log.error("job without a known avatar id in its metadata", extra={"job_id": ctx.job.id})
+        ctx.shutdown("unknown avatar")
+        return
+    bus = LazyBus(rt.nats, name=f"{rt.settings.name}:{ctx.job.id}")
+    conversation = start_conversation(rt, avatar, bus, room=ctx.room.name)
+
+    async def finish(reason: str) -> None:
+        await conversation.finish(reason or "job_shutdown")
+        await bus.close()
+
+    ctx.add_shutdown_callback(finish)
+    await conversation.session.start(agent=conversation.agent, room=ctx.room)
+    if avatar.greeting:
+        conversation.session.generate_reply(instructions=avatar.greeting)
+
+
+def build_server() -> AgentServer:
+    rt = runtime()
+    livekit = load(LiveKitSettings)
+    server = AgentServer(
+        ws_url=livekit.url,
+        api_key=livekit.api_key,
+        api_secret=livekit.api_secret.get_secret_value(),
+        host=rt.settings.host,
+        port=rt.settings.port,
+        drain_timeout=rt.settings.drain_timeout_seconds,
+    )
+    server.rtc_session(entrypoint, agent_name=rt.settings.name, on_request=on_request)
+    return server
+
+
+def run() -> None:
+    """Run the worker with livekit-agents' CLI (``start``: production mode, JSON logs)."""
+    cli.run_app(build_server())
