@@ -202,6 +202,24 @@ def test_rule4_held_gestures_expire() -> None:
     assert published(out) == []
 
 
+def test_rule5_without_a_global_allowlist_the_avatars_own_list_decides() -> None:
+    seq = RoomSequencer(
+        RulesConfig(allowed=frozenset(), debounce=0.2, ttl=30.0, cap_per_speech=3, min_gap=1.0)
+    )
+    out = run(
+        seq,
+        (0, created("s1")),
+        (0, tag("s1", "moonwalk", valid=False)),
+        (0, tag("s1", "juggle", 1)),
+        (0, playout("s1")),
+        (1, done("s1")),
+        (1, agent(AgentState.LISTENING)),
+        (2, None),
+    )
+    assert dropped(out) == [("moonwalk", DropReason.UNKNOWN_ACTION)]
+    assert [name for _, name in published(out)] == ["speaking", "juggle"]
+
+
 def test_rule5_unknown_actions_are_dropped() -> None:
     seq = RoomSequencer(CONFIG)
     out = run(

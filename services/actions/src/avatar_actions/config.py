@@ -15,7 +15,9 @@ class ActionsSettings(BaseSettings):
         "actions", pattern=r"^[A-Za-z0-9_-]+$", description="Durable consumer name"
     )
     allowed_actions: list[str] = Field(
-        ["speaking", "wave_hand"], description="Actions avatars may perform, JSON list"
+        [],
+        description="Extra global allowlist, JSON list; empty: each avatar's own list "
+        "(the agent's avatars file) decides",
     )
     debounce_seconds: float = Field(0.2, ge=0, description="Wait after a reply before gestures")
     gesture_ttl_seconds: float = Field(30.0, gt=0, description="Held gestures expire after this")

@@ -147,7 +147,7 @@ class RoomSequencer:
         def drop(reason: DropReason) -> list[Decision]:
             return [Decision(Outcome.DROPPED, name, event.speech_id, event.id, reason)]
 
-        if not event.valid or name not in self.config.allowed:
+        if not event.valid or (self.config.allowed and name not in self.config.allowed):
             return drop(DropReason.UNKNOWN_ACTION)
         if name == SPEAKING:  # published at playout start whatever the text says
             return [] if not speech.speaking_sent else drop(DropReason.DUPLICATE)

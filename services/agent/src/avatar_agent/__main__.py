@@ -17,7 +17,11 @@ from avatar_shared.logs import configure_logging
 
 
 def main() -> None:
-    mode = sys.argv[1] if len(sys.argv) > 1 else ("start" if os.environ.get("LIVEKIT_URL") else "local")
+    mode = (
+        sys.argv[1]
+        if len(sys.argv) > 1
+        else ("start" if os.environ.get("LIVEKIT_URL") else "local")
+    )
     if mode not in ("start", "local"):
         raise SystemExit(f"usage: python -m avatar_agent [start|local] (got {mode!r})")
     logs = load_or_exit(LogSettings)

@@ -86,7 +86,9 @@ class AgentSettings(BaseSettings):
             missing.append("CARTESIA_API_KEY (needed by AGENT_TTS=cartesia)")
         if missing:
             raise ValueError(
-                "missing " + ", ".join(missing) + "; or run offline with AGENT_LLM=demo AGENT_TTS=demo"
+                "missing "
+                + ", ".join(missing)
+                + "; or run offline with AGENT_LLM=demo AGENT_TTS=demo"
             )
         return self
 

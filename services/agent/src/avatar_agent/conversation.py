@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class Conversation:
     def __init__(
         self,
-        session: AgentSession,
+        session: AgentSession[None],
         avatar: Avatar,
         outbox: EventOutbox,
         *,
@@ -114,7 +114,9 @@ class Conversation:
 
     def _on_agent_state(self, ev: AgentStateChangedEvent) -> None:
         self.outbox.emit(
-            AgentStateChanged, old_state=AgentState(ev.old_state), new_state=AgentState(ev.new_state)
+            AgentStateChanged,
+            old_state=AgentState(ev.old_state),
+            new_state=AgentState(ev.new_state),
         )
         # The agent turns "speaking" on the first audio frame (or text, without audio) of
         # a speech and leaves that state when its playout ends: one transition per speech.

@@ -20,12 +20,11 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGive
 
 #: One reply per user turn, in order, then again from the start.
 DEMO_REPLIES: tuple[str, ...] = (
-    '<emotion value="happy"/> Hi there, I am the demo avatar. Nice to meet you! '
-    "[action:wave_hand]",
+    '<emotion value="happy"/> Hi there, I am the demo avatar. Nice to meet you! [action:wave_hand]',
     '<emotion value="content"/> I run without any API keys: my words are scripted, and my '
     "voice is silence of the right length. [action:nod]",
-    "A tag like this one [action:wave_hand ] is removed even when split across chunks, and text such "
-    'as a[0] or x < y stays. <emotion value="bored"/> Unknown emotions are dropped. '
+    "A tag like this one [action:wave_hand ] is removed even when split across chunks, and "
+    'text such as a[0] or x < y stays. <emotion value="bored"/> Unknown emotions are dropped. '
     "[action:thumbs_up] [action:moonwalk]",
 )
 #: Chunk sizes cycled through when streaming a reply.
@@ -35,7 +34,8 @@ SECONDS_PER_CHAR = 0.05
 
 
 def chunked(text: str, sizes: Sequence[int] = _CHUNK_SIZES) -> list[str]:
-    chunks, start = [], 0
+    chunks: list[str] = []
+    start = 0
     for size in itertools.cycle(sizes):
         if start >= len(text):
             return chunks
@@ -44,12 +44,10 @@ def chunked(text: str, sizes: Sequence[int] = _CHUNK_SIZES) -> list[str]:
     raise AssertionError("unreachable")
 
 
-class DemoLLM(llm.LLM):
+class DemoLLM(llm.LLM[Any]):
     """Streams scripted tagged replies; the n-th user turn gets reply n (cycling)."""
 
-    def __init__(
-        self, replies: Sequence[str] = DEMO_REPLIES, *, chunk_delay: float = 0.02
-    ) -> None:
+    def __init__(self, replies: Sequence[str] = DEMO_REPLIES, *, chunk_delay: float = 0.02) -> None:
         super().__init__()
         if not replies:
             raise ValueError("the demo LLM needs at least one reply")
@@ -92,13 +90,11 @@ class DemoLLMStream(llm.LLMStream):
         for chunk in chunked(self._reply):
             await asyncio.sleep(self._demo.chunk_delay)
             self._event_ch.send_nowait(
-                llm.ChatChunk(
-                    id=request_id, delta=llm.ChoiceDelta(role="assistant", content=chunk)
-                )
+                llm.ChatChunk(id=request_id, delta=llm.ChoiceDelta(role="assistant", content=chunk))
             )
 
 
-class DemoTTS(tts.TTS):
+class DemoTTS(tts.TTS[Any]):
     """Streaming TTS that 'speaks' silence: ``SECONDS_PER_CHAR`` seconds per character.
 
     ``heard`` keeps every text chunk it was given, so tests can check what a TTS receives.

@@ -12,6 +12,7 @@ silently. ``seq`` still counts dropped events, so a consumer can see the gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -65,6 +66,7 @@ class EventOutbox:
         self._clock = clock
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: _Queued | None = None
         meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME, meter_provider=meter_provider)
         self._dropped = meter.create_counter(
             semconv.METRIC_AGENT_EVENTS_DROPPED,
@@ -96,19 +98,18 @@ class EventOutbox:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"event-outbox:{self.room}")
 
-    async def aclose(self, timeout: float = 5.0) -> None:
-        """Publish what is queued, for at most ``timeout`` seconds; drop the rest."""
+    async def aclose(self, flush_seconds: float = 5.0) -> None:
+        """Publish what is queued, for at most ``flush_seconds``; drop the rest."""
         if self._task is None:
             return
-        try:
-            await asyncio.wait_for(self._queue.join(), timeout)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), flush_seconds)
+        lost = self._in_flight  # suspended mid-publish: cancelling it loses the event
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
+        if lost is not None:
+            self._drop(lost.event.type, "shutdown", lost.event)
         while not self._queue.empty():
             item = self._queue.get_nowait()
             self._queued.add(-1)
@@ -116,10 +117,11 @@ class EventOutbox:
 
     async def _run(self) -> None:
         while True:
-            item = await self._queue.get()
+            item = self._in_flight = await self._queue.get()
             try:
                 await self._publish(item)
             finally:
+                self._in_flight = None
                 self._queued.add(-1)
                 self._queue.task_done()
 
@@ -133,7 +135,7 @@ class EventOutbox:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 (any bus failure is retried, then dropped)
+            except Exception as exc:
                 error = str(exc) or "no answer from NATS in time"
                 waited = self._clock() - item.emitted_at
                 if waited >= self._max_wait:
@@ -143,7 +145,7 @@ class EventOutbox:
                     log.warning("publishing %s failed, retrying: %s", item.event.type, error)
             finally:
                 otel_context.detach(token)
-            delay = min(self._retry_max, self._retry_base * 2**attempt) * random.uniform(0.5, 1)
+            delay = min(self._retry_max, self._retry_base * 2**attempt) * random.uniform(0.5, 1)  # noqa: S311 (jitter)
             attempt += 1
             await asyncio.sleep(min(delay, max(0.0, self._max_wait - waited)))
 

@@ -19,7 +19,7 @@ def build_instructions(avatar: Avatar) -> str:
     )
     if avatar.emotions:
         parts.append(
-            "Voice emotion: write <emotion value=\"EMOTION\"/> right before the words it "
+            'Voice emotion: write <emotion value="EMOTION"/> right before the words it '
             "colours. Allowed emotions: " + ", ".join(avatar.emotions) + ". Example: "
             f'<emotion value="{avatar.emotions[0]}"/> Good to see you.'
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from livekit.agents import llm, stt, tokenize, tts
 
@@ -16,9 +17,9 @@ _NO_KEY = "unused"
 
 @dataclass
 class Models:
-    llm: llm.LLM | llm.RealtimeModel
-    tts: tts.TTS
-    stt: stt.STT | None = None
+    llm: llm.LLM[Any] | llm.RealtimeModel
+    tts: tts.TTS[Any]
+    stt: stt.STT[Any] | None = None
 
     @property
     def tts_keeps_emotions(self) -> bool:
@@ -35,7 +36,7 @@ def _key(secret: object) -> str:
     return str(value) or _NO_KEY
 
 
-def _llm(settings: AgentSettings) -> llm.LLM | llm.RealtimeModel:
+def _llm(settings: AgentSettings) -> llm.LLM[Any] | llm.RealtimeModel:
     from livekit.plugins import openai
 
     if settings.llm is LLMProvider.DEMO:
@@ -55,7 +56,7 @@ def _llm(settings: AgentSettings) -> llm.LLM | llm.RealtimeModel:
     return openai.LLM(model=settings.llm_model, api_key=_key(settings.openai_api_key))
 
 
-def _stt(settings: AgentSettings) -> stt.STT | None:
+def _stt(settings: AgentSettings) -> stt.STT[Any] | None:
     """Only a chat LLM needs speech-to-text; a realtime model hears the user itself."""
     if settings.llm is not LLMProvider.OPENAI_COMPATIBLE:
         return None
@@ -73,7 +74,7 @@ def _stt(settings: AgentSettings) -> stt.STT | None:
     )
 
 
-def _tts(settings: AgentSettings, avatar: Avatar) -> tts.TTS:
+def _tts(settings: AgentSettings, avatar: Avatar) -> tts.TTS[Any]:
     if settings.tts is TTSProvider.DEMO:
         return DemoTTS()
     from livekit.plugins import cartesia

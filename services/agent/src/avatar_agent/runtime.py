@@ -14,7 +14,8 @@ import json
 import logging
 from dataclasses import dataclass
 
-from livekit.agents import AgentSession, telemetry as lk_telemetry
+from livekit.agents import AgentSession
+from livekit.agents import telemetry as lk_telemetry
 
 from avatar_agent.avatars import Avatar, AvatarCatalog
 from avatar_agent.config import AgentSettings
@@ -94,7 +95,7 @@ class LazyBus:
             task.cancel()
         try:
             bus = await task
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 (nothing to close)
+        except (asyncio.CancelledError, Exception):
             return
         await bus.close()
 
@@ -113,7 +114,11 @@ def start_conversation(rt: Runtime, avatar: Avatar, bus: LazyBus, *, room: str) 
     """Build the session for one call and begin reporting it; the caller starts it."""
     settings = rt.settings
     models = build_models(settings, avatar)
-    session: AgentSession = AgentSession(llm=models.llm, tts=models.tts, stt=models.stt)
+    session: AgentSession[None] = (
+        AgentSession(llm=models.llm, tts=models.tts, stt=models.stt)
+        if models.stt is not None  # a chat LLM needs to hear the user
+        else AgentSession(llm=models.llm, tts=models.tts)
+    )
     outbox = EventOutbox(
         bus,
         room=room,
