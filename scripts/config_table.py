@@ -26,6 +26,7 @@ SETTINGS = (
     "avatar_token.config:TokenSettings",
     "avatar_bundles.config:BundlesSettings",
     "avatar_actions.config:ActionsSettings",
+    "avatar_agent.config:AgentSettings",
 )
 
 

@@ -73,7 +73,19 @@ SERVICES = (
     ),
     # No LIVEKIT_URL locally: the actions service runs as a dry run and logs each packet.
     Service("actions", "avatar_actions", 8300),
-    Service("agent", "avatar_agent", 8400),
+    # No LiveKit and no keys locally: one scripted conversation with the demo providers,
+    # in-process (`python -m avatar_agent local`); its events reach the actions service.
+    Service(
+        "agent",
+        "avatar_agent",
+        8400,
+        health_path="/",
+        defaults={
+            "AGENT_AVATARS_FILE": str(ROOT / "deploy" / "local" / "avatars.toml"),
+            "AGENT_LLM": "demo",
+            "AGENT_TTS": "demo",
+        },
+    ),
 )
 
 

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.timeout(90)
 
 async def _read_until(proc: asyncio.subprocess.Process, marker: str, out: list[str]) -> None:
     assert proc.stdout is not None
+    if any(marker in line for line in out):
+        return
     async with asyncio.timeout(60):
         while line := (await proc.stdout.readline()).decode():
             out.append(line)
@@ -79,6 +81,11 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
         entry = json.loads(out[-1].split("| ", 1)[1])
         assert entry["room"] == "demo"
         assert entry["payload"] == '{"type": "AVATAR_UPDATE", "action": "speaking"}'
+
+        # The agent's scripted conversation (demo providers, no keys) reaches the actions
+        # service: its greeting's wave is released once the reply is done.
+        await _read_until(proc, "agent: Hi there, I am the demo avatar.", out)
+        await _read_until(proc, 'AVATAR_UPDATE\\", \\"action\\": \\"wave_hand', out)
     finally:
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
@@ -86,8 +93,9 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
             code = await proc.wait()
     log = "".join(out) + rest.decode()
     assert code == 0, log
-    # reverse start order: actions, bundles, token, then NATS
-    stops = [log.index(f"stopping {name}") for name in ("actions", "bundles", "token", "nats")]
+    # reverse start order: agent, actions, bundles, token, then NATS
+    names = ("agent", "actions", "bundles", "token", "nats")
+    stops = [log.index(f"stopping {name}") for name in names]
     assert stops == sorted(stops)
     assert "stack stopped" in log
     with pytest.raises(ConnectionRefusedError):

@@ -69,3 +69,41 @@ def test_bundle_service_needs_the_zeroweight_key_for_the_zeroweight_backend() ->
     )
     assert done.returncode == 2
     assert "BUNDLES_ZEROWEIGHT_API_KEY is required when BUNDLES_BACKEND=zeroweight" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "AGENT_AVATARS_FILE: Field required"),
+        (
+            {"AGENT_AVATARS_FILE": str(ROOT / "deploy" / "local" / "avatars.toml")},
+            "missing OPENAI_API_KEY (needed by AGENT_LLM=realtime), CARTESIA_API_KEY",
+        ),
+        (
+            {
+                "AGENT_AVATARS_FILE": "/nonexistent/avatars.toml",
+                "AGENT_LLM": "demo",
+                "AGENT_TTS": "demo",
+            },
+            "/nonexistent/avatars.toml: cannot read the avatars file",
+        ),
+    ],
+)
+def test_the_agent_stops_at_start_on_missing_keys_or_avatars(
+    env: dict[str, str], message: str
+) -> None:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AGENT_", "LIVEKIT_", "OPENAI_", "CARTESIA_"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "avatar_agent"],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr

@@ -36,7 +36,7 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if mode == "local":
-        asyncio.run(local.run(os.environ.get("AGENT_LOCAL_AVATAR")))
+        asyncio.run(local.run())
         return
     sys.argv = [sys.argv[0], "start", "--log-level", logs.level]
     worker.run()

@@ -69,6 +69,9 @@ class AgentSettings(BaseSettings):
     events_max_wait_seconds: float = Field(
         30.0, gt=0, description="How long an event may wait for NATS before it is dropped"
     )
+    local_avatar: str | None = Field(
+        None, description="Avatar of the local scripted run (default: the file's first)"
+    )
     trace_content: bool = Field(
         False, description="Record conversation text in the framework's spans"
     )

@@ -32,11 +32,12 @@ async def _health(_: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
-async def run(avatar_id: str | None = None, *, pause: float = 1.0) -> None:
+async def run(*, pause: float = 1.0) -> None:
     rt = runtime()
-    avatar = rt.catalog.get(avatar_id or rt.catalog.ids[0])
+    avatar_id = rt.settings.local_avatar or rt.catalog.ids[0]
+    avatar = rt.catalog.get(avatar_id)
     if avatar is None:
-        raise SystemExit(f"error: avatar {avatar_id!r} is not in {rt.settings.avatars_file}")
+        raise SystemExit(f"error: AGENT_LOCAL_AVATAR {avatar_id!r} is not in the avatars file")
     app = web.Application()
     app.add_routes([web.get("/", _health), web.get("/healthz", _health)])
     runner = web.AppRunner(app, access_log=None)
