@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.support.nats_server import free_port
 
 ROOT = Path(__file__).parents[2]
 GOOD = {
@@ -107,3 +112,42 @@ def test_the_agent_stops_at_start_on_missing_keys_or_avatars(
     )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+def test_the_agent_worker_serves_health_and_drains_on_sigterm() -> None:
+    """LiveKit is unreachable here: the worker keeps retrying, healthy, and stops cleanly."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "LIVEKIT_"))}
+    env = clean | {
+        "LIVEKIT_URL": "ws://127.0.0.1:9",  # discard port: nothing answers
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": GOOD["LIVEKIT_API_SECRET"],
+        "AGENT_AVATARS_FILE": str(ROOT / "deploy" / "local" / "avatars.toml"),
+        "AGENT_LLM": "demo",
+        "AGENT_TTS": "demo",
+        "AGENT_NAME": "concierge",
+        "AGENT_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avatar_agent"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "worker never served its health endpoint"
+                time.sleep(0.2)
+        assert health.status_code == 200
+        info = httpx.get(f"http://127.0.0.1:{port}/worker", timeout=2).json()
+        assert info["agent_name"] == "concierge"  # explicit dispatch under this name
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out.decode()
+    assert b"draining worker" in out

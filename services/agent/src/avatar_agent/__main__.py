@@ -25,7 +25,8 @@ def main() -> None:
     if mode not in ("start", "local"):
         raise SystemExit(f"usage: python -m avatar_agent [start|local] (got {mode!r})")
     logs = load_or_exit(LogSettings)
-    configure_logging("avatar-agent", logs.level, logs.format)
+    if mode == "local":  # the worker's runner installs its own JSON logging
+        configure_logging("avatar-agent", logs.level, logs.format)
 
     from avatar_agent import local, worker
     from avatar_agent.runtime import runtime

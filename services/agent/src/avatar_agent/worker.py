@@ -22,14 +22,15 @@ log = logging.getLogger(__name__)
 async def on_request(request: JobRequest) -> None:
     rt = runtime()
     avatar_id = avatar_id_from_metadata(request.job.metadata)
-    if avatar_id is None or avatar_id not in rt.catalog:
+    avatar = rt.catalog.get(avatar_id or "")
+    if avatar is None:
         log.warning(
             "job rejected: unknown avatar",
             extra={"avatar_id": avatar_id, "job_id": request.id, "room": request.room.name},
         )
         await request.reject()
         return
-    await request.accept(identity=f"agent-{avatar_id}", attributes={"avatar.id": avatar_id})
+    await request.accept(name=avatar.name, attributes={"avatar.id": avatar.id})
 
 
 async def entrypoint(ctx: JobContext) -> None:

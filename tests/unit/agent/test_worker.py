@@ -1,0 +1,65 @@
+"""The worker's dispatch decisions: which job requests it accepts, as whom."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from livekit.agents import JobRequest
+from livekit.agents.job import JobAcceptArguments
+from livekit.protocol import agent, models
+
+from avatar_agent import runtime as runtime_module
+from avatar_agent.worker import on_request
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def agent_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("AGENT_AVATARS_FILE", str(ROOT / "deploy" / "local" / "avatars.toml"))
+    monkeypatch.setenv("AGENT_LLM", "demo")
+    monkeypatch.setenv("AGENT_TTS", "demo")
+    monkeypatch.setenv("AGENT_NAME", "concierge")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    monkeypatch.setenv("LIVEKIT_URL", "ws://127.0.0.1:7880")
+    monkeypatch.setenv("LIVEKIT_API_KEY", "devkey")
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "a-long-and-entirely-fake-livekit-secret-0123")
+    runtime_module.runtime.cache_clear()
+    yield
+    runtime_module.runtime.cache_clear()
+
+
+async def decide(metadata: str) -> tuple[str, JobAcceptArguments | None]:
+    outcome: list[tuple[str, JobAcceptArguments | None]] = []
+
+    async def on_reject(terminate: bool) -> None:
+        outcome.append(("rejected", None))
+
+    async def on_accept(args: JobAcceptArguments) -> None:
+        outcome.append(("accepted", args))
+
+    job = agent.Job(
+        id="AJ_1",
+        room=models.Room(name="avatar-demo-avatar-x1"),
+        metadata=metadata,
+        agent_name="concierge",
+    )
+    await on_request(JobRequest(job=job, on_reject=on_reject, on_accept=on_accept))
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+async def test_a_job_for_a_known_avatar_is_accepted_as_that_avatar() -> None:
+    verdict, args = await decide('{"avatar_id":"demo-avatar"}')
+    assert verdict == "accepted"
+    assert args is not None
+    assert args.name == "Ava"
+    assert args.attributes == {"avatar.id": "demo-avatar"}
+
+
+@pytest.mark.parametrize("metadata", ['{"avatar_id":"someone-else"}', "", "{broken"])
+async def test_a_job_without_a_known_avatar_is_rejected(metadata: str) -> None:
+    verdict, _ = await decide(metadata)
+    assert verdict == "rejected"
