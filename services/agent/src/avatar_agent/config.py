@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,11 +53,11 @@ class AgentSettings(BaseSettings):
     tts_model: str = Field("sonic-3", description="Cartesia model")
     openai_api_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("OPENAI_API_KEY"),
+        validation_alias="OPENAI_API_KEY",
         description="OpenAI key (realtime; openai-compatible without a base URL)",
     )
     cartesia_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("CARTESIA_API_KEY"), description="Cartesia key"
+        None, validation_alias="CARTESIA_API_KEY", description="Cartesia key"
     )
     host: str = Field("0.0.0.0", description="Address of the health server")  # noqa: S104
     port: int = Field(8400, gt=0, lt=65536, description="Port of the health server (GET /)")
