@@ -8,7 +8,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),.bootstrap/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 RUN := $(UV) run --frozen
 
-.PHONY: help install run run-nats test test-unit test-integration lint format docs bench bench-token bench-bundles bench-parser bench-actions clean
+.PHONY: help install run run-nats test test-unit test-integration lint format docs bench bench-token bench-bundles bench-parser bench-actions k8s-validate images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_%-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,7 +28,7 @@ run: install ## Run the whole local stack (NATS + every service); Ctrl-C stops i
 run-%: install ## Run one piece of the stack with what it needs, e.g. make run-nats
 	$(RUN) python scripts/devstack.py --only $*
 
-test: install ## Run all tests (unit, integration on real NATS, e2e)
+test: install ## Run all tests (unit incl. k8s-validate, integration on real NATS, e2e)
 	$(RUN) pytest
 
 test-unit: install ## Run the unit tests only
@@ -59,6 +59,18 @@ bench-parser: install ## Agent tag parser throughput on typical and hostile text
 
 bench-actions: install ## Actions event-to-SendData latency at 1/100/1000 rooms, throughput
 	$(RUN) python -m scripts.bench.bench_actions
+
+k8s-validate: install ## Render every deploy/k8s overlay, validate it offline, check our policies
+	$(RUN) python scripts/k8s_validate.py
+
+SERVICES := token bundles actions agent
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' services/token/pyproject.toml)
+images: ## Build one image per service (needs a Docker engine and the base images)
+	@command -v docker >/dev/null || { echo "error: docker is not installed"; exit 1; }
+	@for s in $(SERVICES); do \
+		echo "building avatar-backend/$$s:$(IMAGE_TAG)"; \
+		docker build -f services/$$s/Dockerfile -t avatar-backend/$$s:$(IMAGE_TAG) . || exit 1; \
+	done
 
 docs: install ## Regenerate docs/events.schema.json and the README configuration table
 	$(RUN) python -m avatar_shared.schema docs/events.schema.json
