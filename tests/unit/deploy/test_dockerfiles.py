@@ -52,7 +52,8 @@ def test_the_image_runs_as_a_non_root_user_and_drains_on_sigterm(service: str) -
     assert user not in ("root", "0")
     assert ("STOPSIGNAL", "SIGTERM") in final
     entry = [rest for keyword, rest in final if keyword == "ENTRYPOINT"]
-    assert entry and entry[-1].startswith(f'["python", "-m", "avatar_{service}"')  # exec form
+    assert entry
+    assert entry[-1].startswith(f'["python", "-m", "avatar_{service}"')
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -61,7 +62,8 @@ def test_no_secret_is_baked_in(service: str) -> None:
         if keyword in ("ENV", "ARG", "LABEL"):
             assert not SECRETISH.search(rest), f"{keyword} {rest}"
         if keyword in ("COPY", "ADD"):
-            assert ".env" not in rest and "creds" not in rest
+            assert ".env" not in rest
+            assert "creds" not in rest
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -70,7 +72,8 @@ def test_only_this_service_is_installed(service: str) -> None:
         rest for keyword, rest in instructions(service) if keyword == "RUN" and "uv sync" in rest
     ]
     assert len(runs) == 1
-    assert "--frozen" in runs[0] and "--no-dev" in runs[0]
+    assert "--frozen" in runs[0]
+    assert "--no-dev" in runs[0]
     assert re.findall(r"--package (\S+)", runs[0]) == [f"avatar-{service}"]
     sources = [
         rest for keyword, rest in instructions(service) if keyword == "COPY" and "/src/" in rest

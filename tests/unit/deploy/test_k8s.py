@@ -52,6 +52,7 @@ def _add_secret(tree: Path) -> None:
     )
 
 
+PDB = "kind: PodDisruptionBudget\nmetadata:\n  name: avatar-agent\nspec:\n  maxUnavailable: 1\n"
 BREAKAGES = {
     "unknown field": (
         _replace(
@@ -86,17 +87,16 @@ BREAKAGES = {
     "no PDB": (
         _replace(
             "base/agent.yaml",
-            "kind: PodDisruptionBudget\nmetadata:\n  name: avatar-agent\nspec:\n  maxUnavailable: 1\n"
-            "  selector:\n    matchLabels:\n      app.kubernetes.io/name: avatar-agent",
-            "kind: PodDisruptionBudget\nmetadata:\n  name: avatar-agent\nspec:\n  maxUnavailable: 1\n"
-            "  selector:\n    matchLabels:\n      app.kubernetes.io/name: someone-else",
+            PDB + "  selector:\n    matchLabels:\n      app.kubernetes.io/name: avatar-agent",
+            PDB + "  selector:\n    matchLabels:\n      app.kubernetes.io/name: someone-else",
         ),
         "Deployment/avatar-agent: no PodDisruptionBudget selects its pods",
     ),
     "inlined secret": (
         _replace(
             "base/token.yaml",
-            "            - name: LIVEKIT_API_SECRET\n              valueFrom:\n                secretKeyRef:\n"
+            "            - name: LIVEKIT_API_SECRET\n              valueFrom:\n"
+            "                secretKeyRef:\n"
             "                  name: avatar-livekit\n                  key: api-secret",
             "            - name: LIVEKIT_API_SECRET\n              value: hunter2",
         ),
