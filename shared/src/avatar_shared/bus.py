@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -37,9 +38,10 @@ log = logging.getLogger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 _STREAM_NAME_IN_USE = 10058
-_NAK_DELAY_SECONDS = 1.0
+NAK_DELAY_SECONDS = 1.0
 
 Handler = Callable[[Event], Awaitable[None]]
+Processed = Literal["ok", "invalid", "ignored", "error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,18 +214,35 @@ class Bus:
         )
         return ack
 
-    async def process(self, msg: Msg, handler: Handler, *, consumer: str = "") -> None:
-        """Decode one JetStream message, run ``handler`` on it, then settle the message."""
+    async def process(
+        self,
+        msg: Msg,
+        handler: Handler,
+        *,
+        consumer: str = "",
+        subject: str | None = None,
+        ack: bool = True,
+    ) -> Processed:
+        """Decode one JetStream message, run ``handler`` on it, then settle the message.
+
+        ``subject`` is the event subject the message was published on, when the stream it
+        is read from stores it under another one (a subject transform). With
+        ``ack=False`` a handled message is left unacknowledged for the caller to ack once
+        the handler's effect is durable. Returns what happened: ``ok`` (handled; acked unless
+        ``ack=False``), ``invalid`` (dropped: ``term``), ``ignored`` (an event type this
+        contract version does not know: acked) or ``error`` (the handler raised: ``nak``).
+        """
+        subject = subject or msg.subject
         try:
-            parts: subjects.SubjectParts | None = subjects.parse_subject(msg.subject)
+            parts: subjects.SubjectParts | None = subjects.parse_subject(subject)
         except ValueError:
             parts = None
-        template = subjects.subject_template(parts.source, parts.type) if parts else msg.subject
+        template = subjects.subject_template(parts.source, parts.type) if parts else subject
         attributes: dict[str, str | int | bool] = {
             semconv.MESSAGING_SYSTEM: semconv.MESSAGING_SYSTEM_NATS,
             semconv.MESSAGING_OPERATION_TYPE: "process",
             semconv.MESSAGING_OPERATION_NAME: "process",
-            semconv.MESSAGING_DESTINATION_NAME: msg.subject,
+            semconv.MESSAGING_DESTINATION_NAME: subject,
             semconv.MESSAGING_DESTINATION_TEMPLATE: template,
             semconv.MESSAGING_MESSAGE_BODY_SIZE: len(msg.data),
         }
@@ -239,15 +258,15 @@ class Bus:
                 if parts is None:
                     raise InvalidEvent("subject is not an event subject of this contract")
                 event = decode_event(msg.data)
-                if event is not None and event.subject != msg.subject:
+                if event is not None and event.subject != subject:
                     raise InvalidEvent("event does not match the subject it arrived on")
             except InvalidEvent as exc:
                 await self._drop(msg, span, reason="invalid", detail=str(exc))
-                return
+                return "invalid"
             if event is None:
                 self._consumed.add(1, {semconv.OUTCOME: "ignored"})
                 await msg.ack()
-                return
+                return "ignored"
             span.set_attributes(_event_attributes(event, template))
             try:
                 await handler(event)
@@ -256,10 +275,12 @@ class Bus:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 log.exception("handler failed; message will be redelivered", extra=_ids(event))
                 self._consumed.add(1, {semconv.EVENT_TYPE: event.type, semconv.OUTCOME: "error"})
-                await msg.nak(delay=_NAK_DELAY_SECONDS)
-                return
-            await msg.ack()
+                await msg.nak(delay=NAK_DELAY_SECONDS)
+                return "error"
+            if ack:
+                await msg.ack()
             self._consumed.add(1, {semconv.EVENT_TYPE: event.type, semconv.OUTCOME: "ok"})
+            return "ok"
 
     async def _drop(self, msg: Msg, span: trace.Span, *, reason: str, detail: str) -> None:
         span.set_status(Status(StatusCode.ERROR, reason))

@@ -17,10 +17,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from avatar_actions import consumer
-from avatar_actions.app import build_engine, build_publisher
+from avatar_actions.app import Stores, build_publisher, consume, engine_factory, ownership
 from avatar_actions.config import ActionsSettings
-from avatar_actions.engine import Engine
+from avatar_actions.ownership import Ownership
+from avatar_actions.partitions import WorkStream
 from avatar_actions.store import RoomStore, SentRecord
 from avatar_shared.bus import Bus
 from avatar_shared.events import (
@@ -95,49 +95,71 @@ async def livekit() -> AsyncIterator[LiveKitDouble]:
 
 
 @pytest.fixture
-async def stores(bus: Bus) -> AsyncIterator[tuple[RoomStore, SentRecord]]:
+def settings() -> ActionsSettings:
+    """Names of its own for each test: its work stream, consumers and lease bucket."""
     tag = uuid.uuid4().hex[:8]
-    rooms_kv = await bus.ensure_kv(f"rooms_{tag}", ttl_seconds=600)
-    sent_kv = await bus.ensure_kv(f"sent_{tag}", ttl_seconds=600)
-    yield RoomStore(rooms_kv), SentRecord(sent_kv)
-    await bus.js.delete_key_value(f"rooms_{tag}")
-    await bus.js.delete_key_value(f"sent_{tag}")
+    return SETTINGS.model_copy(
+        update={
+            "consumer": f"actions-{tag}",
+            "work_stream": f"WORK_{tag}",
+            "lease_bucket": f"leases_{tag}",
+            "lease_ttl_seconds": 2.0,
+            "partitions": 4,
+        }
+    )
+
+
+@pytest.fixture
+async def stores(bus: Bus, settings: ActionsSettings) -> AsyncIterator[Stores]:
+    tag = settings.work_stream
+    await WorkStream(settings.partitions, name=settings.work_stream).ensure(bus)
+    stores = Stores(
+        RoomStore(await bus.ensure_kv(f"rooms_{tag}", ttl_seconds=600)),
+        SentRecord(await bus.ensure_kv(f"sent_{tag}", ttl_seconds=600)),
+        await bus.ensure_kv(settings.lease_bucket, ttl_seconds=settings.lease_ttl_seconds),
+    )
+    yield stores
+    for bucket in (f"rooms_{tag}", f"sent_{tag}", settings.lease_bucket):
+        await bus.js.delete_key_value(bucket)
+    await bus.js.delete_stream(settings.work_stream)
+
+
+Replica = tuple[Ownership, asyncio.Task[None], asyncio.Event]
 
 
 @pytest.fixture
 async def start(
     bus: Bus,
     livekit: LiveKitDouble,
-    stores: tuple[RoomStore, SentRecord],
+    settings: ActionsSettings,
+    stores: Stores,
     tracer_provider: TracerProvider,
     meter_provider: MeterProvider,
-) -> AsyncIterator[Callable[[], Any]]:
-    """Start a replica (engine + consumer); each call is a fresh process's worth of memory."""
-    name = f"actions-{uuid.uuid4().hex[:8]}"
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start a replica; each call is a fresh process's worth of memory."""
     running: list[tuple[asyncio.Task[None], asyncio.Event, api.LiveKitAPI]] = []
 
-    async def launch() -> tuple[Engine, asyncio.Task[None], asyncio.Event]:
+    async def launch(*, owning: int | None = None) -> Replica:
+        """Returns once the replica owns ``owning`` partitions (default: all of them)."""
         lk = api.LiveKitAPI(livekit.url, KEY, SECRET)
         publisher = build_publisher(SETTINGS, lk.room, tracer_provider=tracer_provider)
-        engine = build_engine(
-            SETTINGS,
+        engines = engine_factory(
+            settings,
             bus,
-            *stores,
+            stores,
             publisher,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
+        owner = ownership(settings, stores)
         stop = asyncio.Event()
-        task = asyncio.create_task(consumer.run(bus, engine, name, stop))
+        task = asyncio.create_task(consume(settings, bus, owner, engines, stop))
         running.append((task, stop, lk))
-        async with asyncio.timeout(10):  # readiness: the durable consumer exists
-            while True:
-                try:
-                    await bus.js.consumer_info("AVATAR_EVENTS", name)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.02)
-        return engine, task, stop
+        want = settings.partitions if owning is None else owning
+        async with asyncio.timeout(15):  # readiness: it consumes its partitions
+            while len(owner.owned) < want:
+                await asyncio.sleep(0.02)
+        return owner, task, stop
 
     yield launch
     for task, stop, lk in running:
@@ -145,7 +167,6 @@ async def start(
         if not task.done():
             await task
         await lk.aclose()
-    await bus.js.delete_consumer("AVATAR_EVENTS", name)
 
 
 async def received(livekit: LiveKitDouble, count: int) -> list[tuple[str, str]]:
@@ -161,7 +182,7 @@ def in_room(packets: list[tuple[str, str]], room: str) -> list[str]:
 
 
 async def test_a_scripted_stream_for_several_rooms_yields_exactly_the_expected_packets(
-    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str
 ) -> None:
     await start()
     rooms = {name: Turns(f"{room}-{name}") for name in ("a", "b", "c")}
@@ -183,7 +204,7 @@ async def test_a_scripted_stream_for_several_rooms_yields_exactly_the_expected_p
 async def test_one_turn_is_one_trace_from_agent_publish_to_send_data(
     bus: Bus,
     livekit: LiveKitDouble,
-    start: Callable[[], Any],
+    start: Callable[..., Any],
     room: str,
     spans: InMemorySpanExporter,
 ) -> None:
@@ -211,13 +232,18 @@ async def test_one_turn_is_one_trace_from_agent_publish_to_send_data(
 
 
 async def test_a_replica_that_dies_mid_stream_loses_nothing_and_repeats_nothing(
-    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str, stores: Stores
 ) -> None:
     _, first, _ = await start()
     turn = Turns(room).reply("s1", "wave_hand", "nod")
     for event in turn[:-2]:  # up to playout: speaking goes out, gestures are held
         await bus.publish(event)
     await received(livekit, 1)
+    # Killed once the packet is recorded: between LiveKit taking a packet and its record,
+    # a crash cannot know whether it was delivered (docs/actions.md).
+    async with asyncio.timeout(5):
+        while not await stores.sent.was_sent(room, turn[-3].id, "speaking"):
+            await asyncio.sleep(0.005)
     first.cancel()  # a crash: no drain, nothing more acked
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -231,7 +257,7 @@ async def test_a_replica_that_dies_mid_stream_loses_nothing_and_repeats_nothing(
 
 
 async def test_redelivered_events_send_nothing_twice(
-    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str
 ) -> None:
     await start()
     turn = Turns(room).reply("s1", "wave_hand")
@@ -247,7 +273,7 @@ async def test_redelivered_events_send_nothing_twice(
 
 
 async def test_livekit_failing_for_a_while_delays_packets_but_loses_none(
-    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str
 ) -> None:
     livekit.fail_with = [503] * 6  # more than one call's retries: the event is redelivered
     await start()
@@ -260,7 +286,7 @@ async def test_livekit_failing_for_a_while_delays_packets_but_loses_none(
 async def test_a_livekit_4xx_drops_the_packet_and_says_why(
     bus: Bus,
     livekit: LiveKitDouble,
-    start: Callable[[], Any],
+    start: Callable[..., Any],
     room: str,
     metric_reader: InMemoryMetricReader,
 ) -> None:
@@ -290,7 +316,7 @@ async def test_a_livekit_4xx_drops_the_packet_and_says_why(
 
 
 async def test_a_room_waiting_for_livekit_does_not_hold_up_the_others(
-    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str
+    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str
 ) -> None:
     stuck, free = Turns(f"{room}-stuck"), Turns(f"{room}-free")
     livekit.unavailable_rooms.add(stuck.room)
@@ -305,7 +331,7 @@ async def test_a_room_waiting_for_livekit_does_not_hold_up_the_others(
 
 
 async def test_nats_restarting_mid_stream_loses_nothing_acked(
-    bus: Bus, livekit: LiveKitDouble, start: Callable[[], Any], room: str, nats_server: Any
+    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str, nats_server: Any
 ) -> None:
     await start()
     turn = Turns(room).reply("s1", "wave_hand")
@@ -323,3 +349,38 @@ async def test_nats_restarting_mid_stream_loses_nothing_acked(
                     await asyncio.sleep(0.1)
     packets = await received(livekit, 2)
     assert in_room(packets, room) == ["speaking", "wave_hand"]
+
+
+async def test_replicas_share_the_rooms_and_handovers_keep_order(
+    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str
+) -> None:
+    turns = [Turns(f"{room}-{i}") for i in range(8)]
+
+    async def reply(n: int) -> None:
+        for turn in turns:
+            for event in turn.reply(f"s{n}", "wave_hand"):
+                await bus.publish(event)
+
+    first, first_task, _ = await start()
+    await reply(1)
+    await received(livekit, 16)
+    second, _, _ = await start(owning=1)  # scale up: partitions move to the newcomer
+    async with asyncio.timeout(10):
+        while len(first.owned) + len(second.owned) != 4:
+            await asyncio.sleep(0.02)
+    assert set(first.owned).isdisjoint(second.owned)
+    await reply(2)
+    await received(livekit, 32)
+    await asyncio.sleep(0.3)  # the last batch is recorded and acked
+    first_task.cancel()  # scale down by a crash: the survivor takes over after the TTL
+    with pytest.raises(asyncio.CancelledError):
+        await first_task
+    await reply(3)
+    async with asyncio.timeout(15):
+        while len(second.owned) < 4:
+            await asyncio.sleep(0.05)
+    packets = await received(livekit, 48)
+    for turn in turns:
+        assert in_room(packets, turn.room) == ["speaking", "wave_hand"] * 3
+    await asyncio.sleep(0.3)
+    assert len(livekit.received) == 48

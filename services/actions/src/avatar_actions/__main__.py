@@ -9,11 +9,17 @@ import signal
 
 from livekit import api
 
-from avatar_actions import consumer
-from avatar_actions.app import VERSION, build_engine, build_publisher, health_app
+from avatar_actions.app import (
+    VERSION,
+    build_publisher,
+    consume,
+    engine_factory,
+    health_app,
+    ownership,
+    provision,
+)
 from avatar_actions.config import ActionsSettings
-from avatar_actions.store import SENT_BUCKET, STATE_BUCKET, RoomStore, SentRecord
-from avatar_shared.bus import Bus, events_stream
+from avatar_shared.bus import Bus
 from avatar_shared.config import LiveKitSettings, LogSettings, NatsSettings, load_or_exit
 from avatar_shared.logs import configure_logging
 from avatar_shared.telemetry import setup_telemetry
@@ -33,25 +39,15 @@ async def run(
     )
     stop = asyncio.Event()
     try:
-        await bus.ensure_stream(events_stream(nats.stream_replicas))
-        rooms = RoomStore(
-            await bus.ensure_kv(
-                STATE_BUCKET, ttl_seconds=settings.state_ttl_seconds, replicas=nats.stream_replicas
-            )
-        )
-        sent = SentRecord(
-            await bus.ensure_kv(
-                SENT_BUCKET, ttl_seconds=settings.sent_ttl_seconds, replicas=nats.stream_replicas
-            )
-        )
-        engine = build_engine(
-            settings, bus, rooms, sent, build_publisher(settings, lk.room if lk else None)
-        )
-        consuming = asyncio.create_task(consumer.run(bus, engine, settings.consumer, stop))
+        stores = await provision(bus, settings, nats.stream_replicas)
+        publisher = build_publisher(settings, lk.room if lk else None)
+        engines = engine_factory(settings, bus, stores, publisher)
+        owner = ownership(settings, stores)
+        consuming = asyncio.create_task(consume(settings, bus, owner, engines, stop))
         consuming.add_done_callback(_stop_if_failed)
         app = health_app(lambda: "consumer stopped" if consuming.done() else None)
         await serve(app, host=settings.host, port=settings.port, graceful_timeout=5)
-        stop.set()  # SIGTERM: finish the batch in hand, then drain
+        stop.set()  # SIGTERM: finish the batches in hand, hand the partitions back, drain
         await consuming  # re-raises what stopped the consumer: the process exits non-zero
     finally:
         await bus.close()

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
+from nats.js.kv import KeyValue
 from opentelemetry import metrics, trace
 
+from avatar_actions import consumer
 from avatar_actions.config import ActionsSettings
+from avatar_actions.consumer import EngineFactory
 from avatar_actions.engine import Engine
+from avatar_actions.ownership import Ownership, replica_id
+from avatar_actions.partitions import WorkStream
 from avatar_actions.publisher import DryRunPublisher, LiveKitPublisher, Publisher
 from avatar_actions.rules import RulesConfig
-from avatar_actions.store import RoomStore, SentRecord
-from avatar_shared.bus import Bus
+from avatar_actions.store import SENT_BUCKET, STATE_BUCKET, RoomStore, SentRecord
+from avatar_shared.bus import Bus, events_stream
 from avatar_shared.web.service import Cors, build_app
 
 if TYPE_CHECKING:
@@ -52,23 +59,82 @@ def build_publisher(
     )
 
 
-def build_engine(
+@dataclass(frozen=True)
+class Stores:
+    rooms: RoomStore
+    sent: SentRecord
+    leases: KeyValue
+
+
+async def provision(bus: Bus, settings: ActionsSettings, replicas: int = 1) -> Stores:
+    """Create (or check) the streams and buckets the service uses; idempotent."""
+    await bus.ensure_stream(events_stream(replicas))
+    await WorkStream(
+        settings.partitions,
+        name=settings.work_stream,
+        replicas=replicas,
+        max_age_seconds=settings.work_max_age_seconds,
+    ).ensure(bus)
+    rooms = await bus.ensure_kv(
+        STATE_BUCKET, ttl_seconds=settings.state_ttl_seconds, replicas=replicas
+    )
+    sent = await bus.ensure_kv(
+        SENT_BUCKET, ttl_seconds=settings.sent_ttl_seconds, replicas=replicas
+    )
+    leases = await bus.ensure_kv(
+        settings.lease_bucket, ttl_seconds=settings.lease_ttl_seconds, replicas=replicas
+    )
+    return Stores(RoomStore(rooms), SentRecord(sent), leases)
+
+
+def engine_factory(
     settings: ActionsSettings,
     bus: Bus,
-    rooms: RoomStore,
-    sent: SentRecord,
+    stores: Stores,
     publisher: Publisher,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
-) -> Engine:
-    return Engine(
-        rules_config(settings),
-        rooms,
-        sent,
-        publisher,
+) -> EngineFactory:
+    """A fresh engine (empty memory) for each partition this replica acquires."""
+    rules = rules_config(settings)
+
+    def build(partition: int) -> Engine:
+        return Engine(
+            partition,
+            rules,
+            stores.rooms,
+            stores.sent,
+            publisher,
+            bus,
+            max_rooms=settings.max_cached_rooms,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+
+    return build
+
+
+def ownership(settings: ActionsSettings, stores: Stores, me: str | None = None) -> Ownership:
+    return Ownership(
+        stores.leases, me or replica_id(), settings.partitions, ttl=settings.lease_ttl_seconds
+    )
+
+
+async def consume(
+    settings: ActionsSettings,
+    bus: Bus,
+    owner: Ownership,
+    engines: EngineFactory,
+    stop: asyncio.Event,
+) -> None:
+    await consumer.run(
         bus,
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
+        owner,
+        engines,
+        stop,
+        consumer=settings.consumer,
+        stream=settings.work_stream,
+        batch=settings.batch_size,
     )
 
 

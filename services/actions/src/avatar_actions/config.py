@@ -12,7 +12,32 @@ class ActionsSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address of the health/metrics server")  # noqa: S104
     port: int = Field(8300, gt=0, lt=65536, description="Port of the health/metrics server")
     consumer: str = Field(
-        "actions", pattern=r"^[A-Za-z0-9_-]+$", description="Durable consumer name"
+        "actions",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Prefix of the durable consumers, one per partition (<prefix>-p<n>)",
+    )
+    partitions: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Room partitions; the most replicas that can share the work. Fixed once "
+        "the work stream exists",
+    )
+    work_stream: str = Field(
+        "ACTIONS_WORK", pattern=r"^[A-Za-z0-9_-]+$", description="The partitioned work stream"
+    )
+    work_max_age_seconds: float = Field(
+        300, gt=0, description="Events not handled by then are stale and dropped"
+    )
+    lease_bucket: str = Field(
+        "ACTIONS_LEASES", pattern=r"^[A-Za-z0-9_-]+$", description="KV bucket of partition leases"
+    )
+    lease_ttl_seconds: float = Field(
+        10.0, ge=1, description="A dead replica's partitions move after this long"
+    )
+    batch_size: int = Field(256, ge=1, le=10_000, description="Events fetched at once")
+    max_cached_rooms: int = Field(
+        10_000, ge=1, description="Idle rooms kept in memory per partition"
     )
     allowed_actions: list[str] = Field(
         [],

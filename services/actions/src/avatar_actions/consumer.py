@@ -1,9 +1,14 @@
-"""The consumption loop: pull the agent's events in stream order, tick between batches.
+"""Consumption: one worker per owned partition, in batches, acked once durable.
 
-One durable pull consumer on ``avatars.v1.agent.>``; messages are handled one at a time
-in stream order, so each room's events are applied in the order the agent published
-them. Between fetches the engine's timers run; a fetch waits at most until the next
-deadline, so a gesture due in 200 ms is not held up by a quiet stream.
+:func:`run` keeps this replica's leases (:mod:`avatar_actions.ownership`) and starts a
+:class:`PartitionWorker` for each partition it acquires, stopping it when the partition
+is released. A worker fetches what is waiting (up to ``batch`` messages; when nothing is,
+it waits for the first one, at most until its engine's next deadline), applies the
+messages in stream order, commits (send, then persist), acks, and runs the timers. A
+message whose handler fails is nacked with the rest of its batch, so the partition's
+order holds on redelivery. Taking a partition over recreates its consumer, so the
+previous owner's unacked messages come back first, in order; the new engine starts
+from stored state and checks the sent record for everything its first batches send.
 """
 
 from __future__ import annotations
@@ -12,61 +17,159 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import nats.errors
 import nats.js
-from nats.js import api
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 
+from avatar_actions import partitions
 from avatar_actions.engine import Engine
-from avatar_shared import subjects
-from avatar_shared.bus import Bus
+from avatar_actions.ownership import Ownership
+from avatar_shared.bus import NAK_DELAY_SECONDS, Bus
+from avatar_shared.events import Event
 
 log = logging.getLogger(__name__)
 _MAX_WAIT = 1.0
-_MIN_WAIT = 0.05
+_MIN_WAIT = 0.01
+_DRAIN_WAIT = 0.002  # how long a non-blocking fetch listens for what is already there
+
+EngineFactory = Callable[[int], Engine]
 
 
-def consumer_config(name: str) -> api.ConsumerConfig:
-    return api.ConsumerConfig(
-        name=name,
-        durable_name=name,
-        filter_subject=subjects.AGENT_EVENTS,
-        ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=30,
-        # A new consumer starts at the present: replaying a day of old conversations
-        # would send stale gestures into rooms.
-        deliver_policy=api.DeliverPolicy.NEW,
-        max_ack_pending=1000,
-    )
+class PartitionWorker:
+    def __init__(
+        self,
+        bus: Bus,
+        engine: Engine,
+        *,
+        consumer: str,
+        stream: str,
+        holds: Callable[[], bool],
+        batch: int = 256,
+    ) -> None:
+        self.engine = engine
+        self._bus = bus
+        self._consumer = consumer
+        self._stream = stream
+        self._holds = holds
+        self._batch = batch
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        prefix = self._consumer
+        partition = self.engine.partition
+        name = partitions.consumer_name(prefix, partition)
+        # A fresh consumer on a work queue starts at the oldest message still there: what
+        # the previous owner did not ack comes first, in stream order, before anything
+        # newer (an old consumer would hold those back until their ack wait ran out).
+        with contextlib.suppress(NotFoundError):
+            await self._bus.js.delete_consumer(self._stream, name)
+        await self._bus.ensure_consumer(self._stream, partitions.consumer_config(prefix, partition))
+        sub = await self._bus.js.pull_subscribe_bind(name, stream=self._stream)
+        try:
+            await self.engine.resume()
+            while not self.stop.is_set():
+                if not self._holds():  # lease not refreshed lately: pause, never overlap
+                    await asyncio.sleep(_MIN_WAIT * 10)
+                    continue
+                try:
+                    await self._step(sub, name)
+                except (nats.errors.Error, TimeoutError) as exc:
+                    # NATS restarting or unreachable: nothing unacked is lost.
+                    log.warning("partition %d step failed (%s)", partition, type(exc).__name__)
+                    await asyncio.sleep(_MAX_WAIT)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _step(self, sub: nats.js.JetStreamContext.PullSubscription, name: str) -> None:
+        messages = await self._fetch(sub)
+        handled: list[Msg] = []
+        for index, msg in enumerate(messages):
+            redelivered = msg.metadata.num_delivered > 1
+
+            async def apply(event: Event, redelivered: bool = redelivered) -> None:
+                await self.engine.apply(event, redelivered=redelivered)
+
+            outcome = await self._bus.process(
+                msg,
+                apply,
+                consumer=name,
+                subject=partitions.event_subject(msg.subject),
+                ack=False,
+            )
+            if outcome == "ok":
+                handled.append(msg)
+            elif outcome == "error":  # later events of its rooms must not overtake it
+                for later in messages[index + 1 :]:
+                    await later.nak(delay=NAK_DELAY_SECONDS)
+                break
+        await self.engine.commit()
+        for msg in handled:
+            await msg.ack()
+        await self.engine.tick()
+
+    async def _fetch(self, sub: nats.js.JetStreamContext.PullSubscription) -> list[Msg]:
+        """What is waiting, at once; else the first message to come, or nothing by the
+        engine's next deadline (a gesture due in 200 ms is not held up by a quiet stream)."""
+        with contextlib.suppress(TimeoutError):  # nats-py raises both kinds
+            return await sub.fetch(batch=self._batch, timeout=_DRAIN_WAIT)
+        deadline = self.engine.next_deadline()
+        wait = _MAX_WAIT if deadline is None else deadline - time.time()
+        with contextlib.suppress(TimeoutError):  # nats-py raises both kinds
+            return await sub.fetch(batch=1, timeout=min(_MAX_WAIT, max(_MIN_WAIT, wait)))
+        return []
 
 
-async def run(bus: Bus, engine: Engine, consumer: str, stop: asyncio.Event) -> None:
-    await bus.ensure_consumer(subjects.EVENTS_STREAM, consumer_config(consumer))
-    sub = await bus.js.pull_subscribe_bind(consumer, stream=subjects.EVENTS_STREAM)
-    await engine.resume()
-    log.info("consuming agent events as %s", consumer)
-    try:
-        while not stop.is_set():
-            try:
-                await _step(bus, engine, sub, consumer)
-            except (nats.errors.Error, TimeoutError) as exc:
-                # NATS restarting or unreachable: nothing unacked is lost; try again soon.
-                log.warning("consumer step failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(_MAX_WAIT)
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-
-
-async def _step(
-    bus: Bus, engine: Engine, sub: nats.js.JetStreamContext.PullSubscription, consumer: str
+async def run(
+    bus: Bus,
+    ownership: Ownership,
+    engines: EngineFactory,
+    stop: asyncio.Event,
+    *,
+    consumer: str,
+    stream: str = partitions.WORK_STREAM,
+    batch: int = 256,
 ) -> None:
-    deadline = engine.next_deadline()
-    wait = _MAX_WAIT if deadline is None else deadline - time.time()
+    """Consume the partitions this replica owns until ``stop``; then hand them back."""
+    workers: dict[int, tuple[PartitionWorker, asyncio.Task[None]]] = {}
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def watch(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not failed.done():
+            failed.set_exception(task.exception())  # type: ignore[arg-type]
+
+    async def acquired(partition: int) -> None:
+        worker = PartitionWorker(
+            bus,
+            engines(partition),
+            consumer=consumer,
+            stream=stream,
+            holds=lambda: ownership.holds(partition),
+            batch=batch,
+        )
+        task = asyncio.create_task(worker.run(), name=f"partition-{partition}")
+        task.add_done_callback(watch)
+        workers[partition] = (worker, task)
+
+    async def released(partition: int) -> None:
+        worker, task = workers.pop(partition)
+        worker.stop.set()  # finishes the batch in hand: committed and acked
+        await task
+
+    log.info("consuming agent events as replica %s", ownership.me)
+    leases = asyncio.create_task(ownership.run(stop, acquired, released))
     try:
-        messages = await sub.fetch(batch=64, timeout=min(_MAX_WAIT, max(_MIN_WAIT, wait)))
-    except nats.errors.TimeoutError:
-        messages = []
-    for message in messages:
-        await bus.process(message, engine.handle, consumer=consumer)
-    await engine.tick()
+        done, _ = await asyncio.wait({leases, failed}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # abrupt, like a crash: nothing released or acked
+        leases.cancel()
+        for _, task in workers.values():
+            task.cancel()
+        raise
+    if failed in done:  # a worker died: stop the others, then re-raise (the process ends)
+        stop.set()
+        await leases
+        failed.result()
+    leases.result()

@@ -1,27 +1,40 @@
-"""The actions service's core: events in, packets and decision events out, state kept.
+"""The actions service's core for one partition: events in, packets and decisions out.
 
-For each event: load the room's state, let the rules decide, put the packets to send in
-the room's outbox, send what the outbox holds, save the state; only then does the bus
-ack the message, so a crash before that redelivers the event to a successor that starts
-from the last saved state (an event already applied is recognised by its id and skipped).
+A partition's rooms live in memory while this replica owns the partition; the durable
+copy is in JetStream KV. Work goes in batches (:meth:`Engine.apply` for each event of a
+fetched batch, then :meth:`Engine.commit`):
 
-- A packet is sent unless the sent record already has it, then recorded: redeliveries
-  and successors never send it twice.
-- If LiveKit is unavailable the outbox keeps the packet, and everything after it for
-  that room, and retries with backoff from :meth:`Engine.tick`: the room's packets stay
-  in order, other rooms are not held up, and the message is still acked (its effect,
-  the outbox, is durable).
-- Every decision, sent or dropped, goes back on the bus as an ``action_decision`` event
-  whose id derives from its cause, so a redelivery stores it once.
+1. apply: the rules decide in memory; packets join their room's outbox;
+2. send: each room's outbox goes out in order; rooms are sent concurrently, so a room
+   waiting for LiveKit holds up only itself;
+3. persist: the touched rooms' state and the decision events are written
+   concurrently, and only then are the batch's messages acked. A crash before
+   that redelivers them to whoever owns the partition next, who starts from the last
+   saved state (an event already applied is recognised by its id and skipped).
+
+At most once: each packet sent is recorded in the sent record at once. It is looked up
+there before sending only when someone
+else may have sent it: its event is a redelivery, its room's state was inherited from
+storage (a predecessor may have sent after its last save), or an earlier attempt failed
+in a way that may have delivered it. A first delivery to the owner skips the lookup.
+
+If LiveKit is unavailable the outbox keeps the packet, and everything after it for that
+room, and retries with backoff from :meth:`Engine.tick`. Every decision, sent or
+dropped, goes back on the bus as an ``action_decision`` event whose id derives from its
+cause, so a redelivery stores it once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
 from avatar_actions.publisher import Packet, Publisher, PublishError
@@ -36,9 +49,23 @@ _APPLIED_REMEMBERED = 64
 _RETRY_BASE, _RETRY_MAX = 0.5, 10.0
 
 
+@dataclass
+class _Room:
+    stored: StoredRoom
+    #: Loaded from storage: a predecessor may have sent packets after its last save.
+    inherited: bool
+    dirty: bool = False
+    #: Trace of the span that decided each pending packet, by (cause id, action).
+    traces: dict[tuple[str, str], trace.SpanContext] = field(default_factory=dict)
+    #: Trace of the latest event, so a gesture released by a later tick stays in the
+    #: conversation turn's trace.
+    release: trace.SpanContext | None = None
+
+
 class Engine:
     def __init__(
         self,
+        partition: int,
         rules: RulesConfig,
         rooms: RoomStore,
         sent: SentRecord,
@@ -46,22 +73,24 @@ class Engine:
         bus: Bus,
         *,
         clock: Callable[[], float] = time.time,
+        max_rooms: int = 10_000,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
+        self.partition = partition
         self._rules = rules
         self._rooms = rooms
         self._sent = sent
         self._publisher = publisher
         self._bus = bus
         self._clock = clock
+        self._max_rooms = max_rooms
+        self._cache: OrderedDict[str, _Room] = OrderedDict()
         self._deadlines: dict[str, float] = {}
-        # The trace of the event that made a room's release due, so a gesture sent by a
-        # later tick stays in the conversation turn's trace.
-        self._release_trace: dict[str, trace.SpanContext] = {}
+        self._decisions: list[ActionDecision] = []  # to publish
         self._tracer = trace.get_tracer("avatar_actions", tracer_provider=tracer_provider)
         meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
-        self._decisions = meter.create_counter(
+        self._decision_count = meter.create_counter(
             semconv.METRIC_ACTIONS_DECISIONS, description="Action decisions by outcome and reason"
         )
         self._latency = meter.create_histogram(
@@ -70,77 +99,136 @@ class Engine:
             description="From the releasing event to the packet sent (debounce excluded)",
         )
 
-    async def resume(self) -> None:
-        """After a (re)start: find rooms with held gestures or packets still to send."""
-        for room in await self._rooms.rooms():
-            self._schedule(room, await self._rooms.load(room))
+    # --- the batch cycle ---------------------------------------------------------------
 
-    async def handle(self, event: Event) -> None:
-        """Apply one event; raises (so the bus redelivers) if its effect is not durable."""
-        stored = await self._rooms.load(event.room)
+    async def resume(self) -> None:
+        """On taking the partition: find rooms with held gestures or packets to send."""
+        for room in await self._rooms.rooms(self.partition):
+            self._schedule(room, await self._room(room))
+
+    async def apply(self, event: Event, *, redelivered: bool = False) -> None:
+        """Let the rules decide on one event, in memory; :meth:`commit` makes it durable."""
+        room = await self._room(event.room)
+        stored = room.stored
         if event.id in stored.applied:
-            return  # a redelivery of an event whose effect is already saved
+            return  # a redelivery of an event whose effect is already applied
         stored.avatar_id = event.avatar_id or stored.avatar_id
-        await self._step(event.room, stored, lambda seq: seq.handle(event, self._clock()))
+        sequencer = RoomSequencer(self._rules, stored.rules)
+        self._decide(event.room, room, sequencer.handle(event, self._clock()), redelivered)
+        stored.rules = sequencer.state
         stored.applied = [*stored.applied, event.id][-_APPLIED_REMEMBERED:]
-        await self._rooms.save(event.room, stored)
-        self._schedule(event.room, stored)
+        room.dirty = True
+        current = trace.get_current_span().get_span_context()
+        room.release = current if current.is_valid else room.release
+
+    async def commit(self) -> None:
+        """Send what is due, then persist everything the batch changed (raises if not)."""
+        dirty = [name for name, room in self._cache.items() if room.dirty]
+        await asyncio.gather(*(self._flush(name, self._cache[name]) for name in dirty))
+        decisions, self._decisions = self._decisions, []
+        writes: list[Awaitable[object]] = [
+            self._rooms.save(self.partition, name, self._cache[name].stored) for name in dirty
+        ]
+        writes += [self._bus.publish(decision) for decision in decisions]
+        try:
+            await asyncio.gather(*writes)
+        except BaseException:
+            # Published again by the next commit (their ids make that harmless).
+            self._decisions = decisions + self._decisions
+            raise
+        for name in dirty:
+            room = self._cache[name]
+            room.dirty = room.inherited = False
+            self._schedule(name, room)
+        self._evict()
 
     def next_deadline(self) -> float | None:
         return min(self._deadlines.values(), default=None)
 
     async def tick(self) -> None:
-        """Release, expire and retry what is due in every room whose deadline has passed."""
+        """Release, expire and retry what is due in rooms whose deadline has passed."""
         now = self._clock()
-        for room in [r for r, due in self._deadlines.items() if due <= now]:
-            cause = self._release_trace.get(room)
+        due = [r for r, deadline in self._deadlines.items() if deadline <= now]
+        for name in due:
+            room = await self._room(name)
+            cause = room.release
             parent = trace.set_span_in_context(trace.NonRecordingSpan(cause)) if cause else None
             with self._tracer.start_as_current_span("actions release", context=parent):
-                stored = await self._rooms.load(room)
-                await self._step(room, stored, lambda seq: seq.tick(now))
-                await self._rooms.save(room, stored)
-                self._schedule(room, stored)
+                sequencer = RoomSequencer(self._rules, room.stored.rules)
+                self._decide(name, room, sequencer.tick(now), False)
+                room.stored.rules = sequencer.state
+                room.dirty = True
+        if due:
+            await self.commit()
 
-    async def _step(
-        self,
-        room: str,
-        stored: StoredRoom,
-        decide: Callable[[RoomSequencer], list[Decision]],
-    ) -> None:
-        sequencer = RoomSequencer(self._rules, stored.rules)
+    # --- rooms in memory ---------------------------------------------------------------
+
+    async def _room(self, name: str) -> _Room:
+        room = self._cache.get(name)
+        if room is None:
+            room = _Room(await self._rooms.load(self.partition, name), inherited=True)
+            self._cache[name] = room
+        self._cache.move_to_end(name)
+        return room
+
+    def _evict(self) -> None:
+        """Forget the least recently used rooms that have nothing pending."""
+        excess = len(self._cache) - self._max_rooms
+        for name in list(self._cache):
+            if excess <= 0:
+                return
+            if not self._cache[name].dirty and name not in self._deadlines:
+                del self._cache[name]
+                excess -= 1
+
+    # --- decisions and sending ---------------------------------------------------------
+
+    def _decide(self, name: str, room: _Room, decisions: list[Decision], redelivered: bool) -> None:
         now = self._clock()
-        for decision in decide(sequencer):
+        current = trace.get_current_span().get_span_context()
+        for decision in decisions:
             if decision.outcome is Outcome.PUBLISHED:
-                stored.outbox.append(
+                room.stored.outbox.append(
                     Outgoing(
                         action=decision.action,
                         speech_id=decision.speech_id,
                         cause_id=decision.cause_id,
                         decided_at=now,
+                        verify=redelivered or room.inherited,
                     )
                 )
+                if current.is_valid:
+                    room.traces[(decision.cause_id, decision.action)] = current
             else:
                 log.info(
                     "dropped action %s: %s",
                     decision.action,
                     decision.reason,
-                    extra={"room": room, "speech_id": decision.speech_id},
+                    extra={"room": name, "speech_id": decision.speech_id},
                 )
-                await self._announce(room, stored, decision)
-        stored.rules = sequencer.state
-        if stored.retry_at is None or stored.retry_at <= now:
-            await self._flush(room, stored)
+                self._announce(name, room.stored, decision)
 
-    async def _flush(self, room: str, stored: StoredRoom) -> None:
+    async def _flush(self, name: str, room: _Room) -> None:
         """Send the outbox in order; stop at the first packet LiveKit cannot take now."""
+        stored = room.stored
+        if stored.retry_at is not None and stored.retry_at > self._clock():
+            return
         while stored.outbox:
             item = stored.outbox[0]
             decision = Decision(Outcome.PUBLISHED, item.action, item.speech_id, item.cause_id)
-            if not await self._sent.was_sent(room, item.cause_id, item.action):
+            key = (item.cause_id, item.action)
+            if not (item.verify and await self._sent.was_sent(name, item.cause_id, item.action)):
+                span = room.traces.get(key)
+                token = (
+                    otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span)))
+                    if span is not None
+                    else None
+                )
                 try:
-                    await self._publisher.publish(Packet(room=room, action=item.action))
+                    await self._publisher.publish(Packet(room=name, action=item.action))
                 except PublishError as exc:
                     if not exc.permanent:
+                        item.verify = True  # a timed-out attempt may have delivered it
                         stored.failures += 1
                         backoff = min(_RETRY_MAX, _RETRY_BASE * 2 ** (stored.failures - 1))
                         stored.retry_at = self._clock() + backoff
@@ -154,46 +242,50 @@ class Engine:
                         DropReason.SEND_FAILED,
                     )
                 else:
-                    await self._sent.mark_sent(room, item.cause_id, item.action)
                     self._latency.record(max(0.0, self._clock() - item.decided_at))
+                    # Recorded at once, not with the batch: the window in which a crash
+                    # forgets a delivered packet stays one round trip wide.
+                    await self._sent.mark_sent(name, item.cause_id, item.action)
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
             stored.outbox.pop(0)
+            room.traces.pop(key, None)
             stored.failures, stored.retry_at = 0, None
-            await self._announce(room, stored, decision)
+            self._announce(name, stored, decision)
 
-    def _schedule(self, room: str, stored: StoredRoom) -> None:
+    def _schedule(self, name: str, room: _Room) -> None:
+        stored = room.stored
         deadlines = [
             d
             for d in (RoomSequencer(self._rules, stored.rules).next_deadline(), stored.retry_at)
             if d is not None
         ]
-        if not deadlines:
-            self._deadlines.pop(room, None)
-            self._release_trace.pop(room, None)
-            return
-        self._deadlines[room] = min(deadlines)
-        current = trace.get_current_span().get_span_context()
-        if current.is_valid:
-            self._release_trace[room] = current
+        if deadlines:
+            self._deadlines[name] = min(deadlines)
+        else:
+            self._deadlines.pop(name, None)
 
-    async def _announce(self, room: str, stored: StoredRoom, decision: Decision) -> None:
+    def _announce(self, name: str, stored: StoredRoom, decision: Decision) -> None:
         key = f"{decision.cause_id}:{decision.action}:{decision.outcome.value}"
-        event = ActionDecision(
-            id=hashlib.sha256(key.encode()).hexdigest()[:32],
-            room=room,
-            avatar_id=stored.avatar_id,
-            speech_id=decision.speech_id,
-            seq=stored.decisions_seq,
-            action=decision.action,
-            outcome=decision.outcome,
-            reason=decision.reason,
-            cause_id=decision.cause_id,
+        self._decisions.append(
+            ActionDecision(
+                id=hashlib.sha256(key.encode()).hexdigest()[:32],
+                room=name,
+                avatar_id=stored.avatar_id,
+                speech_id=decision.speech_id,
+                seq=stored.decisions_seq,
+                action=decision.action,
+                outcome=decision.outcome,
+                reason=decision.reason,
+                cause_id=decision.cause_id,
+            )
         )
         stored.decisions_seq += 1
-        self._decisions.add(
+        self._decision_count.add(
             1,
             {
                 semconv.OUTCOME: decision.outcome.value,
                 semconv.REASON: decision.reason.value if decision.reason else "",
             },
         )
-        await self._bus.publish(event)

@@ -1,13 +1,14 @@
 """Durable per-room state and the record of packets sent, in JetStream key-value buckets.
 
-Keys are room tokens (subject-safe, see :mod:`avatar_shared.rooms`). The sent record is
-keyed by room, the id of the event that caused the packet and the action, so a
-redelivered event or a successor replica finds the packet already sent.
+Room state is keyed ``<partition>.<room token>`` (tokens are subject-safe, see
+:mod:`avatar_shared.rooms`), so a replica taking a partition over finds its rooms. The
+sent record is keyed by room, the id of the event that caused the packet and the action,
+so a redelivered event or a successor replica finds the packet already sent.
 """
 
 from __future__ import annotations
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
@@ -25,6 +26,9 @@ class Outgoing(BaseModel):
     speech_id: str | None
     cause_id: str
     decided_at: float
+    #: Look in the sent record first: someone may have sent it already (a redelivered
+    #: event, state inherited from a predecessor, an attempt that timed out).
+    verify: bool = True
 
 
 class StoredRoom(BaseModel):
@@ -41,23 +45,38 @@ class RoomStore:
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
 
-    async def load(self, room: str) -> StoredRoom:
+    async def load(self, partition: int, room: str) -> StoredRoom:
         try:
-            entry = await self._kv.get(encode_room(room))
+            entry = await self._kv.get(f"{partition}.{encode_room(room)}")
         except KeyNotFoundError:
             return StoredRoom()
         return StoredRoom.model_validate_json(entry.value or b"{}")
 
-    async def save(self, room: str, stored: StoredRoom) -> None:
-        await self._kv.put(encode_room(room), stored.model_dump_json().encode())
+    async def save(self, partition: int, room: str, stored: StoredRoom) -> None:
+        await self._kv.put(f"{partition}.{encode_room(room)}", stored.model_dump_json().encode())
 
-    async def rooms(self) -> list[str]:
-        """Every room with stored state (to resume held gestures after a restart)."""
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return []
-        return [decode_room(key) for key in keys]
+    async def rooms(self, partition: int) -> list[str]:
+        """Every room of a partition with stored state (to resume held gestures)."""
+        keys = await matching_keys(self._kv, f"{partition}.*")
+        return [decode_room(key.split(".", 1)[1]) for key in keys]
+
+
+async def matching_keys(kv: KeyValue, pattern: str) -> list[str]:
+    """Keys matching a subject pattern (``member.*``), filtered by the server.
+
+    nats-py's ``keys(filters=...)`` lists every key and keeps those that contain a
+    filter as a substring, so a wildcard never matches; a watch filters server-side.
+    """
+    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+    keys = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the end of what is stored now
+                break
+            keys.append(entry.key)
+    finally:
+        await watcher.stop()
+    return keys
 
 
 class SentRecord:

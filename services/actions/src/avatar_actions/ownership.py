@@ -1,0 +1,161 @@
+"""Which replica consumes which partition: leases in JetStream KV, rendezvous hashing.
+
+Bucket ``ACTIONS_LEASES`` keeps one value per key and forgets a key ``ttl`` seconds after
+its last write:
+
+- ``member.<replica>``: written by each replica every heartbeat (``ttl / 4``); it
+  vanishes ``ttl`` after its replica stops or dies;
+- ``partition.<n>``: the id of the replica consuming partition ``n``. Created only if
+  absent (``create``), refreshed by compare-and-set on its revision (``update``), and
+  deleted by its owner when it hands the partition over.
+
+Each heartbeat a replica ranks the live members for every partition by
+``sha256(partition, member)``; the highest wins (rendezvous hashing: a replica joining or
+leaving moves only the partitions it gains or loses). A replica releases what it should
+no longer own (its worker finishes the batch in hand and saves, then the lease is
+deleted) and claims what it should own once the lease is free. A dead replica's leases
+expire after ``ttl``; the survivors take its partitions then.
+
+A partition is consumed only while its lease is valid: ``holds`` is false from
+``ttl - heartbeat`` after the last successful refresh, before the server can expire the
+lease and hand it to someone else, so two replicas never consume one partition at once
+(unless a process stalls for longer than that between checking and fetching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats.errors
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from avatar_actions.store import matching_keys
+
+log = logging.getLogger(__name__)
+
+LEASE_BUCKET = "ACTIONS_LEASES"
+PartitionCallback = Callable[[int], Awaitable[None]]
+
+
+def replica_id() -> str:
+    """This process's name among the replicas: the pod name and a random suffix."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48]
+    return f"{host}-{uuid.uuid4().hex[:6]}"
+
+
+def owner(partition: int, members: list[str]) -> str | None:
+    """The member that should own ``partition`` (rendezvous hashing)."""
+    return max(
+        members,
+        key=lambda member: hashlib.sha256(f"{partition}:{member}".encode()).digest(),
+        default=None,
+    )
+
+
+@dataclass
+class _Lease:
+    revision: int
+    valid_until: float
+
+
+class Ownership:
+    def __init__(
+        self,
+        kv: KeyValue,
+        me: str,
+        partitions: int,
+        *,
+        ttl: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.me = me
+        self._kv = kv
+        self._partitions = partitions
+        self._ttl = ttl
+        self.heartbeat = ttl / 4
+        self._clock = clock
+        self._leases: dict[int, _Lease] = {}
+
+    @property
+    def owned(self) -> list[int]:
+        """The partitions this replica may consume now (their leases are valid)."""
+        return [p for p in sorted(self._leases) if self.holds(p)]
+
+    def holds(self, partition: int) -> bool:
+        lease = self._leases.get(partition)
+        return lease is not None and lease.valid_until > self._clock()
+
+    async def run(
+        self, stop: asyncio.Event, acquired: PartitionCallback, released: PartitionCallback
+    ) -> None:
+        """Heartbeat until ``stop``, then hand every partition back. Cancelled, it lets
+        go of nothing: like a crashed process, its leases expire after ``ttl``."""
+        while not stop.is_set():
+            try:
+                await self.step(acquired, released)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("lease heartbeat failed (%s); retrying", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.heartbeat)
+        await self.release_all(released)
+
+    async def step(self, acquired: PartitionCallback, released: PartitionCallback) -> None:
+        started = self._clock()
+        await self._kv.put(f"member.{self.me}", b"1")
+        members = await self._members()
+        wanted = {p for p in range(self._partitions) if owner(p, members) == self.me}
+        for partition in sorted(self._leases):
+            if partition not in wanted:
+                await self._release(partition, released)
+                continue
+            try:
+                revision = await self._kv.update(
+                    _key(partition), self.me.encode(), last=self._leases[partition].revision
+                )
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                log.error("lease of partition %d lost; stopping its consumer", partition)
+                self._leases.pop(partition)
+                await released(partition)
+                continue
+            self._leases[partition] = _Lease(revision, started + self._ttl - self.heartbeat)
+        for partition in sorted(wanted - set(self._leases)):
+            try:
+                revision = await self._kv.create(_key(partition), self.me.encode())
+            except KeyWrongLastSequenceError:
+                continue  # its previous owner has not let go yet: next heartbeat
+            self._leases[partition] = _Lease(revision, started + self._ttl - self.heartbeat)
+            log.info("partition %d acquired", partition, extra={"replica": self.me})
+            await acquired(partition)
+
+    async def release_all(self, released: PartitionCallback) -> None:
+        for partition in sorted(self._leases):
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self._release(partition, released)
+        with contextlib.suppress(nats.errors.Error, TimeoutError, KeyNotFoundError):
+            await self._kv.delete(f"member.{self.me}")
+
+    async def _release(self, partition: int, released: PartitionCallback) -> None:
+        lease = self._leases.pop(partition)
+        await released(partition)  # its worker has stopped and saved: safe to hand over
+        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+            await self._kv.delete(_key(partition), last=lease.revision)
+        log.info("partition %d released", partition, extra={"replica": self.me})
+
+    async def _members(self) -> list[str]:
+        keys = await matching_keys(self._kv, "member.*")
+        members = {key.split(".", 1)[1] for key in keys}
+        return sorted(members | {self.me})
+
+
+def _key(partition: int) -> str:
+    return f"partition.{partition}"

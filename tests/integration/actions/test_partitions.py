@@ -1,0 +1,135 @@
+"""Rooms partitioned across replicas: leases, rebalancing, and order through handovers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.js.kv import KeyValue
+
+from avatar_actions.ownership import Ownership, owner
+from avatar_actions.partitions import PartitionMismatch, WorkStream, event_subject
+from avatar_shared import subjects
+from avatar_shared.bus import Bus
+from avatar_shared.events import PlayoutStarted, SpeechDone
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def leases(bus: Bus) -> AsyncIterator[KeyValue]:
+    bucket = f"leases_{uuid.uuid4().hex[:8]}"
+    yield await bus.ensure_kv(bucket, ttl_seconds=1.0)
+    await bus.js.delete_key_value(bucket)
+
+
+class Tracker:
+    """What a replica's workers would be doing: the partitions it consumes right now."""
+
+    def __init__(self) -> None:
+        self.consuming: set[int] = set()
+
+    async def acquired(self, partition: int) -> None:
+        assert partition not in self.consuming
+        self.consuming.add(partition)
+
+    async def released(self, partition: int) -> None:
+        self.consuming.remove(partition)
+
+
+async def heartbeat(*replicas: tuple[Ownership, Tracker], rounds: int = 1) -> None:
+    for _ in range(rounds):
+        for ownership, tracker in replicas:
+            await ownership.step(tracker.acquired, tracker.released)
+
+
+def test_rendezvous_moves_only_what_a_new_member_takes() -> None:
+    before = {p: owner(p, ["a", "b"]) for p in range(64)}
+    after = {p: owner(p, ["a", "b", "c"]) for p in range(64)}
+    moved = {p for p in range(64) if before[p] != after[p]}
+    assert moved
+    assert all(after[p] == "c" for p in moved)
+    assert 10 < len(moved) < 35  # about a third
+
+
+async def test_replicas_split_the_partitions_without_overlap(leases: KeyValue) -> None:
+    a = (Ownership(leases, "a", 16, ttl=1.0), Tracker())
+    b = (Ownership(leases, "b", 16, ttl=1.0), Tracker())
+    await heartbeat(a)
+    assert a[1].consuming == set(range(16))  # alone, it takes everything
+    await heartbeat(b, a, b, rounds=2)  # b joins: a hands over, then b claims
+    assert a[1].consuming.isdisjoint(b[1].consuming)
+    assert a[1].consuming | b[1].consuming == set(range(16))
+    assert b[1].consuming == {p for p in range(16) if owner(p, ["a", "b"]) == "b"}
+
+
+async def test_a_dead_replicas_partitions_move_after_the_lease_ttl(leases: KeyValue) -> None:
+    a = (Ownership(leases, "a", 8, ttl=1.0), Tracker())
+    b = (Ownership(leases, "b", 8, ttl=1.0), Tracker())
+    await heartbeat(a, b, a, b, rounds=2)
+    assert a[1].consuming
+    assert b[1].consuming
+    orphaned = set(b[1].consuming)
+    await heartbeat(a)  # b is dead: no more heartbeats; its leases still hold
+    assert a[1].consuming.isdisjoint(orphaned)
+    await asyncio.sleep(1.5)  # the bucket forgets b's member key and leases
+    await heartbeat(a)
+    assert a[1].consuming == set(range(8))
+
+
+async def test_a_lease_not_refreshed_in_time_stops_consumption(leases: KeyValue) -> None:
+    now = [0.0]
+    a = Ownership(leases, "a", 2, ttl=1.0, clock=lambda: now[0])
+    tracker = Tracker()
+    await a.step(tracker.acquired, tracker.released)
+    assert a.holds(0)
+    assert a.holds(1)
+    now[0] = 0.8  # past ttl - heartbeat: the server may soon give it to someone else
+    assert not a.holds(0)
+
+
+async def test_graceful_stop_hands_everything_back_at_once(leases: KeyValue) -> None:
+    a = (Ownership(leases, "a", 4, ttl=1.0), Tracker())
+    await heartbeat(a)
+    await a[0].release_all(a[1].released)
+    assert a[1].consuming == set()
+    b = (Ownership(leases, "b", 4, ttl=1.0), Tracker())
+    await heartbeat(b)  # no waiting for a TTL
+    assert b[1].consuming == set(range(4))
+
+
+async def test_the_work_stream_partitions_each_room_consistently(bus: Bus, room: str) -> None:
+    stream = WorkStream(4, name=f"WORK_{uuid.uuid4().hex[:8]}")
+    await stream.ensure(bus)
+    await stream.ensure(bus)  # idempotent
+    events = [PlayoutStarted(room=f"{room}-{i}", speech_id="s", seq=0) for i in range(12)] + [
+        SpeechDone(room=f"{room}-{i}", speech_id="s", seq=1, interrupted=False) for i in range(12)
+    ]
+    for event in events:
+        await bus.publish(event)
+    sub = await bus.js.pull_subscribe("actions.work.>", stream=stream.name)
+    seen: dict[str, set[str]] = {}
+    count = 0
+    async with asyncio.timeout(10):
+        while count < len(events):
+            for msg in await sub.fetch(50, timeout=5):
+                count += 1
+                partition = msg.subject.split(".")[2]
+                parts = subjects.parse_subject(event_subject(msg.subject))
+                seen.setdefault(parts.room, set()).add(partition)
+                await msg.ack_sync()
+    assert all(len(partitions) == 1 for partitions in seen.values())  # one room, one partition
+    assert len({p for partitions in seen.values() for p in partitions}) > 1  # rooms spread
+    info = await bus.js.stream_info(stream.name)
+    assert info.state.messages == 0  # work queue: acked is gone; decisions never came in
+    await bus.js.delete_stream(stream.name)
+
+
+async def test_another_partition_count_refuses_to_start(bus: Bus) -> None:
+    name = f"WORK_{uuid.uuid4().hex[:8]}"
+    await WorkStream(4, name=name).ensure(bus)
+    with pytest.raises(PartitionMismatch, match="ACTIONS_PARTITIONS must match"):
+        await WorkStream(8, name=name).ensure(bus)
+    await bus.js.delete_stream(name)
