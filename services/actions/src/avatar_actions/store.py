@@ -75,7 +75,7 @@ async def matching_keys(kv: KeyValue, pattern: str) -> list[str]:
                 break
             keys.append(entry.key)
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
     return keys
 
 
