@@ -3,10 +3,11 @@
 Real processes on loopback: nats-server with JetStream and one actions replica
 (``python -m avatar_actions``), sending to the LiveKit server double, which runs in this
 process so one clock times both ends. Every room gets 10 events a second, as pairs of
-``speech_created`` + ``playout_started`` every 0.2 s; the second releases a ``speaking``
-packet at once (no debounce), and its latency runs from the start of its publish to
-the double accepting the ``SendData``. Throughput: a backlog published as fast as this
-process can, drained by the one replica.
+``speech_created`` + ``playout_started`` every 0.2 s, rooms spread evenly over that
+cycle; the second releases a ``speaking`` packet at once (no debounce), and its latency
+runs from the start of its publish to the ``SendData`` reaching the double.
+Throughput: a backlog published while the replica is stopped, then drained by a fresh
+replica; events/s counts from its first packet to its last.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import nats.js.errors
 
-from avatar_shared import subjects
+from avatar_actions.partitions import WORK_STREAM, consumer_name
 from avatar_shared.bus import Bus, events_stream
 from avatar_shared.config import NatsSettings
 from avatar_shared.events import PlayoutStarted, SpeechCreated
@@ -31,6 +32,7 @@ from tests.support.livekit_server import LiveKitDouble, running_livekit
 from tests.support.nats_server import free_port, start_nats_process
 
 ROOT = Path(__file__).resolve().parents[2]
+PARTITIONS = int(os.environ.get("ACTIONS_PARTITIONS", "16"))
 KEY, SECRET = "APIbench", "bench-actions-secret-that-is-long-enough-0123"
 
 
@@ -66,12 +68,17 @@ def _latencies(double: LiveKitDouble, published: dict[str, list[float]]) -> list
 async def _paced(bus: Bus, double: LiveKitDouble, rooms: int, seconds: float, tag: str) -> str:
     double.received.clear()
     published: dict[str, list[float]] = defaultdict(list)
-    names = [f"{tag}-{r}" for r in range(rooms)]
     start = time.perf_counter()
     ticks = int(seconds / 0.2)
-    for n in range(ticks):
-        await asyncio.sleep(max(0.0, start + n * 0.2 - time.perf_counter()))
-        await asyncio.gather(*(_speech(bus, room, n, published) for room in names))
+
+    async def room_loop(r: int) -> None:
+        # Rooms are independent conversations: each has its own phase in the 0.2 s cycle.
+        phase = start + 0.2 * r / rooms
+        for n in range(ticks):
+            await asyncio.sleep(max(0.0, phase + n * 0.2 - time.perf_counter()))
+            await _speech(bus, f"{tag}-{r}", n, published)
+
+    await asyncio.gather(*(room_loop(r) for r in range(rooms)))
     offered = rooms * ticks * 2 / (time.perf_counter() - start)
     complete = await _wait_for(double, rooms * ticks, 120)
     lat = sorted(_latencies(double, published))
@@ -81,24 +88,42 @@ async def _paced(bus: Bus, double: LiveKitDouble, rooms: int, seconds: float, ta
     return f"| {rooms} | {offered:.0f} | {len(lat)} | {p50:.2f} | {p99:.2f} |{missing}"
 
 
-async def _backlog(bus: Bus, double: LiveKitDouble, rooms: int, speeches: int) -> tuple[int, float]:
-    double.received.clear()
+async def _publish_backlog(bus: Bus, rooms: int, speeches: int) -> int:
     published: dict[str, list[float]] = defaultdict(list)
-    start = time.perf_counter()
     for n in range(speeches):
         await asyncio.gather(*(_speech(bus, f"burst-{r}", n, published) for r in range(rooms)))
-    await _wait_for(double, rooms * speeches, 300)
-    return 2 * rooms * speeches, time.perf_counter() - start
+    return 2 * rooms * speeches
 
 
-async def _consumer_ready(bus: Bus, name: str) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                await bus.js.consumer_info(subjects.EVENTS_STREAM, name)
-                return
-            except nats.js.errors.NotFoundError:
-                await asyncio.sleep(0.05)
+async def _drained(double: LiveKitDouble, packets: int) -> float:
+    await _wait_for(double, packets, 300)
+    times = sorted(got.at for got in double.received)
+    return times[-1] - times[0]
+
+
+async def _sourced(bus: Bus, events: int) -> None:
+    """Wait until the work stream holds the whole backlog (sourcing is asynchronous)."""
+    async with asyncio.timeout(120):
+        while (await bus.js.stream_info(WORK_STREAM)).state.messages < events:
+            await asyncio.sleep(0.1)
+
+
+async def _ready(bus: Bus, partitions: int) -> None:
+    """Every partition has its consumer (the replica owns them all)."""
+    async with asyncio.timeout(60):
+        for partition in range(partitions):
+            while True:
+                try:
+                    await bus.js.consumer_info(WORK_STREAM, consumer_name("actions", partition))
+                    break
+                except nats.js.errors.NotFoundError:
+                    await asyncio.sleep(0.05)
+
+
+async def _replica(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "avatar_actions", env=env, cwd=ROOT
+    )
 
 
 async def measure(args: argparse.Namespace, nats_url: str) -> str:
@@ -115,28 +140,36 @@ async def measure(args: argparse.Namespace, nats_url: str) -> str:
             "ACTIONS_HOST": "127.0.0.1",
             "LOG_LEVEL": "WARNING",
         }
-        actions = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "avatar_actions", env=env, cwd=ROOT
-        )
+        actions = await _replica(env)
         try:
-            await _consumer_ready(bus, "actions")
+            await _ready(bus, PARTITIONS)
             rows = [await _paced(bus, double, n, args.seconds, f"r{n}") for n in (1, 100, 1000)]
-            events, elapsed = await _backlog(bus, double, 200, 10)
+        finally:
+            actions.terminate()
+            await actions.wait()
+        double.received.clear()
+        events = await _publish_backlog(bus, 500, 10)
+        await _sourced(bus, events)
+        actions = await _replica(env)
+        try:
+            elapsed = await _drained(double, events // 2)
         finally:
             actions.terminate()
             await actions.wait()
     await bus.close()
     return "\n".join(
         [
-            "One actions replica, state and sent record in JetStream KV, decisions published",
-            "back to the bus; the load generator and the LiveKit double share the machine.",
+            f"One actions replica owning all {PARTITIONS} partitions (rooms in memory, state and",
+            "sent record in JetStream KV, decisions published back to the bus); nats-server,",
+            "the load generator and the LiveKit double share the machine's 2 cores.",
             "",
             "| Rooms | Offered events/s | Packets | p50 (ms) | p99 (ms) |",
             "| --- | --- | --- | --- | --- |",
             *rows,
             "",
-            f"Backlog: {events} events (200 rooms) processed in {elapsed:.1f} s "
-            f"= {events / elapsed:.0f} events/s (publishing included).",
+            f"Backlog: {events} events (500 rooms) waiting in the work stream, drained by a "
+            f"fresh replica in {elapsed:.2f} s (first packet to last) = "
+            f"{events / elapsed:.0f} events/s.",
             "",
             "Targets (issue 4): p50 <= 2 ms and p99 <= 10 ms at 100 rooms; >= 3,000 events/s"
             " per replica.",

@@ -33,7 +33,7 @@ from tests.support.http_server import serving
 class Received:
     request: SendDataRequest
     traceparent: str | None
-    at: float  # time.perf_counter() when it was accepted
+    at: float  # time.perf_counter() when the call reached the double (it was accepted)
 
 
 @dataclass
@@ -74,6 +74,7 @@ class LiveKitDouble:
         return None
 
     async def _send_data(self, request: Request) -> Response:
+        arrived_at = time.perf_counter()  # when the call reached us, before our own checks
         self.attempts += 1
         body = await request.body()
         content_type = request.headers.get("content-type", "")
@@ -98,9 +99,7 @@ class LiveKitDouble:
             return self._error(
                 status, "unavailable" if status >= 500 else "invalid_argument", "injected"
             )
-        self.received.append(
-            Received(message, request.headers.get("traceparent"), time.perf_counter())
-        )
+        self.received.append(Received(message, request.headers.get("traceparent"), arrived_at))
         self.arrived.set()
         return Response(b"", media_type="application/protobuf")  # an empty SendDataResponse
 

@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from avatar_shared import semconv, subjects
 from avatar_shared.config import NatsSettings
 from avatar_shared.events import Event, InvalidEvent, decode_event
-from avatar_shared.telemetry import extract_context, inject_context
+from avatar_shared.telemetry import extract_context, inject_context, tally
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,10 @@ class Bus:
             semconv.INSTRUMENTATION_NAME, tracer_provider=tracer_provider
         )
         meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME, meter_provider=meter_provider)
-        self._published = meter.create_counter(
-            semconv.METRIC_BUS_PUBLISHED, description="Events published to JetStream"
+        self._published = tally(
+            meter, semconv.METRIC_BUS_PUBLISHED, "Events published to JetStream"
         )
-        self._consumed = meter.create_counter(
-            semconv.METRIC_BUS_CONSUMED, description="Events processed, by outcome"
-        )
+        self._consumed = tally(meter, semconv.METRIC_BUS_CONSUMED, "Events processed, by outcome")
         self._dropped = meter.create_counter(
             semconv.METRIC_BUS_DROPPED, description="Messages dropped as invalid, by reason"
         )

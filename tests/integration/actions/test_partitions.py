@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.js.kv import KeyValue
 
-from avatar_actions.ownership import Ownership, owner
+from avatar_actions.ownership import Ownership, assignment
 from avatar_actions.partitions import PartitionMismatch, WorkStream, event_subject
 from avatar_shared import subjects
 from avatar_shared.bus import Bus
@@ -45,13 +45,23 @@ async def heartbeat(*replicas: tuple[Ownership, Tracker], rounds: int = 1) -> No
             await ownership.step(tracker.acquired, tracker.released)
 
 
-def test_rendezvous_moves_only_what_a_new_member_takes() -> None:
-    before = {p: owner(p, ["a", "b"]) for p in range(64)}
-    after = {p: owner(p, ["a", "b", "c"]) for p in range(64)}
-    moved = {p for p in range(64) if before[p] != after[p]}
-    assert moved
-    assert all(after[p] == "c" for p in moved)
-    assert 10 < len(moved) < 35  # about a third
+@pytest.mark.parametrize("members", [["a", "b"], ["a", "b", "c"], ["x", "y", "z", "w"]])
+@pytest.mark.parametrize("partitions", [2, 4, 16, 17])
+def test_every_member_gets_its_share(members: list[str], partitions: int) -> None:
+    owners = assignment(partitions, members)
+    assert set(owners) == set(range(partitions))
+    cap = -(-partitions // len(members))
+    counts = [list(owners.values()).count(m) for m in members]
+    assert max(counts) <= cap
+    assert min(counts) >= partitions // len(members) - (cap * len(members) - partitions)
+
+
+def test_a_new_member_moves_few_partitions() -> None:
+    before = assignment(64, ["a", "b"])
+    after = assignment(64, ["a", "b", "c"])
+    moved = [p for p in range(64) if before[p] != after[p]]
+    assert 16 <= sum(after[p] == "c" for p in range(64)) <= 22  # about its share
+    assert len(moved) <= 32  # far from reshuffling all 64
 
 
 async def test_replicas_split_the_partitions_without_overlap(leases: KeyValue) -> None:
@@ -62,7 +72,8 @@ async def test_replicas_split_the_partitions_without_overlap(leases: KeyValue) -
     await heartbeat(b, a, b, rounds=2)  # b joins: a hands over, then b claims
     assert a[1].consuming.isdisjoint(b[1].consuming)
     assert a[1].consuming | b[1].consuming == set(range(16))
-    assert b[1].consuming == {p for p in range(16) if owner(p, ["a", "b"]) == "b"}
+    assert b[1].consuming == {p for p, m in assignment(16, ["a", "b"]).items() if m == "b"}
+    assert len(b[1].consuming) == 8
 
 
 async def test_a_dead_replicas_partitions_move_after_the_lease_ttl(leases: KeyValue) -> None:

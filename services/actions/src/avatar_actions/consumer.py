@@ -4,7 +4,10 @@
 :class:`PartitionWorker` for each partition it acquires, stopping it when the partition
 is released. A worker fetches what is waiting (up to ``batch`` messages; when nothing is,
 it waits for the first one, at most until its engine's next deadline), applies the
-messages in stream order, commits (send, then persist), acks, and runs the timers. A
+messages in stream order, releases what the timers make due, and sends. Then it waits
+for the previous batch's writes, acks that batch, and starts this batch's writes: the
+next batch is fetched and applied while they are in flight, and a batch is acked only
+once its effect is durable. A
 message whose handler fails is nacked with the rest of its batch, so the partition's
 order holds on redelivery. Taking a partition over recreates its consumer, so the
 previous owner's unacked messages come back first, in order; the new engine starts
@@ -25,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from avatar_actions import partitions
-from avatar_actions.engine import Engine
+from avatar_actions.engine import Engine, Persisting
 from avatar_actions.ownership import Ownership
 from avatar_shared.bus import NAK_DELAY_SECONDS, Bus
 from avatar_shared.events import Event
@@ -55,6 +58,7 @@ class PartitionWorker:
         self._stream = stream
         self._holds = holds
         self._batch = batch
+        self._writing: tuple[Persisting, list[Msg]] | None = None
         self.stop = asyncio.Event()
 
     async def run(self) -> None:
@@ -80,6 +84,7 @@ class PartitionWorker:
                     # NATS restarting or unreachable: nothing unacked is lost.
                     log.warning("partition %d step failed (%s)", partition, type(exc).__name__)
                     await asyncio.sleep(_MAX_WAIT)
+            await self._settle()  # stopping: the last batch is written and acked
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
@@ -106,10 +111,19 @@ class PartitionWorker:
                 for later in messages[index + 1 :]:
                     await later.nak(delay=NAK_DELAY_SECONDS)
                 break
-        await self.engine.commit()
+        await self.engine.release_due()
+        changed = await self.engine.send()  # packets go out before anything is written
+        await self._settle()  # the previous batch's writes, then its acks
+        self._writing = (self.engine.persist(changed), handled)
+
+    async def _settle(self) -> None:
+        """Wait for the batch being written; ack its messages once it is durable."""
+        if self._writing is None:
+            return
+        (persisting, handled), self._writing = self._writing, None
+        await persisting.wait()  # raises: its messages stay unacked and come back
         for msg in handled:
             await msg.ack()
-        await self.engine.tick()
 
     async def _fetch(self, sub: nats.js.JetStreamContext.PullSubscription) -> list[Msg]:
         """What is waiting, at once; else the first message to come, or nothing by the

@@ -43,6 +43,7 @@ from avatar_actions.store import Outgoing, RoomStore, SentRecord, StoredRoom
 from avatar_shared import semconv
 from avatar_shared.bus import Bus
 from avatar_shared.events import ActionDecision, DropReason, Event, Outcome
+from avatar_shared.telemetry import tally
 
 log = logging.getLogger(__name__)
 _APPLIED_REMEMBERED = 64
@@ -90,8 +91,8 @@ class Engine:
         self._decisions: list[ActionDecision] = []  # to publish
         self._tracer = trace.get_tracer("avatar_actions", tracer_provider=tracer_provider)
         meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
-        self._decision_count = meter.create_counter(
-            semconv.METRIC_ACTIONS_DECISIONS, description="Action decisions by outcome and reason"
+        self._decision_count = tally(
+            meter, semconv.METRIC_ACTIONS_DECISIONS, "Action decisions by outcome and reason"
         )
         self._latency = meter.create_histogram(
             semconv.METRIC_ACTIONS_LATENCY,
@@ -121,32 +122,45 @@ class Engine:
         current = trace.get_current_span().get_span_context()
         room.release = current if current.is_valid else room.release
 
-    async def commit(self) -> None:
-        """Send what is due, then persist everything the batch changed (raises if not)."""
+    async def send(self) -> list[str]:
+        """Send what the changed rooms have to send; returns those rooms, to persist."""
         dirty = [name for name, room in self._cache.items() if room.dirty]
         await asyncio.gather(*(self._flush(name, self._cache[name]) for name in dirty))
+        return dirty
+
+    def persist(self, rooms: list[str]) -> Persisting:
+        """Start writing the rooms' state and the decisions; await the result before
+        acking the batch. The next batch may be applied and sent meanwhile: its writes
+        start after these are done, so a room's saves land in order."""
         decisions, self._decisions = self._decisions, []
         writes: list[Awaitable[object]] = [
-            self._rooms.save(self.partition, name, self._cache[name].stored) for name in dirty
+            self._rooms.save(self.partition, name, self._cache[name].stored) for name in rooms
         ]
         writes += [self._bus.publish(decision) for decision in decisions]
-        try:
-            await asyncio.gather(*writes)
-        except BaseException:
-            # Published again by the next commit (their ids make that harmless).
-            self._decisions = decisions + self._decisions
-            raise
-        for name in dirty:
+        for name in rooms:
             room = self._cache[name]
             room.dirty = room.inherited = False
             self._schedule(name, room)
         self._evict()
+        return Persisting(self, rooms, decisions, asyncio.gather(*writes))
+
+    async def commit(self) -> None:
+        """Send, then persist everything changed so far (raises if it could not)."""
+        await self.persist(await self.send()).wait()
+
+    def _unsaved(self, rooms: list[str], decisions: list[ActionDecision]) -> None:
+        """Writes failed: the next persist writes these rooms and decisions again."""
+        for name in rooms:
+            if name in self._cache:
+                self._cache[name].dirty = True
+        self._decisions = decisions + self._decisions  # their ids make a repeat harmless
 
     def next_deadline(self) -> float | None:
         return min(self._deadlines.values(), default=None)
 
-    async def tick(self) -> None:
-        """Release, expire and retry what is due in rooms whose deadline has passed."""
+    async def release_due(self) -> None:
+        """Release, expire and retry what is due in rooms whose deadline has passed;
+        the rooms become changed, for the next :meth:`send`."""
         now = self._clock()
         due = [r for r, deadline in self._deadlines.items() if deadline <= now]
         for name in due:
@@ -158,8 +172,11 @@ class Engine:
                 self._decide(name, room, sequencer.tick(now), False)
                 room.stored.rules = sequencer.state
                 room.dirty = True
-        if due:
-            await self.commit()
+
+    async def tick(self) -> None:
+        """Release what is due, send it and persist it."""
+        await self.release_due()
+        await self.commit()
 
     # --- rooms in memory ---------------------------------------------------------------
 
@@ -289,3 +306,26 @@ class Engine:
                 semconv.REASON: decision.reason.value if decision.reason else "",
             },
         )
+
+
+class Persisting:
+    """Writes in flight for one batch."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        rooms: list[str],
+        decisions: list[ActionDecision],
+        writes: asyncio.Future[list[object]],
+    ) -> None:
+        self._engine = engine
+        self._rooms = rooms
+        self._decisions = decisions
+        self._writes = writes
+
+    async def wait(self) -> None:
+        try:
+            await self._writes
+        except BaseException:
+            self._engine._unsaved(self._rooms, self._decisions)
+            raise

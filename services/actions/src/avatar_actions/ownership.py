@@ -9,11 +9,11 @@ its last write:
   absent (``create``), refreshed by compare-and-set on its revision (``update``), and
   deleted by its owner when it hands the partition over.
 
-Each heartbeat a replica ranks the live members for every partition by
-``sha256(partition, member)``; the highest wins (rendezvous hashing: a replica joining or
-leaving moves only the partitions it gains or loses). A replica releases what it should
-no longer own (its worker finishes the batch in hand and saves, then the lease is
-deleted) and claims what it should own once the lease is free. A dead replica's leases
+Each heartbeat a replica computes the same assignment from the live members
+(:func:`assignment`: rendezvous hashing, capped so that every replica gets its share).
+A replica releases what it should no longer own (its worker finishes the batch in hand
+and saves, then the lease is deleted) and claims what it should own once the lease is
+free. A dead replica's leases
 expire after ``ttl``; the survivors take its partitions then.
 
 A partition is consumed only while its lease is valid: ``holds`` is false from
@@ -53,13 +53,29 @@ def replica_id() -> str:
     return f"{host}-{uuid.uuid4().hex[:6]}"
 
 
-def owner(partition: int, members: list[str]) -> str | None:
-    """The member that should own ``partition`` (rendezvous hashing)."""
-    return max(
-        members,
-        key=lambda member: hashlib.sha256(f"{partition}:{member}".encode()).digest(),
-        default=None,
-    )
+def assignment(partitions: int, members: list[str]) -> dict[int, str]:
+    """Which member should own each partition: rendezvous hashing with a cap.
+
+    Each partition goes to the member ranked highest by ``sha256(partition, member)``
+    among those not yet holding ``ceil(partitions / members)``: every member gets its
+    share (plain rendezvous hashing may give one member everything when partitions are
+    few), and a member joining or leaving moves few partitions.
+    """
+    if not members:
+        return {}
+    cap = -(-partitions // len(members))
+    held = dict.fromkeys(members, 0)
+    owners = {}
+    for partition in range(partitions):
+        ranked = sorted(
+            members,
+            key=lambda m: hashlib.sha256(f"{partition}:{m}".encode()).digest(),
+            reverse=True,
+        )
+        chosen = next(m for m in ranked if held[m] < cap)
+        held[chosen] += 1
+        owners[partition] = chosen
+    return owners
 
 
 @dataclass
@@ -113,7 +129,8 @@ class Ownership:
         started = self._clock()
         await self._kv.put(f"member.{self.me}", b"1")
         members = await self._members()
-        wanted = {p for p in range(self._partitions) if owner(p, members) == self.me}
+        owners = assignment(self._partitions, members)
+        wanted = {p for p, member in owners.items() if member == self.me}
         for partition in sorted(self._leases):
             if partition not in wanted:
                 await self._release(partition, released)

@@ -16,12 +16,14 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 from livekit import api
+from livekit.api.access_token import SIPGrants, VideoGrants
 from livekit.api.room_service import RoomService
 from opentelemetry import metrics, trace
 
@@ -80,6 +82,7 @@ class LiveKitPublisher:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self._rooms = room_service
+        _reuse_admin_tokens(room_service)
         self._topic = topic
         self._destinations = list(destinations)
         self._timeout = timeout
@@ -141,3 +144,32 @@ class LiveKitPublisher:
                 log.warning("SendData failed (%s), attempt %d", reason, attempt + 1)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "retries exhausted"))
             raise PublishError("LiveKit unavailable after retries", permanent=False)
+
+
+_TOKEN_REUSE_SECONDS = 60.0  # livekit-api signs tokens valid for 6 hours
+
+
+def _reuse_admin_tokens(room_service: RoomService) -> None:
+    """Sign a room's admin token once a minute, not once per packet.
+
+    livekit-api builds and signs a fresh JWT for every call (~0.3 ms of CPU, the largest
+    cost of a packet); the token for one room's ``roomAdmin`` grant is valid for hours.
+    The cache is keyed by the exact grants, so any other call signs as before.
+    """
+    sign = room_service._auth_header
+    cache: dict[str, tuple[float, dict[str, str]]] = {}
+
+    def auth_header(grants: VideoGrants | None, sip: SIPGrants | None = None) -> dict[str, str]:
+        if grants is None or sip is not None:
+            return sign(grants, sip)
+        key = repr(grants)
+        now = time.monotonic()
+        hit = cache.get(key)
+        if hit is None or hit[0] < now:
+            if len(cache) > 10_000:
+                cache.clear()
+            hit = (now + _TOKEN_REUSE_SECONDS, sign(grants, None))
+            cache[key] = hit
+        return hit[1]
+
+    room_service._auth_header = auth_header  # type: ignore[method-assign]
