@@ -18,7 +18,7 @@ Policy, for every Deployment/StatefulSet:
   env variable named like a secret comes from a ``secretKeyRef``;
 - the namespace has a default-deny NetworkPolicy (ingress and egress);
 - autoscalers target existing Deployments, and a ScaledObject never allows more replicas
-  than its ``avatar-backend/partitions`` annotation.
+  than its ``avatar-backend/partitions`` annotation, which equals ``ACTIONS_PARTITIONS``.
 """
 
 from __future__ import annotations
@@ -171,8 +171,18 @@ def autoscaler_problems(obj: Obj, objects: list[Obj]) -> Iterator[str]:
         annotations = obj.get("metadata", {}).get("annotations") or {}
         partitions = annotations.get("avatar-backend/partitions")
         maximum = (obj.get("spec") or {}).get("maxReplicaCount")
+        configured = {
+            str(o["data"]["ACTIONS_PARTITIONS"])
+            for o in objects
+            if o.get("kind") == "ConfigMap" and "ACTIONS_PARTITIONS" in (o.get("data") or {})
+        }
         if partitions is None:
             yield f"{name_of(obj)}: needs the avatar-backend/partitions annotation"
+        elif configured and configured != {partitions}:
+            yield (
+                f"{name_of(obj)}: avatar-backend/partitions {partitions} differs from "
+                f"ACTIONS_PARTITIONS {sorted(configured)}"
+            )
         elif isinstance(maximum, int) and maximum > int(partitions):
             yield (
                 f"{name_of(obj)}: maxReplicaCount {maximum} exceeds the partition count "

@@ -112,8 +112,12 @@ BREAKAGES = {
         "no default-deny NetworkPolicy",
     ),
     "actions beyond partitions": (
-        _replace("base/actions.yaml", "  maxReplicaCount: 1", "  maxReplicaCount: 3"),
-        "maxReplicaCount 3 exceeds the partition count 1",
+        _replace("base/actions.yaml", "  maxReplicaCount: 16", "  maxReplicaCount: 20"),
+        "maxReplicaCount 20 exceeds the partition count 16",
+    ),
+    "partitions out of step": (
+        _replace("base/actions.yaml", '  ACTIONS_PARTITIONS: "16"', '  ACTIONS_PARTITIONS: "32"'),
+        "avatar-backend/partitions 16 differs from ACTIONS_PARTITIONS",
     ),
     "broken kustomization": (
         _replace(
