@@ -3,7 +3,8 @@
 Both run as real uvicorn processes (one worker each) on loopback and are driven in turn
 by the same closed-loop load generator. The token service runs as deployed: API-key
 authentication, the policy, rate limiting (limits set high enough not to refuse), and
-tracing exported over OTLP/HTTP to a local sink.
+tracing exported over OTLP/HTTP to a local sink (its own process, standing in for the
+collector).
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from avatar_shared.web.auth import hash_api_key
@@ -41,17 +40,6 @@ principals = ["api_key:bench"]
 avatars = ["*"]
 """
 PATH = "/api/livekit/token?avatar_id=demo-avatar&name=Bench"
-
-
-class _Sink(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 def _free_port() -> int:
@@ -95,8 +83,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    sink_port = _free_port()
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "scripts.bench.otlp_sink", str(sink_port)], cwd=ROOT
+    )
     policy = Path(tempfile.mkdtemp()) / "policy.toml"
     policy.write_text(POLICY, encoding="utf-8")
 
@@ -110,7 +100,7 @@ def main() -> int:
             "AUTH_POLICY_FILE": str(policy),
             "TOKEN_RATE_PER_IP": "1000000/second",
             "TOKEN_RATE_PER_PRINCIPAL": "1000000/second",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
             "LOG_LEVEL": "WARNING",
         },
         ours_port,
@@ -151,7 +141,8 @@ def main() -> int:
         for proc in (ours, base):
             proc.terminate()
             proc.wait(timeout=30)
-        sink.shutdown()
+        sink.terminate()
+        sink.wait()
 
     ours_rps = sum(r.rps for _, n, r in rows if n.startswith("token")) / args.rounds
     base_rps = sum(r.rps for _, n, r in rows if n.startswith("baseline")) / args.rounds

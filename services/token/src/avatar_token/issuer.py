@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from avatar_shared import semconv
+from avatar_shared.telemetry import tally
 from avatar_shared.web.auth import Authenticator
 from avatar_shared.web.errors import ApiError
 from avatar_shared.web.policy import Policy
@@ -50,11 +51,9 @@ class TokenIssuer:
         self._per_ip = per_ip
         self._per_principal = per_principal
         meter = metrics.get_meter("avatar_token", meter_provider=meter_provider)
-        self._minted = meter.create_counter(
-            semconv.METRIC_TOKENS_MINTED, description="LiveKit tokens minted"
-        )
-        self._refused = meter.create_counter(
-            semconv.METRIC_TOKENS_REFUSED, description="Token requests refused, by reason"
+        self._minted = tally(meter, semconv.METRIC_TOKENS_MINTED, "LiveKit tokens minted")
+        self._refused = tally(
+            meter, semconv.METRIC_TOKENS_REFUSED, "Token requests refused, by reason"
         )
 
     async def issue(self, headers: Any, client_ip: str, request: SessionRequest) -> Issued:
