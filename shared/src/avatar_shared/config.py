@@ -75,6 +75,13 @@ class ConfigError(Exception):
     """The environment does not describe a valid configuration."""
 
 
+def describe(exc: ValidationError, *, root: str = "value") -> str:
+    """Every problem of a validation error on one line: ``path.to.field: message; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or root}: {err['msg']}" for err in exc.errors()
+    )
+
+
 S = TypeVar("S", bound=BaseSettings)
 
 

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from avatar_shared import subjects
+from avatar_shared.config import describe
 from avatar_shared.rooms import check_room
 
 SCHEMA_VERSION: Final = 1
@@ -254,10 +255,4 @@ def decode_event(data: bytes | str) -> Event | None:
     try:
         return model.model_validate(known, strict=False)
     except ValidationError as exc:
-        raise InvalidEvent(_describe(exc)) from exc
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
-    )
+        raise InvalidEvent(describe(exc, root="body")) from exc

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from avatar_shared.config import ConfigError
+from avatar_shared.config import ConfigError, describe
 from avatar_shared.events import AvatarId
 
 TagName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]
@@ -92,10 +92,7 @@ class AvatarCatalog:
         try:
             parsed = _File.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
-            raise ConfigError(f"{source}: {problems}") from None
+            raise ConfigError(f"{source}: {describe(exc)}") from None
         d = parsed.defaults
         return cls(
             {

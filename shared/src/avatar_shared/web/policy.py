@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from avatar_shared.config import ConfigError
+from avatar_shared.config import ConfigError, describe
 from avatar_shared.web.principal import Principal
 
 TrackSource = Literal["camera", "microphone", "screen_share", "screen_share_audio"]
@@ -104,10 +104,7 @@ def load_policy(path: Path) -> Policy:
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"policy file {path}: {problems}") from None
+        raise ConfigError(f"policy file {path}: {describe(exc)}") from None
     names = [key.name for key in policy.api_keys]
     if len(names) != len(set(names)):
         raise ConfigError(f"policy file {path}: api_keys names must be unique")
