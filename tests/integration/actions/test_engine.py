@@ -384,3 +384,29 @@ async def test_replicas_share_the_rooms_and_handovers_keep_order(
         assert in_room(packets, turn.room) == ["speaking", "wave_hand"] * 3
     await asyncio.sleep(0.3)
     assert len(livekit.received) == 48
+
+
+async def test_held_gestures_and_waiting_packets_are_gauges(
+    bus: Bus,
+    livekit: LiveKitDouble,
+    start: Callable[..., Any],
+    room: str,
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    await start()
+    turn = Turns(room).reply("s1", "wave_hand", "nod")
+    for event in turn[:-2]:  # playout started: speaking sent, two gestures held
+        await bus.publish(event)
+    await received(livekit, 1)
+    async with asyncio.timeout(5):
+        while metric_points(metric_reader, "avatar.actions.held") != {(): 2}:
+            await asyncio.sleep(0.05)
+    livekit.unavailable_rooms.add(room)  # LiveKit refuses: released gestures wait
+    for event in turn[-2:]:
+        await bus.publish(event)
+    async with asyncio.timeout(5):
+        while metric_points(metric_reader, "avatar.actions.waiting") != {(): 2}:
+            await asyncio.sleep(0.05)
+    assert metric_points(metric_reader, "avatar.actions.held") == {(): 0}
+    livekit.unavailable_rooms.clear()
+    await received(livekit, 3)

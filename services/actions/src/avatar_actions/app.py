@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from avatar_actions.partitions import WorkStream
 from avatar_actions.publisher import DryRunPublisher, LiveKitPublisher, Publisher
 from avatar_actions.rules import RulesConfig
 from avatar_actions.store import SENT_BUCKET, STATE_BUCKET, RoomStore, SentRecord
+from avatar_shared import semconv
 from avatar_shared.bus import Bus, events_stream
 from avatar_shared.web.service import Cors, build_app
 
@@ -95,11 +97,28 @@ def engine_factory(
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
 ) -> EngineFactory:
-    """A fresh engine (empty memory) for each partition this replica acquires."""
+    """A fresh engine (empty memory) for each partition this replica acquires; the
+    replica's held gestures and waiting packets are gauges over the live engines."""
     rules = rules_config(settings)
+    live: weakref.WeakSet[Engine] = weakref.WeakSet()
+    meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
+
+    def gauge(count: Callable[[Engine], int]) -> Callable[..., list[metrics.Observation]]:
+        return lambda _: [metrics.Observation(sum(count(e) for e in list(live)))]
+
+    meter.create_observable_gauge(
+        semconv.METRIC_ACTIONS_HELD,
+        callbacks=[gauge(Engine.held)],
+        description="Gestures held for release in this replica's rooms",
+    )
+    meter.create_observable_gauge(
+        semconv.METRIC_ACTIONS_WAITING,
+        callbacks=[gauge(Engine.waiting)],
+        description="Packets waiting for LiveKit in this replica's rooms",
+    )
 
     def build(partition: int) -> Engine:
-        return Engine(
+        engine = Engine(
             partition,
             rules,
             stores.rooms,
@@ -110,6 +129,8 @@ def engine_factory(
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
+        live.add(engine)
+        return engine
 
     return build
 

@@ -155,6 +155,18 @@ class Engine:
                 self._cache[name].dirty = True
         self._decisions = decisions + self._decisions  # their ids make a repeat harmless
 
+    def held(self) -> int:
+        """Gestures held in this partition's rooms, waiting for their release."""
+        return sum(
+            len(speech.held)
+            for room in self._cache.values()
+            for speech in room.stored.rules.speeches.values()
+        )
+
+    def waiting(self) -> int:
+        """Packets decided on and not yet sent (LiveKit unavailable)."""
+        return sum(len(room.stored.outbox) for room in self._cache.values())
+
     def next_deadline(self) -> float | None:
         return min(self._deadlines.values(), default=None)
 
