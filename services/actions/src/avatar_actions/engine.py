@@ -2,26 +2,28 @@
 
 A partition's rooms live in memory while this replica owns the partition; the durable
 copy is in JetStream KV. Work goes in batches (:meth:`Engine.apply` for each event of a
-fetched batch, then :meth:`Engine.commit`):
+fetched batch, :meth:`Engine.release_due` for the timers, then :meth:`Engine.send` and
+:meth:`Engine.persist`):
 
 1. apply: the rules decide in memory; packets join their room's outbox;
 2. send: each room's outbox goes out in order; rooms are sent concurrently, so a room
    waiting for LiveKit holds up only itself;
 3. persist: the touched rooms' state and the decision events are written
-   concurrently, and only then are the batch's messages acked. A crash before
-   that redelivers them to whoever owns the partition next, who starts from the last
-   saved state (an event already applied is recognised by its id and skipped).
+   concurrently, while the next batch is fetched and applied; the batch's messages are
+   acked once the writes succeeded. A crash before that redelivers them to whoever
+   owns the partition next, who starts from the last saved state (an event already
+   applied is recognised by its id and skipped).
 
 At most once: each packet sent is recorded in the sent record at once. It is looked up
-there before sending only when someone
-else may have sent it: its event is a redelivery, its room's state was inherited from
-storage (a predecessor may have sent after its last save), or an earlier attempt failed
-in a way that may have delivered it. A first delivery to the owner skips the lookup.
+there before sending only when someone else may have sent it: its event is a
+redelivery, its room's state was inherited from storage (a predecessor may have sent
+after its last save), or an earlier attempt failed in a way that may have delivered it.
+A first delivery to the owner skips the lookup.
 
 If LiveKit is unavailable the outbox keeps the packet, and everything after it for that
-room, and retries with backoff from :meth:`Engine.tick`. Every decision, sent or
-dropped, goes back on the bus as an ``action_decision`` event whose id derives from its
-cause, so a redelivery stores it once.
+room, and retries with backoff from the timers. Every decision, sent or dropped, goes
+back on the bus as an ``action_decision`` event whose id derives from its cause, so a
+redelivery stores it once.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class Engine:
             self._schedule(room, await self._room(room))
 
     async def apply(self, event: Event, *, redelivered: bool = False) -> None:
-        """Let the rules decide on one event, in memory; :meth:`commit` makes it durable."""
+        """Let the rules decide on one event, in memory; :meth:`send` and :meth:`persist`
+        carry the decisions out and make them durable."""
         room = await self._room(event.room)
         stored = room.stored
         if event.id in stored.applied:
@@ -143,10 +146,6 @@ class Engine:
             self._schedule(name, room)
         self._evict()
         return Persisting(self, rooms, decisions, asyncio.gather(*writes))
-
-    async def commit(self) -> None:
-        """Send, then persist everything changed so far (raises if it could not)."""
-        await self.persist(await self.send()).wait()
 
     def _unsaved(self, rooms: list[str], decisions: list[ActionDecision]) -> None:
         """Writes failed: the next persist writes these rooms and decisions again."""
@@ -184,11 +183,6 @@ class Engine:
                 self._decide(name, room, sequencer.tick(now), False)
                 room.stored.rules = sequencer.state
                 room.dirty = True
-
-    async def tick(self) -> None:
-        """Release what is due, send it and persist it."""
-        await self.release_due()
-        await self.commit()
 
     # --- rooms in memory ---------------------------------------------------------------
 

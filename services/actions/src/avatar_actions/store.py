@@ -8,6 +8,8 @@ so a redelivered event or a successor replica finds the packet already sent.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
@@ -52,8 +54,9 @@ class RoomStore:
             return StoredRoom()
         return StoredRoom.model_validate_json(entry.value or b"{}")
 
-    async def save(self, partition: int, room: str, stored: StoredRoom) -> None:
-        await self._kv.put(f"{partition}.{encode_room(room)}", stored.model_dump_json().encode())
+    def save(self, partition: int, room: str, stored: StoredRoom) -> Awaitable[int]:
+        """Serialise the state now; the returned awaitable writes it."""
+        return self._kv.put(f"{partition}.{encode_room(room)}", stored.model_dump_json().encode())
 
     async def rooms(self, partition: int) -> list[str]:
         """Every room of a partition with stored state (to resume held gestures)."""
