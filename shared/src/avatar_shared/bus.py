@@ -231,11 +231,24 @@ class Bus:
         contract version does not know: acked) or ``error`` (the handler raised: ``nak``).
         """
         subject = subject or msg.subject
+        event: Event | None = None
+        problem: str | None = None
         try:
             parts: subjects.SubjectParts | None = subjects.parse_subject(subject)
         except ValueError:
-            parts = None
+            parts, problem = None, "subject is not an event subject of this contract"
         template = subjects.subject_template(parts.source, parts.type) if parts else subject
+        if parts is not None:
+            try:
+                event = decode_event(msg.data)
+            except InvalidEvent as exc:
+                problem = str(exc)
+            if event is not None and (event.source, event.type, event.room) != (
+                parts.source,
+                parts.type,
+                parts.room,
+            ):
+                event, problem = None, "event does not match the subject it arrived on"
         attributes: dict[str, str | int | bool] = {
             semconv.MESSAGING_SYSTEM: semconv.MESSAGING_SYSTEM_NATS,
             semconv.MESSAGING_OPERATION_TYPE: "process",
@@ -246,26 +259,21 @@ class Bus:
         }
         if consumer:
             attributes[semconv.MESSAGING_CONSUMER_GROUP_NAME] = consumer
+        if event is not None:
+            attributes.update(_event_attributes(event, template))
         with self._tracer.start_as_current_span(
             f"{template} process",
             context=extract_context(msg.headers),
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         ) as span:
-            try:
-                if parts is None:
-                    raise InvalidEvent("subject is not an event subject of this contract")
-                event = decode_event(msg.data)
-                if event is not None and event.subject != subject:
-                    raise InvalidEvent("event does not match the subject it arrived on")
-            except InvalidEvent as exc:
-                await self._drop(msg, span, reason="invalid", detail=str(exc))
+            if problem is not None:
+                await self._drop(msg, span, reason="invalid", detail=problem)
                 return "invalid"
             if event is None:
                 self._consumed.add(1, {semconv.OUTCOME: "ignored"})
                 await msg.ack()
                 return "ignored"
-            span.set_attributes(_event_attributes(event, template))
             try:
                 await handler(event)
             except Exception as exc:

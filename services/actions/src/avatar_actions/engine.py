@@ -91,6 +91,7 @@ class Engine:
         self._cache: OrderedDict[str, _Room] = OrderedDict()
         self._deadlines: dict[str, float] = {}
         self._decisions: list[ActionDecision] = []  # to publish
+        self._marking: list[asyncio.Future[None]] = []  # sent-record writes in flight
         self._tracer = trace.get_tracer("avatar_actions", tracer_provider=tracer_provider)
         meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
         self._decision_count = tally(
@@ -140,6 +141,8 @@ class Engine:
             self._rooms.save(self.partition, name, self._cache[name].stored) for name in rooms
         ]
         writes += [self._bus.publish(decision) for decision in decisions]
+        writes += self._marking
+        self._marking = []
         for name in rooms:
             room = self._cache[name]
             room.dirty = room.inherited = False
@@ -266,9 +269,14 @@ class Engine:
                     )
                 else:
                     self._latency.record(max(0.0, self._clock() - item.decided_at))
-                    # Recorded at once, not with the batch: the window in which a crash
-                    # forgets a delivered packet stays one round trip wide.
-                    await self._sent.mark_sent(name, item.cause_id, item.action)
+                    # Recorded at once (the write leaves now; the batch's ack waits for
+                    # it): the window in which a crash forgets a delivered packet stays
+                    # one round trip wide, and the room's next packet need not wait.
+                    self._marking.append(
+                        asyncio.ensure_future(
+                            self._sent.mark_sent(name, item.cause_id, item.action)
+                        )
+                    )
                 finally:
                     if token is not None:
                         otel_context.detach(token)
