@@ -45,6 +45,7 @@ from avatar_actions.store import Outgoing, RoomStore, SentRecord, StoredRoom
 from avatar_shared import semconv
 from avatar_shared.bus import Bus
 from avatar_shared.events import ActionDecision, DropReason, Event, Outcome
+from avatar_shared.retry import backoff
 from avatar_shared.telemetry import tally
 
 log = logging.getLogger(__name__)
@@ -256,9 +257,11 @@ class Engine:
                     if not exc.permanent:
                         item.verify = True  # a timed-out attempt may have delivered it
                         stored.failures += 1
-                        backoff = min(_RETRY_MAX, _RETRY_BASE * 2 ** (stored.failures - 1))
-                        stored.retry_at = self._clock() + backoff
-                        log.warning("LiveKit unavailable; retrying room in %.1fs", backoff)
+                        wait = backoff(
+                            stored.failures - 1, base=_RETRY_BASE, cap=_RETRY_MAX, jitter=0
+                        )
+                        stored.retry_at = self._clock() + wait
+                        log.warning("LiveKit unavailable; retrying room in %.1fs", wait)
                         return
                     decision = Decision(
                         Outcome.DROPPED,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from livekit.api.room_service import RoomService
 from opentelemetry import metrics, trace
 
 from avatar_shared import semconv
+from avatar_shared.retry import backoff
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,9 @@ class LiveKitPublisher:
             for attempt in range(self._retries + 1):
                 if attempt:
                     self._retried.add(1)
-                    ceiling = min(self._max_backoff, self._backoff * 2**attempt)
-                    await self._sleep(random.uniform(0, ceiling))  # noqa: S311 (jitter)
+                    await self._sleep(
+                        backoff(attempt, base=self._backoff, cap=self._max_backoff, jitter=1.0)
+                    )
                 try:
                     # Our own bound: livekit-api passes timeout=None per request, which
                     # disables the session's timeout in aiohttp.

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from opentelemetry import metrics
 
 from avatar_shared import semconv
 from avatar_shared.events import Event
+from avatar_shared.retry import backoff
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class EventOutbox:
                     log.warning("publishing %s failed, retrying: %s", item.event.type, error)
             finally:
                 otel_context.detach(token)
-            delay = min(self._retry_max, self._retry_base * 2**attempt) * random.uniform(0.5, 1)  # noqa: S311 (jitter)
+            delay = backoff(attempt, base=self._retry_base, cap=self._retry_max)
             attempt += 1
             await asyncio.sleep(min(delay, max(0.0, self._max_wait - waited)))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,8 @@ from typing import Protocol
 
 import httpx
 from opentelemetry import propagate, trace
+
+from avatar_shared.retry import backoff
 
 log = logging.getLogger(__name__)
 AVATAR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -153,7 +154,7 @@ class ZeroWeightSource:
                 self._on_call("shed")
                 raise SourceError(503, "upstream_rate_limited", "bundle source is busy", wait)
             if attempt:
-                await self._sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311
+                await self._sleep(backoff(attempt, base=0.1, cap=2.0))
             try:
                 response = await self._get(url, attempt)
             except httpx.TransportError as exc:  # timeouts, refused connections, resets
