@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +32,6 @@ from avatar_actions import partitions
 from avatar_actions.engine import Engine, Persisting
 from avatar_actions.ownership import Ownership
 from avatar_shared.bus import NAK_DELAY_SECONDS, Bus
-from avatar_shared.events import Event
 
 log = logging.getLogger(__name__)
 _MAX_WAIT = 1.0
@@ -94,13 +94,9 @@ class PartitionWorker:
         handled: list[Msg] = []
         for index, msg in enumerate(messages):
             redelivered = msg.metadata.num_delivered > 1
-
-            async def apply(event: Event, redelivered: bool = redelivered) -> None:
-                await self.engine.apply(event, redelivered=redelivered)
-
             outcome = await self._bus.process(
                 msg,
-                apply,
+                functools.partial(self.engine.apply, redelivered=redelivered),
                 consumer=name,
                 subject=partitions.event_subject(msg.subject),
                 ack=False,

@@ -23,6 +23,7 @@ from avatar_agent.avatars import Avatar
 from avatar_agent.prompt import build_instructions
 from avatar_agent.tags import Tag, TagParser
 from avatar_shared import semconv
+from avatar_shared.telemetry import tally
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,10 @@ class AvatarAgent(Agent):
         self._max_hold = max_hold
 
     def _count_and_forward(self, sink: TagSink) -> TagSink:
-        counter = metrics.get_meter(semconv.INSTRUMENTATION_NAME).create_counter(
-            semconv.METRIC_AGENT_TAGS, description="Inline tags parsed, by kind and validity"
+        counter = tally(
+            metrics.get_meter(semconv.INSTRUMENTATION_NAME),
+            semconv.METRIC_AGENT_TAGS,
+            "Inline tags parsed, by kind and validity",
         )
 
         def forward(speech_id: str, tag: Tag) -> None:
