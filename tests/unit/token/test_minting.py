@@ -48,3 +48,5 @@ def test_mint_equals_livekit_access_token(session: Session) -> None:
     decoded = jwt.decode(fast, SECRET, algorithms=["HS256"])
     assert decoded["exp"] - decoded["nbf"] == session.ttl_seconds
     assert int(expires_at.timestamp()) == decoded["exp"]
+    # Signed exactly as PyJWT signs the same claims (jwt.decode keeps their order).
+    assert fast == jwt.encode(decoded, SECRET, algorithm="HS256")

@@ -12,10 +12,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from avatar_shared.events import AvatarId
 
@@ -51,6 +60,39 @@ Identity = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$"
 Metadata = Annotated[str, AfterValidator(_metadata_size)]
 AttributeKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Attributes = Annotated[dict[AttributeKey, str], AfterValidator(_attributes_size)]
+
+
+class AvatarTokenQuery(BaseModel):
+    """The query of ``GET /api/livekit/token``; other parameters are ignored."""
+
+    avatar_id: AvatarId = Field(description="Avatar to talk to")
+    name: DisplayName | None = Field(None, description="Display name")
+    room: RoomName | None = Field(None, description="Room, where policy allows")
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> AvatarTokenQuery:
+        """Validated, or :class:`RequestValidationError` (422) naming each bad parameter."""
+        try:
+            return cls.model_validate(params)
+        except ValidationError as exc:
+            errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
+            raise RequestValidationError(errors) from None
+
+    @classmethod
+    def openapi_parameters(cls) -> list[dict[str, Any]]:
+        """The OpenAPI ``parameters`` FastAPI would write for these as ``Query`` fields."""
+        schema = cls.model_json_schema()
+        required = set(schema.get("required", ()))
+        return [
+            {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "schema": {k: v for k, v in prop.items() if k != "default"},
+                "description": prop["description"],
+            }
+            for name, prop in schema["properties"].items()
+        ]
 
 
 class AvatarTokenResponse(BaseModel):
