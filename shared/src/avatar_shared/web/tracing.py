@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 
 from fastapi.telemetry import TelemetryConfig
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,26 +71,33 @@ class ServerTelemetry:
                 status = message["status"]
             await send(message)
 
-        with self._tracer.start_as_current_span(
+        # start_span + attach rather than start_as_current_span: the same span without
+        # two layers of context managers on every request.
+        span = self._tracer.start_span(
             method,
             context=propagate.extract(scope, getter=_GETTER),
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": scope["path"]},
-            record_exception=True,
-            set_status_on_exception=True,
-        ) as span:
-            try:
-                await self.app(scope, receive, send_with_status)
-            finally:
-                route = getattr(scope.get("route"), "path", None)
-                attributes: dict[str, str | int] = {
-                    "http.request.method": method,
-                    "http.response.status_code": status,
-                }
-                if route:
-                    attributes["http.route"] = route
-                    span.update_name(f"{method} {route}")
-                span.set_attributes(attributes)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                self._duration.record(time.perf_counter() - started, attributes)
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            await self.app(scope, receive, send_with_status)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            context.detach(token)
+            route = getattr(scope.get("route"), "path", None)
+            attributes: dict[str, str | int] = {
+                "http.request.method": method,
+                "http.response.status_code": status,
+            }
+            if route:
+                attributes["http.route"] = route
+                span.update_name(f"{method} {route}")
+            span.set_attributes(attributes)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            self._duration.record(time.perf_counter() - started, attributes)
