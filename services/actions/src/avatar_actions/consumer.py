@@ -2,8 +2,9 @@
 
 :func:`run` keeps this replica's leases (:mod:`avatar_actions.ownership`) and starts a
 :class:`PartitionWorker` for each partition it acquires, stopping it when the partition
-is released. A worker fetches what is waiting (up to ``batch`` messages; when nothing is,
-it waits for the first one, at most until its engine's next deadline), applies the
+is released. A worker takes what has arrived (up to ``batch`` messages, from a
+:class:`~avatar_actions.feed.PullFeed`; when nothing has, it waits for the first one, at
+most until its engine's next deadline), applies the
 messages in stream order, releases what the timers make due, and sends. Then it waits
 for the previous batch's writes, acks that batch, and starts this batch's writes: the
 next batch is fetched and applied while they are in flight, and a batch is acked only
@@ -30,13 +31,13 @@ from nats.js.errors import NotFoundError
 
 from avatar_actions import partitions
 from avatar_actions.engine import Engine, Persisting
+from avatar_actions.feed import PullFeed
 from avatar_actions.ownership import Ownership
 from avatar_shared.bus import NAK_DELAY_SECONDS, Bus
 
 log = logging.getLogger(__name__)
 _MAX_WAIT = 1.0
-_MIN_WAIT = 0.01
-_DRAIN_WAIT = 0.002  # how long a non-blocking fetch listens for what is already there
+_MIN_WAIT = 0.001
 
 EngineFactory = Callable[[int], Engine]
 
@@ -71,7 +72,8 @@ class PartitionWorker:
         with contextlib.suppress(NotFoundError):
             await self._bus.js.delete_consumer(self._stream, name)
         await self._bus.ensure_consumer(self._stream, partitions.consumer_config(prefix, partition))
-        sub = await self._bus.js.pull_subscribe_bind(name, stream=self._stream)
+        feed = PullFeed(self._bus.nc, self._stream, name, batch=self._batch)
+        await feed.start()
         try:
             await self.engine.resume()
             while not self.stop.is_set():
@@ -79,18 +81,20 @@ class PartitionWorker:
                     await asyncio.sleep(_MIN_WAIT * 10)
                     continue
                 try:
-                    await self._step(sub, name)
+                    await self._step(feed, name)
                 except (nats.errors.Error, TimeoutError) as exc:
                     # NATS restarting or unreachable: nothing unacked is lost.
                     log.warning("partition %d step failed (%s)", partition, type(exc).__name__)
                     await asyncio.sleep(_MAX_WAIT)
             await self._settle()  # stopping: the last batch is written and acked
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            await feed.stop()
 
-    async def _step(self, sub: nats.js.JetStreamContext.PullSubscription, name: str) -> None:
-        messages = await self._fetch(sub)
+    async def _step(self, feed: PullFeed, name: str) -> None:
+        deadline = self.engine.next_deadline()
+        wait = _MAX_WAIT if deadline is None else deadline - time.time()
+        # A gesture due in 200 ms is released on time however quiet the stream is.
+        messages = await feed.take(min(_MAX_WAIT, max(_MIN_WAIT, wait)))
         handled: list[Msg] = []
         for index, msg in enumerate(messages):
             redelivered = msg.metadata.num_delivered > 1
@@ -120,17 +124,6 @@ class PartitionWorker:
         await persisting.wait()  # raises: its messages stay unacked and come back
         for msg in handled:
             await msg.ack()
-
-    async def _fetch(self, sub: nats.js.JetStreamContext.PullSubscription) -> list[Msg]:
-        """What is waiting, at once; else the first message to come, or nothing by the
-        engine's next deadline (a gesture due in 200 ms is not held up by a quiet stream)."""
-        with contextlib.suppress(TimeoutError):  # nats-py raises both kinds
-            return await sub.fetch(batch=self._batch, timeout=_DRAIN_WAIT)
-        deadline = self.engine.next_deadline()
-        wait = _MAX_WAIT if deadline is None else deadline - time.time()
-        with contextlib.suppress(TimeoutError):  # nats-py raises both kinds
-            return await sub.fetch(batch=1, timeout=min(_MAX_WAIT, max(_MIN_WAIT, wait)))
-        return []
 
 
 async def run(
