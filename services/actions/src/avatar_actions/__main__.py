@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 
+import uvloop
 from livekit import api
 
 from avatar_actions.app import (
@@ -70,7 +71,9 @@ def main() -> int:
     livekit = load_or_exit(LiveKitSettings) if os.environ.get("LIVEKIT_URL") else None
     telemetry = setup_telemetry("avatar-actions", VERSION, prometheus=True)
     try:
-        asyncio.run(run(settings, nats, livekit))
+        # uvloop: this process is a NATS client and an HTTP client in one event loop,
+        # and its latency is mostly that loop's I/O (docs/benchmarks.md).
+        uvloop.run(run(settings, nats, livekit))
     finally:
         telemetry.shutdown()
     return 0
