@@ -130,7 +130,10 @@ class Engine:
     async def send(self) -> list[str]:
         """Send what the changed rooms have to send; returns those rooms, to persist."""
         dirty = [name for name, room in self._cache.items() if room.dirty]
-        await asyncio.gather(*(self._flush(name, self._cache[name]) for name in dirty))
+        if len(dirty) == 1:  # the usual case: no task to schedule before the packet leaves
+            await self._flush(dirty[0], self._cache[dirty[0]])
+        else:
+            await asyncio.gather(*(self._flush(name, self._cache[name]) for name in dirty))
         return dirty
 
     def persist(self, rooms: list[str]) -> Persisting:
