@@ -115,6 +115,12 @@ def main() -> int:
             "127.0.0.1",
             "--port",
             str(base_port),
+            # The token service's own server stack: asyncio and h11 (its image has
+            # neither uvloop nor httptools, which uvicorn would otherwise pick up here).
+            "--loop",
+            "asyncio",
+            "--http",
+            "h11",
             "--log-level",
             "warning",
             "--no-access-log",
@@ -159,7 +165,8 @@ def main() -> int:
     body = (
         f"`GET {PATH.split('?')[0]}` with an API key, {args.concurrency} keep-alive connections, "
         f"{args.seconds:.0f} s per measurement after a 2 s warm-up, servers alternated "
-        f"{args.rounds} times. One uvicorn worker each; the load generator shares the machine.\n\n"
+        f"{args.rounds} times. One uvicorn worker each, both on asyncio and h11 (the token "
+        "image has neither uvloop nor httptools); the load generator shares the machine.\n\n"
         + "\n".join(table)
         + f"\n\nToken service throughput: {ratio:.0%} of the baseline "
         f"(target >= 70%: {verdict}).\n"
