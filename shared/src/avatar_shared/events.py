@@ -251,7 +251,8 @@ def decode_event(data: bytes | str) -> Event | None:
     model = EVENT_TYPES.get(event_type)
     if model is None:
         return None
-    known = {key: value for key, value in obj.items() if key in model.model_fields}
+    fields = model.model_fields
+    known = {key: value for key, value in obj.items() if key in fields}
     try:
         return model.model_validate(known, strict=False)
     except ValidationError as exc:

@@ -11,6 +11,7 @@ room) and a token is at most three times the room's byte length (768 characters 
 
 from __future__ import annotations
 
+import functools
 import re
 
 MAX_ROOM_BYTES = 256
@@ -36,6 +37,7 @@ def check_room(room: str) -> str:
     return room
 
 
+@functools.lru_cache(maxsize=16_384)  # every event, key and decision of a room encodes it
 def encode_room(room: str) -> str:
     """Encode a room name as one NATS subject token."""
     check_room(room)
@@ -44,6 +46,7 @@ def encode_room(room: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=16_384)
 def decode_room(token: str) -> str:
     """Decode a subject token made by :func:`encode_room`; raise on anything else."""
     if not _TOKEN.fullmatch(token):
