@@ -35,7 +35,12 @@ class ActionsSettings(BaseSettings):
     lease_ttl_seconds: float = Field(
         10.0, ge=1, description="A dead replica's partitions move after this long"
     )
-    batch_size: int = Field(256, ge=1, le=10_000, description="Events taken and applied at once (and asked for per pull request)")
+    batch_size: int = Field(
+        256,
+        ge=1,
+        le=10_000,
+        description="Events taken and applied at once (and asked for per pull request)",
+    )
     max_cached_rooms: int = Field(
         10_000, ge=1, description="Idle rooms kept in memory per partition"
     )
