@@ -7,7 +7,7 @@ is released. A worker takes what has arrived (up to ``batch`` messages, from a
 most until its engine's next deadline), applies the
 messages in stream order, releases what the timers make due, and sends. Then it waits
 for the previous batch's writes, acks that batch, and starts this batch's writes: the
-next batch is fetched and applied while they are in flight, and a batch is acked only
+next batch is taken and applied while they are in flight, and a batch is acked only
 once its effect is durable. A
 message whose handler fails is nacked with the rest of its batch, so the partition's
 order holds on redelivery. Taking a partition over recreates its consumer, so the

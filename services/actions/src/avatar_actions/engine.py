@@ -2,14 +2,14 @@
 
 A partition's rooms live in memory while this replica owns the partition; the durable
 copy is in JetStream KV. Work goes in batches (:meth:`Engine.apply` for each event of a
-fetched batch, :meth:`Engine.release_due` for the timers, then :meth:`Engine.send` and
+taken batch, :meth:`Engine.release_due` for the timers, then :meth:`Engine.send` and
 :meth:`Engine.persist`):
 
 1. apply: the rules decide in memory; packets join their room's outbox;
 2. send: each room's outbox goes out in order; rooms are sent concurrently, so a room
    waiting for LiveKit holds up only itself;
 3. persist: the touched rooms' state and the decision events are written
-   concurrently, while the next batch is fetched and applied; the batch's messages are
+   concurrently, while the next batch is taken and applied; the batch's messages are
    acked once the writes succeeded. A crash before that redelivers them to whoever
    owns the partition next, who starts from the last saved state (an event already
    applied is recognised by its id and skipped).
