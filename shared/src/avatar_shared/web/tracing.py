@@ -86,6 +86,9 @@ class ServerTelemetry:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             raise
+        else:
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
         finally:
             context.detach(token)
             route = getattr(scope.get("route"), "path", None)
@@ -97,7 +100,5 @@ class ServerTelemetry:
                 attributes["http.route"] = route
                 span.update_name(f"{method} {route}")
             span.set_attributes(attributes)
-            if status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
             span.end()
             self._duration.record(time.perf_counter() - started, attributes)
