@@ -161,7 +161,8 @@ async def measure(args: argparse.Namespace, nats_url: str) -> str:
         [
             f"One actions replica owning all {PARTITIONS} partitions (rooms in memory, state and",
             "sent record in JetStream KV, decisions published back to the bus); nats-server,",
-            "the load generator and the LiveKit double share the machine's 2 cores.",
+            "the load generator and the LiveKit double share the machine's 2 cores. The",
+            "replica's OpenTelemetry SDK is on (spans and metrics recorded, spans not exported).",
             "",
             "| Rooms | Offered events/s | Packets | p50 (ms) | p99 (ms) |",
             "| --- | --- | --- | --- | --- |",
