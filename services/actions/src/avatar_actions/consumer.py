@@ -38,6 +38,7 @@ from avatar_shared.bus import NAK_DELAY_SECONDS, Bus
 log = logging.getLogger(__name__)
 _MAX_WAIT = 1.0
 _MIN_WAIT = 0.001
+_PAUSE = 0.1  # between checks of a lease that was not refreshed lately
 
 EngineFactory = Callable[[int], Engine]
 
@@ -78,7 +79,7 @@ class PartitionWorker:
             await self.engine.resume()
             while not self.stop.is_set():
                 if not self._holds():  # lease not refreshed lately: pause, never overlap
-                    await asyncio.sleep(_MIN_WAIT * 10)
+                    await asyncio.sleep(_PAUSE)
                     continue
                 try:
                     await self._step(feed, name)
