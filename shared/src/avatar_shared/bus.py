@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -190,6 +191,35 @@ class Bus:
         stream.max_msg_size = max_value_bytes
         await self.js.update_stream(stream)
         return await self.js.key_value(bucket)
+
+    async def ensure_object_store(
+        self, bucket: str, *, ttl_seconds: float, max_bytes: int, replicas: int = 1
+    ) -> ObjectStore:
+        """Create an object store bucket, or bring an existing one to this configuration."""
+        config = api.ObjectStoreConfig(
+            bucket=bucket,
+            ttl=ttl_seconds,
+            max_bytes=max_bytes,
+            replicas=replicas,
+            storage=api.StorageType.FILE,
+        )
+        try:
+            return await self.js.create_object_store(bucket, config)
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+        log.info("updating object store %s to its declared configuration", bucket)
+        stream = (await self.js.stream_info(f"OBJ_{bucket}")).config
+        stream.max_age = ttl_seconds
+        stream.max_bytes = max_bytes
+        stream.num_replicas = replicas
+        await self.js.update_stream(stream)
+        return await self.js.object_store(bucket)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now (it reconnects on its own when it is not)."""
+        return bool(self.nc.is_connected)
 
     async def publish(self, event: Event) -> api.PubAck:
         """Store ``event`` in JetStream; safe to retry with the same event."""

@@ -38,11 +38,17 @@ async def zeroweight() -> AsyncIterator[ZeroWeightDouble]:
 
 
 @pytest.fixture
-async def shared_cache(bus: Bus) -> AsyncIterator[SharedCache]:
+async def shared_cache(bus: Bus, meter_provider: MeterProvider) -> AsyncIterator[SharedCache]:
     bucket = f"bundles_{uuid.uuid4().hex[:8]}"
-    kv = await bus.ensure_kv(bucket, ttl_seconds=3600)
-    yield SharedCache(kv)
-    await bus.js.delete_key_value(bucket)
+    store = await bus.ensure_object_store(bucket, ttl_seconds=3600, max_bytes=64 * 1024 * 1024)
+    yield SharedCache(
+        store,
+        connected=lambda: bus.connected,
+        timeout=1.0,
+        max_bytes=8 * 1024 * 1024,
+        meter_provider=meter_provider,
+    )
+    await bus.js.delete_object_store(bucket)
 
 
 @pytest.fixture

@@ -82,11 +82,13 @@ async def test_stale_copy_serves_while_upstream_fails_then_expires(
     assert stale.status_code == 200
     assert stale.headers["X-Bundle-Cache"] == "stale"
     assert stale.json() == {"payload": "payload-of-ava-1"}
-    clock.now += 600  # past the stale window too
-    zeroweight.fail_with = [503, 503, 503]
+    assert len(zeroweight.calls) == 4  # the first fetch, then 1 + 2 retries
+    clock.now += 600  # past the stale window too; ZeroWeight is resting after failing
     gone = await client.get(PATH.format("ava-1"))
-    assert gone.status_code == 502
+    assert gone.status_code == 503
     assert gone.json()["error"] == "upstream_unavailable"
+    assert gone.headers["Retry-After"] == "1"
+    assert len(zeroweight.calls) == 4  # not called again while it rests
     outcomes = metric_points(metric_reader, "avatar.bundles.requests")
     assert outcomes[(("avatar.bundles.cache", "stale"),)] == 1
 

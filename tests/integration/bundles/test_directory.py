@@ -14,6 +14,7 @@ from avatar_shared.web.auth import AuthSettings
 from avatar_shared.web.policy import Policy
 
 ROOT = Path(__file__).parents[3]
+MAX = 1024 * 1024
 POLICY = Policy.model_validate({"rules": [{"principals": ["anonymous"], "avatars": ["*"]}]})
 
 
@@ -42,7 +43,7 @@ async def test_the_committed_sample_bundle_is_served() -> None:
 
 
 async def test_files_in_the_folder_are_bundles(folder: Path) -> None:
-    assert await DirectorySource(folder).fetch("ava-1") == "from-disk"
+    assert await DirectorySource(folder, MAX).fetch("ava-1") == "from-disk"
 
 
 @pytest.mark.parametrize(
@@ -50,24 +51,24 @@ async def test_files_in_the_folder_are_bundles(folder: Path) -> None:
 )
 async def test_unknown_or_escaping_ids_are_not_found(folder: Path, avatar_id: str) -> None:
     with pytest.raises(SourceError) as refused:
-        await DirectorySource(folder).fetch(avatar_id)
+        await DirectorySource(folder, MAX).fetch(avatar_id)
     assert refused.value.status == 404
 
 
 @pytest.mark.parametrize("avatar_id", ["broken", "wrong-shape"])
 async def test_invalid_files_are_502_not_500(folder: Path, avatar_id: str) -> None:
     with pytest.raises(SourceError) as failed:
-        await DirectorySource(folder).fetch(avatar_id)
+        await DirectorySource(folder, MAX).fetch(avatar_id)
     assert failed.value.status == 502
 
 
 async def test_symlinks_out_of_the_folder_are_not_followed(folder: Path) -> None:
     (folder / "link.json").symlink_to(folder.parent / "secret.json")
     with pytest.raises(SourceError) as refused:
-        await DirectorySource(folder).fetch("link")
+        await DirectorySource(folder, MAX).fetch("link")
     assert refused.value.status == 404
 
 
 def test_a_missing_folder_stops_the_service(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="BUNDLES_DIRECTORY"):
-        DirectorySource(tmp_path / "absent")
+        DirectorySource(tmp_path / "absent", MAX)

@@ -76,7 +76,11 @@ def make_client(
     """Build the app with settings overrides and return an httpx client bound to it."""
 
     def build(
-        *, anonymous: bool = True, policy: dict[str, Any] | None = None, **token: Any
+        *,
+        anonymous: bool = True,
+        policy: dict[str, Any] | None = None,
+        peer: str = "203.0.113.7",
+        **token: Any,
     ) -> httpx.AsyncClient:
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
@@ -98,7 +102,7 @@ def make_client(
             meter_provider=MeterProvider(metric_readers=[metric_reader]),
         )
         return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 50000)),
+            transport=httpx.ASGITransport(app=app, client=(peer, 50000)),
             base_url="http://token.test",
         )
 

@@ -1,5 +1,7 @@
 """Policy decisions, without HTTP."""
 
+import re
+
 import pytest
 
 from avatar_shared.web.errors import ApiError
@@ -34,12 +36,62 @@ def test_api_key_identity_is_derived_unless_the_rule_lets_the_caller_name_it() -
     assert named.identity == "customer-1"
 
 
-def test_users_may_repeat_their_own_identity_but_not_another() -> None:
+def test_user_identities_are_unique_per_session() -> None:
     user = Principal("user", "alice")
-    assert decide(policy, user, SessionRequest("ava-1", identity="alice")).identity == "alice"
-    with pytest.raises(ApiError) as refused:
-        decide(policy, user, SessionRequest("ava-1", identity="bob"))
+    first = decide(policy, user, SessionRequest("ava-1")).identity
+    second = decide(policy, user, SessionRequest("ava-1")).identity
+    assert first != second
+    assert re.fullmatch(r"alice-[0-9a-f]{12}", first)
+    with pytest.raises(ApiError) as refused:  # not even their bare identity
+        decide(policy, user, SessionRequest("ava-1", identity="alice"))
     assert (refused.value.status, refused.value.body.field) == (403, "participant_identity")
+
+
+def test_a_stable_identity_rule_keeps_users_at_their_own_identity_only() -> None:
+    stable = Policy.model_validate(
+        {"rules": [{"principals": ["user:*"], "avatars": ["*"], "stable_identity": True}]}
+    )
+    user = Principal("user", "alice")
+    assert decide(stable, user, SessionRequest("ava-1")).identity == "alice"
+    assert decide(stable, user, SessionRequest("ava-1", identity="alice")).identity == "alice"
+    with pytest.raises(ApiError) as refused:
+        decide(stable, user, SessionRequest("ava-1", identity="bob"))
+    assert (refused.value.status, refused.value.body.field) == (403, "participant_identity")
+    # an API key is shared by many people: it never gets one stable identity
+    keyed = Policy.model_validate(
+        {"rules": [{"principals": ["api_key:k"], "avatars": ["*"], "stable_identity": True}]}
+    )
+    assert decide(keyed, Principal("api_key", "k"), SessionRequest("x")).identity != "k"
+
+
+@pytest.mark.parametrize("identity", ["agent-avatar-agent", "agent-AJ_1234", "Agent-x"])
+def test_nobody_may_take_an_agents_identity(identity: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        decide(policy, backend, SessionRequest("x", identity=identity))
+    assert (refused.value.status, refused.value.body.field) == (403, "participant_identity")
+    with pytest.raises(ApiError):  # nor be given one by their credentials
+        decide(policy, Principal("user", "agent-smith"), SessionRequest("ava-1"))
+
+
+@pytest.mark.parametrize("key", ["lk.agent.state", "LK.publish_on_behalf", "lk.x"])
+def test_livekits_attribute_namespace_is_reserved(key: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        decide(policy, backend, SessionRequest("x", attributes={key: "speaking"}))
+    assert (refused.value.status, refused.value.body.field) == (403, "participant_attributes")
+    allowed = decide(policy, backend, SessionRequest("x", attributes={"plk.x": "1"}))
+    assert allowed.attributes == {"plk.x": "1"}
+
+
+def test_custom_rooms_stay_out_of_the_generated_namespace() -> None:
+    open_rooms = Policy.model_validate(
+        {"rules": [{"principals": ["anonymous"], "avatars": ["*"], "custom_rooms": True}]}
+    )
+    generated = decide(open_rooms, anonymous, SessionRequest("demo-avatar")).room
+    for room in (generated, generated.upper(), "avatar-anything"):
+        with pytest.raises(ApiError) as refused:
+            decide(open_rooms, anonymous, SessionRequest("demo-avatar", room=room))
+        assert (refused.value.status, refused.value.body.field) == (403, "room")
+    assert decide(open_rooms, anonymous, SessionRequest("d", room="team-room")).room == "team-room"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Process entry: configuration (fail fast), telemetry, NATS key-value cache, serve, drain."""
+"""Process entry: configuration (fail fast), telemetry, NATS object-store cache, serve, drain."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from avatar_bundles.app import VERSION, create_app
-from avatar_bundles.cache import KV_BUCKET, SharedCache
+from avatar_bundles.app import VERSION, create_app, unsafe_settings
+from avatar_bundles.cache import BUCKET, SharedCache
 from avatar_bundles.config import BundlesSettings
 from avatar_shared.bus import Bus
 from avatar_shared.config import ConfigError, LogSettings, NatsSettings, load_or_exit
@@ -15,6 +15,7 @@ from avatar_shared.logs import configure_logging
 from avatar_shared.telemetry import setup_telemetry
 from avatar_shared.web.auth import AuthSettings
 from avatar_shared.web.policy import Policy, load_policy
+from avatar_shared.web.safety import DeploymentSettings, refuse_unsafe
 from avatar_shared.web.service import serve
 
 
@@ -23,17 +24,26 @@ async def run(
 ) -> None:
     bus = await Bus.connect(nats, name="avatar-bundles")
     try:
-        kv = await bus.ensure_kv(
-            KV_BUCKET,
+        store = await bus.ensure_object_store(
+            BUCKET,
             ttl_seconds=settings.cache_ttl_seconds + settings.stale_seconds,
+            max_bytes=settings.shared_cache_max_bytes,
             replicas=nats.stream_replicas,
         )
-        app = create_app(settings, auth, policy, SharedCache(kv))
+        shared = SharedCache(
+            store,
+            connected=lambda: bus.connected,
+            timeout=settings.shared_cache_timeout_seconds,
+            max_bytes=settings.max_bundle_bytes,
+        )
+        app = create_app(settings, auth, policy, shared)
         await serve(
             app,
             host=settings.host,
             port=settings.port,
             graceful_timeout=settings.graceful_timeout_seconds,
+            limits=settings.limits,
+            metrics_port=settings.metrics_port,
         )
     finally:
         await bus.close()
@@ -45,10 +55,12 @@ def main() -> int:
     settings = load_or_exit(BundlesSettings)
     auth = load_or_exit(AuthSettings)
     nats = load_or_exit(NatsSettings)
+    deployment = load_or_exit(DeploymentSettings)
     try:
         policy = load_policy(Path(auth.policy_file))
+        refuse_unsafe(unsafe_settings(settings, auth, policy), deployment)
         telemetry = setup_telemetry("avatar-bundles", VERSION, prometheus=True)
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     try:

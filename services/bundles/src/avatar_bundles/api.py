@@ -2,12 +2,14 @@
 
 ``GET /api/avatars/bundle/{avatar_id}`` -> ``200 {"payload": "..."}`` with a strong
 ``ETag`` and ``Cache-Control: private, max-age=N`` (private: access is per caller);
-``If-None-Match`` with a current tag -> ``304``. Callers are authenticated and checked
-against the access policy exactly as by the token service.
+``If-None-Match`` with a current tag -> ``304``. Callers are limited per address and per
+caller, authenticated and checked against the access policy exactly as by the token
+service; every answer says how many requests the caller has left.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
@@ -16,7 +18,9 @@ from pydantic import BaseModel
 from avatar_bundles.bundles import BundleService
 from avatar_bundles.sources import SourceError
 from avatar_shared.web.auth import Authenticator
+from avatar_shared.web.clientip import ClientAddress
 from avatar_shared.web.errors import ApiError, error_responses
+from avatar_shared.web.limits import REMAINING_HEADER, RequestLimits
 from avatar_shared.web.policy import Policy
 
 BUNDLE_PATH = "/api/avatars/bundle/{avatar_id}"
@@ -35,7 +39,12 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def bundle_router(
-    service: BundleService, authenticator: Authenticator, policy: Policy, max_age: int
+    service: BundleService,
+    authenticator: Authenticator,
+    policy: Policy,
+    limits: RequestLimits,
+    client_address: ClientAddress,
+    max_age: int,
 ) -> APIRouter:
     router = APIRouter(tags=["bundles"])
 
@@ -44,7 +53,7 @@ def bundle_router(
         response_model=BundleBody,
         responses={
             304: {"description": "Not modified"},
-            **error_responses(401, 403, 404, 422, 502, 503),
+            **error_responses(401, 403, 404, 422, 429, 502, 503),
         },
     )
     async def bundle(
@@ -52,22 +61,32 @@ def bundle_router(
         avatar_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")],
     ) -> Response:
         """The avatar's runtime bundle, for `LiveKitAvatarSession`'s `getBundle`."""
-        principal = await authenticator.authenticate(request.headers)
-        if policy.rule_for(principal, avatar_id) is None:
-            raise ApiError(
-                403, "forbidden_avatar", "not allowed to use this avatar", field="avatar_id"
-            )
+        peer = request.client.host if request.client else None
+        remaining = 0
         try:
+            remaining = limits.check_address(
+                client_address.resolve(peer, request.headers.get("x-forwarded-for"))
+            )
+            principal = await authenticator.authenticate(request.headers)
+            remaining = limits.check_caller(principal, remaining)
+            if policy.rule_for(principal, avatar_id) is None:
+                raise ApiError(
+                    403, "forbidden_avatar", "not allowed to use this avatar", field="avatar_id"
+                )
             served = await service.get(avatar_id)
         except SourceError as exc:
-            headers = (
-                {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-            )
+            headers = {REMAINING_HEADER: str(remaining)}
+            if exc.retry_after:
+                headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
             raise ApiError(exc.status, exc.error, exc.message, headers=headers) from None
+        except ApiError as exc:
+            exc.headers.setdefault(REMAINING_HEADER, str(remaining))
+            raise
         headers = {
             "ETag": served.bundle.etag,
             "Cache-Control": f"private, max-age={max_age}",
             CACHE_HEADER: served.cache,
+            REMAINING_HEADER: str(remaining),
         }
         if _matches(request.headers.get("if-none-match"), served.bundle.etag):
             return Response(status_code=304, headers=headers)

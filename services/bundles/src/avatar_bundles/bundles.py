@@ -1,11 +1,14 @@
 """Getting one bundle: memory, then the shared cache, then the source; once per avatar.
 
 - Fresh in memory: answered at once (the hot path: no I/O).
+- An avatar the source said does not exist is answered 404 from memory for
+  ``negative_ttl`` seconds: the same unknown id asked for again costs no upstream call.
 - Otherwise one load per avatar at a time in this replica (single-flight): concurrent
   requests wait for the same load. Across replicas the shared cache de-duplicates
   mostly, not strictly: two replicas missing at the same moment may both call upstream.
 - The source answering 404/403 removes the cached copy; a transient failure (5xx,
-  timeout, rate limit) serves the newest copy still within the stale window, if any.
+  timeout, rate limit, the source resting after failures) serves the newest copy still
+  within the stale window, if any.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
 
-from avatar_bundles.cache import Cached, MemoryCache, SharedCache
-from avatar_bundles.sources import BundleSource, SourceError
+from avatar_bundles.cache import Cached, MemoryCache, NegativeCache, SharedCache
+from avatar_bundles.sources import BundleSource, SourceError, not_found
 from avatar_shared import semconv
 
 
@@ -37,6 +40,7 @@ class BundleService:
         *,
         ttl_seconds: float,
         stale_seconds: float,
+        unknown: NegativeCache,
         clock: Callable[[], float] = time.time,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
@@ -45,6 +49,7 @@ class BundleService:
         self._shared = shared
         self._ttl = ttl_seconds
         self._stale = stale_seconds
+        self._unknown = unknown
         self._clock = clock
         self._loads: dict[str, asyncio.Task[Served]] = {}
         meter = metrics.get_meter("avatar_bundles", meter_provider=meter_provider)
@@ -56,6 +61,9 @@ class BundleService:
         hit = self._memory.get(avatar_id)
         if hit is not None and hit.age(self._clock()) < self._ttl:
             return self._count(Served(hit, "memory"))
+        if avatar_id in self._unknown:
+            self._requests.add(1, {semconv.CACHE: "negative"})
+            raise not_found()
         load = self._loads.get(avatar_id)
         if load is None:
             load = asyncio.ensure_future(self._load(avatar_id, hit))
@@ -75,6 +83,8 @@ class BundleService:
         except SourceError as exc:
             if not exc.transient:
                 self._memory.drop(avatar_id)
+                if exc.status == 404:
+                    self._unknown.add(avatar_id)
                 if self._shared and shared is not None:
                     await self._shared.drop(avatar_id)
                 raise

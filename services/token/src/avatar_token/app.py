@@ -7,17 +7,43 @@ from fastapi import FastAPI
 from opentelemetry import metrics, trace
 
 from avatar_shared.config import LiveKitSettings
-from avatar_shared.web.auth import Authenticator, AuthSettings
+from avatar_shared.web.auth import Authenticator, AuthSettings, security_requirements
 from avatar_shared.web.clientip import ClientAddress
+from avatar_shared.web.limits import REMAINING_HEADER, RequestLimits
 from avatar_shared.web.policy import Policy
 from avatar_shared.web.ratelimit import RateLimiter
+from avatar_shared.web.safety import (
+    anonymous_everything,
+    broad_proxies,
+    open_cors,
+    plain_text_url,
+    weak_secret,
+)
 from avatar_shared.web.service import Cors, build_app
 from avatar_token.api import token_router
 from avatar_token.config import TokenSettings
 from avatar_token.issuer import TokenIssuer
 from avatar_token.minting import Minter
+from avatar_token.protocol import StandardTokenRequest
 
 VERSION = "0.1.0"
+
+
+def unsafe_settings(
+    settings: TokenSettings, livekit: LiveKitSettings, auth: AuthSettings, policy: Policy
+) -> list[str]:
+    """What in this configuration must not reach production (avatar_shared.web.safety)."""
+    return [
+        *weak_secret("LIVEKIT_API_SECRET", livekit.api_secret.get_secret_value()),
+        *broad_proxies("TOKEN_TRUSTED_PROXIES", settings.trusted_proxies),
+        *open_cors("TOKEN_CORS_ORIGINS", settings.cors_origins),
+        *plain_text_url(
+            "TOKEN_PUBLIC_LIVEKIT_URL" if settings.public_livekit_url else "LIVEKIT_URL",
+            settings.public_livekit_url or livekit.url,
+        ),
+        *plain_text_url("AUTH_OIDC_JWKS_URL", auth.oidc_jwks_url),
+        *anonymous_everything(auth.anonymous, policy),
+    ]
 
 
 def create_app(
@@ -35,8 +61,11 @@ def create_app(
         policy,
         Authenticator.from_settings(auth, policy, http),
         Minter(livekit.api_key, livekit.api_secret.get_secret_value()),
-        per_ip=RateLimiter(settings.rate_per_ip),
-        per_principal=RateLimiter(settings.rate_per_principal),
+        RequestLimits(
+            RateLimiter(settings.rate_per_ip),
+            RateLimiter(settings.rate_per_principal),
+            what="token requests",
+        ),
         meter_provider=meter_provider,
     )
     router = token_router(
@@ -54,8 +83,11 @@ def create_app(
             origins=settings.cors_origins,
             methods=["GET", "POST"],
             headers=["Authorization", "Content-Type", "X-API-Key"],
-            expose=["X-RateLimit-Remaining", "Retry-After"],
+            expose=[REMAINING_HEADER, "Retry-After"],
         ),
+        security=security_requirements(auth, policy),
+        schemas=[StandardTokenRequest],
+        docs=settings.api_docs,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
     )

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avatar_shared.web.ratelimit import parse_rate
+from avatar_shared.web.service import ServerLimits
 
 
 class TokenSettings(BaseSettings):
@@ -28,6 +29,20 @@ class TokenSettings(BaseSettings):
     graceful_timeout_seconds: float = Field(
         20.0, gt=0, description="Seconds in-flight requests get to finish on SIGTERM"
     )
+    metrics_port: int = Field(
+        8101, gt=0, lt=65536, description="Port of /metrics (Prometheus), apart from the API"
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A client must send a request's headers within this"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Connections served at once; more are answered 503"
+    )
+    api_docs: bool = Field(False, description="Serve the interactive /docs page (loads a CDN)")
+
+    @property
+    def limits(self) -> ServerLimits:
+        return ServerLimits(self.header_timeout_seconds, self.max_connections)
 
     @field_validator("rate_per_ip", "rate_per_principal")
     @classmethod

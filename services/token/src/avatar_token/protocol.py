@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,9 +26,13 @@ from pydantic import (
 )
 
 from avatar_shared.events import AvatarId
+from avatar_shared.web.errors import invalid_request
+from avatar_shared.web.text import has_unsafe_characters
 
 MAX_METADATA_BYTES = 4096
 MAX_ATTRIBUTES = 32
+#: The most a POST body may hold; everything above fits in a few KiB.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def _printable(value: str) -> str:
@@ -38,17 +41,21 @@ def _printable(value: str) -> str:
     return value
 
 
-def _metadata_size(value: str) -> str:
+def _metadata(value: str) -> str:
     if len(value.encode("utf-8")) > MAX_METADATA_BYTES:
         raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes")
+    if has_unsafe_characters(value, multiline=True):
+        raise ValueError("must not contain control or bidirectional-override characters")
     return value
 
 
-def _attributes_size(value: dict[str, str]) -> dict[str, str]:
+def _attributes(value: dict[str, str]) -> dict[str, str]:
     if len(value) > MAX_ATTRIBUTES:
         raise ValueError(f"at most {MAX_ATTRIBUTES} attributes")
     if sum(len(k.encode()) + len(v.encode()) for k, v in value.items()) > MAX_METADATA_BYTES:
         raise ValueError(f"attributes must total at most {MAX_METADATA_BYTES} bytes")
+    if any(has_unsafe_characters(v) for v in value.values()):
+        raise ValueError("values must not contain control or bidirectional-override characters")
     return value
 
 
@@ -57,26 +64,21 @@ DisplayName = Annotated[
     str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)
 ]
 Identity = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
-Metadata = Annotated[str, AfterValidator(_metadata_size)]
+Metadata = Annotated[str, AfterValidator(_metadata)]
 AttributeKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-Attributes = Annotated[dict[AttributeKey, str], AfterValidator(_attributes_size)]
+Attributes = Annotated[dict[AttributeKey, str], AfterValidator(_attributes)]
 
 
-class AvatarTokenQuery(BaseModel):
-    """The query of ``GET /api/livekit/token``; other parameters are ignored."""
-
-    avatar_id: AvatarId = Field(description="Avatar to talk to")
-    name: DisplayName | None = Field(None, description="Display name")
-    room: RoomName | None = Field(None, description="Room, where policy allows")
+class _Query(BaseModel):
+    """A route's query, validated by one pydantic call; other parameters are ignored."""
 
     @classmethod
-    def parse(cls, params: Mapping[str, str]) -> AvatarTokenQuery:
-        """Validated, or :class:`RequestValidationError` (422) naming each bad parameter."""
+    def parse(cls, params: Mapping[str, str]) -> Self:
+        """Validated, or an ApiError (422) naming each bad parameter."""
         try:
             return cls.model_validate(params)
         except ValidationError as exc:
-            errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
-            raise RequestValidationError(errors) from None
+            raise invalid_request(exc.errors(include_url=False)) from None
 
     @classmethod
     def openapi_parameters(cls) -> list[dict[str, Any]]:
@@ -93,6 +95,20 @@ class AvatarTokenQuery(BaseModel):
             }
             for name, prop in schema["properties"].items()
         ]
+
+
+class AvatarTokenQuery(_Query):
+    """The query of ``GET /api/livekit/token``."""
+
+    avatar_id: AvatarId = Field(description="Avatar to talk to")
+    name: DisplayName | None = Field(None, description="Display name")
+    room: RoomName | None = Field(None, description="Room, where policy allows")
+
+
+class StandardTokenQuery(_Query):
+    """The query of ``POST /api/livekit/token``."""
+
+    avatar_id: AvatarId | None = Field(None, description="Avatar, if not in the body")
 
 
 class AvatarTokenResponse(BaseModel):
@@ -140,6 +156,15 @@ class StandardTokenRequest(BaseModel):
     participant_attributes: Attributes | None = None
     room_config: RoomConfigRequest | None = None
     avatar_id: AvatarId | None = Field(None, description="Our addition; or ?avatar_id=")
+
+    @classmethod
+    def parse(cls, body: bytes) -> StandardTokenRequest:
+        """Validated, or an ApiError: 400 for a body that is not JSON, 422 naming each
+        bad field."""
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            raise invalid_request(exc.errors(include_url=False)) from None
 
 
 class StandardTokenResponse(BaseModel):

@@ -3,9 +3,15 @@
 Pure: the principal, the policy and the request in; a :class:`Session` or an
 :class:`~avatar_shared.web.errors.ApiError` (403 naming the field) out. Invariants:
 
-- identity comes from the principal; a caller names it only where its rule allows;
+- identity comes from the principal and is unique per session (``<id>-<12 hex>``), so a
+  second session of one user cannot push the first out of a room; a rule with
+  ``stable_identity`` keeps users at their bare identity, and one with ``client_identity``
+  lets API-key callers name it;
+- no identity starts with ``agent-`` (livekit-agents' identities: a caller must not pose
+  as the agent), and no attribute is in LiveKit's ``lk.`` namespace (``lk.agent.state``);
 - the room is fresh and server-generated unless the rule allows a matching custom room
-  (dispatch through a token is ignored by LiveKit for a room that already exists);
+  (dispatch through a token is ignored by LiveKit for a room that already exists), and a
+  custom room never takes a name from the generated namespace (``<room_prefix>-``);
 - the TTL is the rule's, capped by the policy's maximum;
 - grants are least privilege: join this one room, publish only the rule's track sources;
 - every token dispatches the configured agent with the avatar id in its metadata.
@@ -25,6 +31,11 @@ from avatar_shared.web.policy import Policy, Rule
 from avatar_shared.web.principal import Principal
 
 T = TypeVar("T")
+
+#: livekit-agents names its participants ``agent-<job id>``.
+AGENT_IDENTITY_PREFIX = "agent-"
+#: Participant attributes LiveKit and livekit-agents set (``lk.agent.state``, ...).
+RESERVED_ATTRIBUTE_PREFIX = "lk."
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,10 @@ def new_room(prefix: str, avatar_id: str) -> str:
     return f"{prefix}-{avatar_id}-{secrets.token_hex(8)}"[:128]
 
 
+def session_identity(base: str) -> str:
+    return f"{base}-{secrets.token_hex(6)}"
+
+
 def decide(
     policy: Policy,
     principal: Principal,
@@ -83,7 +98,7 @@ def decide(
         agent_name=_agent(policy, request),
         dispatch_metadata=json.dumps({"avatar_id": request.avatar_id}, separators=(",", ":")),
         metadata=_client_metadata(rule, "participant_metadata", request.metadata),
-        attributes=_client_metadata(rule, "participant_attributes", request.attributes),
+        attributes=_attributes(rule, request.attributes),
     )
 
 
@@ -94,6 +109,9 @@ def _room(
         return make_room(policy.defaults.room_prefix, request.avatar_id)
     if not rule.custom_rooms:
         raise forbidden(request.room_field, "choosing the room is not allowed")
+    generated = f"{policy.defaults.room_prefix}-"
+    if request.room.lower().startswith(generated):
+        raise forbidden(request.room_field, f"rooms named '{generated}...' are generated for you")
     if not re.fullmatch(rule.room_pattern, request.room):
         raise forbidden(request.room_field, "room name is not allowed by the policy")
     return request.room
@@ -101,17 +119,25 @@ def _room(
 
 def _identity(principal: Principal, rule: Rule, request: SessionRequest) -> str:
     asked = request.identity
-    if principal.kind == "api_key":
-        derived = f"{principal.id}-{secrets.token_hex(6)}"
-        if asked is not None and rule.client_identity:
-            return asked
+    if asked is None:
+        identity = _derived_identity(principal, rule)
+    elif (principal.kind == "api_key" and rule.client_identity) or (
+        principal.kind == "user" and rule.stable_identity and asked == principal.id
+    ):
+        identity = asked
     else:
-        derived = principal.id
-        if asked == derived:
-            return derived
-    if asked is not None:
         raise forbidden("participant_identity", "the identity comes from your credentials")
-    return derived
+    if identity.lower().startswith(AGENT_IDENTITY_PREFIX):
+        raise forbidden("participant_identity", f"'{AGENT_IDENTITY_PREFIX}' names agents only")
+    return identity
+
+
+def _derived_identity(principal: Principal, rule: Rule) -> str:
+    if principal.kind == "user" and rule.stable_identity:
+        return principal.id
+    if principal.kind == "anonymous":
+        return principal.id  # already fresh per request
+    return session_identity(principal.id)
 
 
 def _agent(policy: Policy, request: SessionRequest) -> str:
@@ -121,6 +147,17 @@ def _agent(policy: Policy, request: SessionRequest) -> str:
         if agent.get("metadata"):
             raise forbidden("room_config.agents.metadata", "dispatch metadata is set by the server")
     return policy.defaults.agent_name
+
+
+def _attributes(rule: Rule, attributes: dict[str, str] | None) -> dict[str, str] | None:
+    attributes = _client_metadata(rule, "participant_attributes", attributes)
+    for key in attributes or {}:
+        if key.lower().startswith(RESERVED_ATTRIBUTE_PREFIX):
+            raise forbidden(
+                "participant_attributes",
+                f"attributes starting with '{RESERVED_ATTRIBUTE_PREFIX}' are LiveKit's",
+            )
+    return attributes
 
 
 def _client_metadata(rule: Rule, field_name: str, value: T | None) -> T | None:

@@ -9,6 +9,10 @@
 - Neither header: anonymous, only when ``AUTH_ANONYMOUS=true``; otherwise 401.
 
 A request carrying credentials is never downgraded to anonymous when they are wrong.
+When the issuer's keys cannot be fetched the answer is 503 ``auth_unavailable`` (retry
+later), not a 401 that would tell a valid user their credentials are wrong. An identity
+claim with control, bidi or non-printable characters is refused (401): it would become a
+participant identity others see.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avatar_shared.web.errors import ApiError
-from avatar_shared.web.jwks import JwksCache
+from avatar_shared.web.jwks import JwksCache, KeysUnavailable
 from avatar_shared.web.principal import Principal
+from avatar_shared.web.text import is_identity_text
 
 if TYPE_CHECKING:
     import httpx
@@ -51,6 +56,19 @@ class AuthSettings(BaseSettings):
     oidc_identity_claim: str = Field("sub", description="Claim that names the user")
     oidc_groups_claim: str = Field("groups", description="Claim listing the user's groups")
     oidc_leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed")
+
+
+def security_requirements(settings: AuthSettings, policy: Policy) -> list[dict[str, list[str]]]:
+    """The OpenAPI ``security`` of the HTTP routes under this configuration (scheme names
+    from :data:`avatar_shared.web.service.SECURITY_SCHEMES`); ``{}``: anonymous allowed."""
+    requirements: list[dict[str, list[str]]] = []
+    if policy.api_keys:
+        requirements.append({"apiKey": []})
+    if settings.oidc_issuer:
+        requirements.append({"bearer": []})
+    if settings.anonymous:
+        requirements.append({})
+    return requirements
 
 
 def hash_api_key(key: str) -> str:
@@ -122,7 +140,15 @@ class Authenticator:
             raise unauthenticated("bearer token is not a JWT") from None
         if header.get("alg") not in self._settings.oidc_algorithms:
             raise unauthenticated("bearer token algorithm not allowed")
-        key = await self._jwks.key(str(header.get("kid", "")))
+        try:
+            key = await self._jwks.key(str(header.get("kid", "")))
+        except KeysUnavailable as exc:
+            raise ApiError(
+                503,
+                "auth_unavailable",
+                "bearer tokens cannot be verified right now; retry later",
+                headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+            ) from None
         if key is None:
             raise unauthenticated("bearer token signed by an unknown key")
         try:
@@ -146,6 +172,11 @@ class Authenticator:
         identity = claims.get(self._settings.oidc_identity_claim)
         if not isinstance(identity, str) or not 0 < len(identity) <= 256:
             raise unauthenticated(f"bearer token has no '{self._settings.oidc_identity_claim}'")
+        if not is_identity_text(identity):
+            raise unauthenticated(
+                f"bearer token's '{self._settings.oidc_identity_claim}' has characters"
+                " an identity may not have"
+            )
         groups = claims.get(self._settings.oidc_groups_claim) or []
         if not isinstance(groups, list):
             groups = []

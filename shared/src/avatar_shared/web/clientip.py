@@ -2,7 +2,12 @@
 
 ``X-Forwarded-For`` is read right to left, skipping addresses of trusted proxies; the first
 untrusted address is the client. Without trusted proxies the header is ignored, so a
-client cannot pick its own rate-limit bucket.
+client cannot pick its own rate-limit bucket. A hop that is not an IP address ends the
+walk: nothing to its left can be believed, so the last trusted hop stands for the client.
+
+:func:`rate_key` is the bucket an address is limited under: the address itself for IPv4,
+its /64 for IPv6 (one subscriber usually holds a whole /64, so per-address buckets would
+let one client take 2**64 of them).
 """
 
 from __future__ import annotations
@@ -11,6 +16,24 @@ import ipaddress
 from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _address(value: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+
+
+def rate_key(address: str) -> str:
+    """``ip:<v4>`` or ``ip:<v6 /64>``; unparsable peers share one bucket per spelling."""
+    ip = _address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"ip:{ip.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+    return f"ip:{ip if ip is not None else address}"
 
 
 class ClientAddress:
@@ -19,19 +42,21 @@ class ClientAddress:
             ipaddress.ip_network(p, strict=False) for p in trusted_proxies
         ]
 
-    def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self._trusted)
+    def _is_trusted(self, ip: Address | None) -> bool:
+        return ip is not None and any(ip in net for net in self._trusted)
 
     def resolve(self, peer: str | None, forwarded_for: str | None) -> str:
         peer = peer or "unknown"
-        if not forwarded_for or not self._is_trusted(peer):
+        if not forwarded_for or not self._is_trusted(_address(peer)):
             return peer
-        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-        for hop in reversed(hops):
-            if not self._is_trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+        client = peer
+        for hop in reversed(forwarded_for.split(",")):
+            if not hop.strip():
+                continue
+            ip = _address(hop)
+            if ip is None:
+                break  # garbage: whatever lies left of it was not written by our proxies
+            client = str(ip)
+            if not self._is_trusted(ip):
+                break
+        return client

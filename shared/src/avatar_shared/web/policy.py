@@ -72,6 +72,7 @@ class Rule(_Strict):
     custom_rooms: bool = False
     room_pattern: Annotated[str, AfterValidator(_anchored_pattern)] = r"^[A-Za-z0-9_-]{1,128}$"
     client_identity: bool = False
+    stable_identity: bool = False
     client_metadata: bool = False
     can_publish_data: bool = True
     can_publish_sources: list[TrackSource] = Field(default_factory=_microphone_only)

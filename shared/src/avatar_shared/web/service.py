@@ -1,34 +1,51 @@
 """The skeleton every HTTP service shares, and serving it with a graceful stop.
 
-:func:`build_app` assembles a FastAPI app the same way for each service: JSON errors,
-optional CORS, the ops routes, lean server telemetry, and the service's HTTP client
-closed at shutdown.
+:func:`build_app` assembles a FastAPI app the same way for each service: JSON errors
+(:mod:`avatar_shared.web.errors`, :class:`~avatar_shared.web.guard.ResponseGuard`),
+optional CORS, the probes, lean server telemetry, the callers' credentials declared in
+the OpenAPI document, and the service's HTTP client closed at shutdown. The interactive
+``/docs`` page loads its scripts from a CDN, so it exists only when asked for.
 
-``/healthz`` answers while the process lives; ``/readyz`` answers 200 unless ``check``
-names a reason not to take traffic; ``/metrics`` is the Prometheus exposition of the
-OpenTelemetry metrics. On SIGTERM uvicorn stops accepting connections and lets in-flight
-requests finish (bounded); Kubernetes' preStop hook covers endpoint propagation.
+``/healthz`` answers while the process lives; ``/readyz`` answers 200 unless ``ready``
+names a reason not to take traffic. Metrics are not on the API's port: :func:`serve`
+exposes them on a port of their own (``metrics_port``), for Prometheus only, unless the
+app is itself internal and asks for the ``/metrics`` route.
+
+:func:`serve` bounds what a client can hold: request headers must arrive within
+``header_timeout`` seconds, at most ``max_connections`` are served at once (uvicorn
+answers 503 past it), and no ``server`` header advertises the stack. On SIGTERM uvicorn
+stops accepting connections and lets in-flight requests finish (bounded); Kubernetes'
+preStop hook covers endpoint propagation.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
+import prometheus_client
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry import metrics, trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.types import ASGIApp
 
 from avatar_shared.web.errors import install_error_handlers
+from avatar_shared.web.guard import ResponseGuard
+from avatar_shared.web.h11 import with_header_timeout
 from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,19 @@ class Cors:
     expose: Sequence[str] = ()
 
 
+@dataclass(frozen=True)
+class ServerLimits:
+    header_timeout: float = 10.0
+    max_connections: int = 1000
+
+
+#: OpenAPI security schemes of the HTTP services (docs/policy.md, "Callers").
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+}
+
+
 def build_app(
     *,
     title: str,
@@ -50,9 +80,17 @@ def build_app(
     http: httpx.AsyncClient,
     cors: Cors,
     ready: Callable[[], str | None] = lambda: None,
+    security: Sequence[dict[str, list[str]]] = (),
+    schemas: Sequence[type[BaseModel]] = (),
+    docs: bool = False,
+    metrics_route: bool = False,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
 ) -> FastAPI:
+    """``security``: the OpenAPI security requirements of every route (``{}`` when
+    anonymous callers are let in); ``schemas``: models that routes validate themselves
+    and reference as ``#/components/schemas/<name>``."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -64,8 +102,11 @@ def build_app(
         description=description,
         lifespan=lifespan,
         telemetry=NO_FASTAPI_TELEMETRY,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(ResponseGuard)
     if cors.origins:
         app.add_middleware(
             CORSMiddleware,
@@ -74,16 +115,49 @@ def build_app(
             allow_headers=list(cors.headers),
             expose_headers=list(cors.expose),
         )
-    app.include_router(ops_router(ready))
+    app.include_router(ops_router(ready, metrics_route=metrics_route))
     for router in routers:
         app.include_router(router)
     app.add_middleware(
         ServerTelemetry, tracer_provider=tracer_provider, meter_provider=meter_provider
     )
+    if security or schemas:
+        _extend_openapi(app, list(security), schemas)
     return app
 
 
-def ops_router(check: Callable[[], str | None] = lambda: None) -> APIRouter:
+def _extend_openapi(
+    app: FastAPI, security: list[dict[str, list[str]]], schemas: Sequence[type[BaseModel]]
+) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = document.setdefault("components", {})
+            defined = components.setdefault("schemas", {})
+            for model in schemas:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                defined.update(schema.pop("$defs", {}))
+                defined[model.__name__] = schema
+            if security:
+                used = {name for requirement in security for name in requirement}
+                components["securitySchemes"] = {
+                    name: scheme for name, scheme in SECURITY_SCHEMES.items() if name in used
+                }
+                document["security"] = security
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def ops_router(
+    check: Callable[[], str | None] = lambda: None, *, metrics_route: bool = False
+) -> APIRouter:
     """``check`` returns why the service should not get traffic now, or None."""
     router = APIRouter(include_in_schema=False)
 
@@ -98,24 +172,44 @@ def ops_router(check: Callable[[], str | None] = lambda: None) -> APIRouter:
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @router.get("/metrics")
-    async def metrics() -> Response:
-        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if metrics_route:
+
+        @router.get("/metrics")
+        async def metrics() -> Response:
+            return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
 
-async def serve(app: ASGIApp, *, host: str, port: int, graceful_timeout: float) -> None:
-    """Serve until SIGTERM or SIGINT, then drain; returns normally so the caller can flush."""
+async def serve(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    graceful_timeout: float,
+    limits: ServerLimits = ServerLimits(),
+    metrics_port: int | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; returns normally so the caller can flush.
+
+    With ``metrics_port``, the Prometheus exposition is served there, on the same host.
+    """
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=with_header_timeout(limits.header_timeout),
         log_config=None,
         access_log=False,
+        server_header=False,
         lifespan="on",
+        limit_concurrency=limits.max_connections,
         timeout_graceful_shutdown=int(graceful_timeout),
     )
+    metrics_server = None
+    if metrics_port is not None:
+        metrics_server, _ = prometheus_client.start_http_server(metrics_port, addr=host)
+        log.info("metrics on port %d", metrics_port)
     # uvicorn handles the signal, then re-raises it to the handler that was installed
     # before it started; a no-op handler there turns that into a normal return.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,4 +219,8 @@ async def serve(app: ASGIApp, *, host: str, port: int, graceful_timeout: float) 
     # walk it again and again under load.
     gc.collect()
     gc.freeze()
-    await uvicorn.Server(config).serve()
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()

@@ -1,3 +1,4 @@
+import asyncio
 import contextlib
 import hmac
 
@@ -7,7 +8,7 @@ import pytest
 from avatar_shared.web import auth
 from avatar_shared.web.auth import Authenticator, AuthSettings, hash_api_key
 from avatar_shared.web.errors import ApiError
-from avatar_shared.web.jwks import JwksCache
+from avatar_shared.web.jwks import JwksCache, KeysUnavailable
 from tests.support import oidc
 
 KEYS = {f"key-{i}": hash_api_key(f"secret-{i}") for i in range(5)}
@@ -83,17 +84,108 @@ async def test_jwks_rotation_is_picked_up_on_an_unknown_kid() -> None:
 
 async def test_jwks_outage_keeps_the_keys_already_known() -> None:
     issuer = oidc.Issuer()
-    healthy = [True]
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if not healthy[0]:
-            return httpx.Response(503)
-        return httpx.Response(200, json=issuer.jwks())
-
     now = [0.0]
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+    async with httpx.AsyncClient(transport=issuer.transport()) as http:
         cache = JwksCache(oidc.JWKS_URL, http, ttl=10, clock=lambda: now[0])
         assert await cache.key(issuer.kid) is not None
-        healthy[0] = False
+        issuer.failing = True
         now[0] = 100
         assert await cache.key(issuer.kid) is not None
+
+
+async def test_concurrent_callers_share_one_fetch() -> None:
+    issuer = oidc.Issuer()
+    issuer.hang = asyncio.Event()
+    async with httpx.AsyncClient(transport=issuer.transport()) as http:
+        cache = JwksCache(oidc.JWKS_URL, http)
+        waiting = [asyncio.create_task(cache.key(issuer.kid)) for _ in range(30)]
+        await asyncio.sleep(0.05)
+        issuer.hang.set()
+        keys = await asyncio.gather(*waiting)
+    assert all(key is not None for key in keys)
+    assert issuer.jwks_requests == 1
+
+
+async def test_an_issuer_that_never_answered_gives_503_and_is_not_hammered() -> None:
+    issuer = oidc.Issuer()
+    issuer.failing = True
+    now = [0.0]
+    async with httpx.AsyncClient(transport=issuer.transport()) as http:
+        cache = JwksCache(oidc.JWKS_URL, http, max_backoff=60, clock=lambda: now[0])
+        for _ in range(30):
+            with pytest.raises(KeysUnavailable):
+                await cache.key(issuer.kid)
+        assert issuer.jwks_requests == 1  # then backing off: 1 s, 2 s, 4 s, ...
+        now[0] = 1.5
+        with pytest.raises(KeysUnavailable) as refused:
+            await cache.key(issuer.kid)
+        assert issuer.jwks_requests == 2
+        assert refused.value.retry_after == pytest.approx(2.0)
+        issuer.failing = False
+        now[0] = 4
+        assert await cache.key(issuer.kid) is not None
+        assert await cache.key("no-such-key") is None  # known to be unknown: a 401
+
+
+async def test_a_hanging_issuer_costs_each_caller_at_most_the_timeout() -> None:
+    issuer = oidc.Issuer()
+    issuer.hang = asyncio.Event()
+    async with httpx.AsyncClient(transport=issuer.transport()) as http:
+        cache = JwksCache(oidc.JWKS_URL, http, timeout=0.2)
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(
+            *(cache.key(issuer.kid) for _ in range(4)), return_exceptions=True
+        )
+        elapsed = asyncio.get_running_loop().time() - started
+    assert all(isinstance(r, KeysUnavailable) for r in results)
+    assert elapsed < 2.0  # one shared fetch, not four in turn
+    assert issuer.jwks_requests == 1
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b"not json",
+        b"[" * 100_000,
+        b'{"keys": "nope"}',
+        b'{"keys": [{"kid": "key-1", "kty": "RSA", "n": "!!", "e": "AQAB"}]}',
+        b'{"keys": []}' + b" " * 300_000,
+    ],
+)
+async def test_a_broken_or_oversized_jwks_is_an_outage_not_a_crash(document: bytes) -> None:
+    issuer = oidc.Issuer()
+    issuer.document = document
+    async with httpx.AsyncClient(transport=issuer.transport()) as http:
+        cache = JwksCache(oidc.JWKS_URL, http, max_bytes=256 * 1024)
+        with pytest.raises(KeysUnavailable) if b"RSA" not in document else contextlib.nullcontext():
+            assert await cache.key("key-1") is None
+
+
+async def test_an_unavailable_issuer_is_503_not_a_wrong_credentials_401() -> None:
+    issuer = oidc.Issuer()
+    issuer.failing = True
+    async with httpx.AsyncClient(transport=issuer.transport()) as http:
+        authenticator = Authenticator(
+            settings(oidc_issuer=oidc.ISSUER, oidc_audience=oidc.AUDIENCE),
+            {},
+            JwksCache(oidc.JWKS_URL, http),
+        )
+        with pytest.raises(ApiError) as refused:
+            await authenticator.authenticate({"authorization": f"Bearer {issuer.token()}"})
+    assert refused.value.status == 503
+    assert refused.value.body.error == "auth_unavailable"
+    assert refused.value.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("sub", ["bob\n\u202eevil\x00", "eve\u2066", " padded", "tab\there"])
+async def test_identity_claims_with_control_or_bidi_characters_are_refused(sub: str) -> None:
+    issuer = oidc.Issuer()
+    async with httpx.AsyncClient(transport=issuer.transport()) as http:
+        authenticator = Authenticator(
+            settings(oidc_issuer=oidc.ISSUER, oidc_audience=oidc.AUDIENCE),
+            {},
+            JwksCache(oidc.JWKS_URL, http),
+        )
+        with pytest.raises(ApiError) as refused:
+            await authenticator.authenticate({"authorization": f"Bearer {issuer.token(sub=sub)}"})
+    assert refused.value.status == 401

@@ -1,0 +1,86 @@
+"""Reading what upstream servers send, within bounds they cannot move.
+
+- :func:`read_limited` reads a streamed ``httpx`` response and decodes its
+  ``Content-Encoding`` itself, chunk by chunk, never producing more than ``limit`` decoded
+  bytes: a small gzip body that inflates a thousandfold is refused after ``limit`` bytes,
+  not after it filled memory (httpx's own decoder inflates a whole network chunk at once).
+  Only the encodings we ask for are accepted (:data:`ACCEPT_ENCODING`).
+- :func:`retry_after_seconds` reads ``Retry-After`` in both of its forms (seconds, or an
+  HTTP date) and caps what it honours, so no value can close a gate for ever.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+class UpstreamBodyError(Exception):
+    """The body is over the limit (``too_large``) or not decodable (``undecodable``)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _Identity:
+    unconsumed_tail = b""
+    eof = True
+
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        return data
+
+
+def _decoder(encoding: str) -> zlib._Decompress | _Identity:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return _Identity()
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise UpstreamBodyError("undecodable", f"unsupported Content-Encoding {encoding!r}")
+
+
+async def read_limited(response: httpx.Response, limit: int) -> bytes:
+    """The decoded body of a response opened with ``client.stream(...)``, or
+    :class:`UpstreamBodyError`; at most ``limit`` bytes are ever held."""
+    decoder = _decoder(response.headers.get("content-encoding", ""))
+    body = bytearray()
+    try:
+        async for raw in response.aiter_raw():
+            data = raw
+            while data:
+                # One byte past the limit is enough to know it is over.
+                body += decoder.decompress(data, limit - len(body) + 1)
+                if len(body) > limit:
+                    raise UpstreamBodyError("too_large", f"body is larger than {limit} bytes")
+                data = decoder.unconsumed_tail
+    except zlib.error as exc:
+        raise UpstreamBodyError("undecodable", f"body does not decode: {exc}") from None
+    if not decoder.eof:
+        raise UpstreamBodyError("undecodable", "compressed body ends early")
+    return bytes(body)
+
+
+def retry_after_seconds(value: str | None, *, now: float, cap: float) -> float | None:
+    """Seconds to wait from ``Retry-After`` (delta-seconds or HTTP-date), within
+    ``[0, cap]``; None when absent or not a finite, valid value."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        seconds = min(cap, float(value))  # a very long number is inf: capped too
+    else:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(cap, max(0.0, seconds))
