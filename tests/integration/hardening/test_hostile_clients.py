@@ -1,0 +1,129 @@
+"""Both HTTP services as processes against hostile clients, on raw sockets: huge bodies,
+headers that never finish. Each gets a bounded answer in bounded time and memory, and
+the service answers normally afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.integration.hardening.conftest import MAX_GROWTH_MIB
+from tests.support.service_process import ServiceProcess
+
+TOKEN_PATH = "/api/livekit/token?avatar_id=demo-avatar"
+MIB = 1024 * 1024
+
+
+async def connect(service: ServiceProcess) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    address = urlsplit(service.url)
+    return await asyncio.open_connection(address.hostname, address.port)
+
+
+async def post_huge(service: ServiceProcess, total: int, *, declare: bool) -> bytes:
+    """POST ``total`` bytes of body (declared, or chunked) while reading the answer; the
+    answer as soon as the service gives one."""
+    reader, writer = await connect(service)
+    framing = f"Content-Length: {total}" if declare else "Transfer-Encoding: chunked"
+    writer.write(
+        f"POST {TOKEN_PATH} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"{framing}\r\n\r\n".encode()
+    )
+
+    async def send_body() -> None:
+        piece = b"x" * MIB
+        for _ in range(total // MIB):
+            writer.write(piece if declare else b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+
+    sending = asyncio.create_task(send_body())
+    try:
+        async with asyncio.timeout(10):
+            answer = await reader.readuntil(b"\r\n\r\n")
+            length = int(answer.split(b"content-length: ")[1].split(b"\r\n")[0])
+            return answer + await reader.readexactly(length)
+    finally:
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await sending
+        writer.close()
+
+
+def assert_413(answer: bytes) -> None:
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"error":"body_too_large"' in answer
+    assert b"content-type: application/json" in answer
+
+
+@pytest.mark.parametrize("declare", [True, False], ids=["declared", "chunked"])
+async def test_a_200_mb_body_is_413_without_being_read(
+    token: ServiceProcess, declare: bool
+) -> None:
+    token.reset_peak()
+    before = token.rss_mib()
+    started = time.monotonic()
+    assert_413(await post_huge(token, 200 * MIB, declare=declare))
+    assert time.monotonic() - started < 5
+    assert token.peak_mib() - before < MAX_GROWTH_MIB
+
+
+async def test_four_concurrent_100_mb_bodies_stay_small(token: ServiceProcess) -> None:
+    token.reset_peak()
+    before = token.rss_mib()
+    answers = await asyncio.gather(
+        *(post_huge(token, 100 * MIB, declare=i % 2 == 0) for i in range(4))
+    )
+    for answer in answers:
+        assert_413(answer)
+    assert token.peak_mib() - before < MAX_GROWTH_MIB
+    async with httpx.AsyncClient(base_url=token.url) as client:
+        assert (await client.get(TOKEN_PATH)).status_code == 200
+
+
+@pytest.fixture(params=["token", "bundles"])
+def service(request: pytest.FixtureRequest) -> ServiceProcess:
+    found: ServiceProcess = request.getfixturevalue(request.param)
+    return found
+
+
+async def test_connections_with_unfinished_headers_are_closed(service: ServiceProcess) -> None:
+    connections = [await connect(service) for _ in range(50)]
+    started = time.monotonic()
+    for _, writer in connections:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+
+    async def drip_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+        while True:
+            with contextlib.suppress(ConnectionError):
+                writer.write(b"X-Slow: 1\r\n")
+            try:
+                if await asyncio.wait_for(reader.read(1024), 0.3) == b"":
+                    return time.monotonic() - started
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                return time.monotonic() - started
+
+    try:
+        async with asyncio.timeout(10):
+            closed_after = await asyncio.gather(*(drip_until_closed(r, w) for r, w in connections))
+    finally:
+        for _, writer in connections:
+            writer.close()
+    assert max(closed_after) < 3.0  # *_HEADER_TIMEOUT_SECONDS=1
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_answers_advertise_no_server_and_forbid_sniffing(service: ServiceProcess) -> None:
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        for path in ("/healthz", "/nope", "/metrics", "/docs"):
+            response = await client.get(path)
+            assert "server" not in response.headers
+            assert response.headers["x-content-type-options"] == "nosniff"
+        assert (await client.get("/metrics")).status_code == 404
+        assert (await client.get("/docs")).status_code == 404

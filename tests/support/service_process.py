@@ -1,0 +1,85 @@
+"""One of our services as a real process, with its memory in view.
+
+:func:`running_service` starts ``python -m <module>`` with the given environment, waits
+(asynchronously, so doubles served by the test's event loop keep answering) until its
+readiness path answers 200, and stops it with SIGTERM at the end. :class:`ServiceProcess`
+reads the process's resident memory from ``/proc``: :meth:`ServiceProcess.reset_peak`
+clears the kernel's high-water mark (``clear_refs``), so :meth:`ServiceProcess.peak_mib`
+is the peak since then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+@dataclass
+class ServiceProcess:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def _status(self, field: str) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+        raise RuntimeError(f"no {field} for process {self.proc.pid}")
+
+    def rss_mib(self) -> float:
+        return self._status("VmRSS")
+
+    def peak_mib(self) -> float:
+        return self._status("VmHWM")
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@asynccontextmanager
+async def running_service(
+    module: str, env: dict[str, str], url: str, ready_path: str = "/readyz"
+) -> AsyncIterator[ServiceProcess]:
+    log = Path(tempfile.mkstemp(prefix=f"{module}-", suffix=".log")[1])
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=dict(os.environ) | env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    service = ServiceProcess(proc, url, log)
+    try:
+        async with httpx.AsyncClient() as client, asyncio.timeout(60):
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{module} exited at start:\n{service.log()}")
+                try:
+                    if (await client.get(url + ready_path, timeout=1)).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        yield service
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.unlink(missing_ok=True)
