@@ -49,10 +49,7 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
 
-@asynccontextmanager
-async def running_service(
-    module: str, env: dict[str, str], url: str, ready_path: str = "/readyz"
-) -> AsyncIterator[ServiceProcess]:
+def _start(module: str, env: dict[str, str], url: str) -> ServiceProcess:
     log = Path(tempfile.mkstemp(prefix=f"{module}-", suffix=".log")[1])
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -61,7 +58,15 @@ async def running_service(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    service = ServiceProcess(proc, url, log)
+    return ServiceProcess(proc, url, log)
+
+
+@asynccontextmanager
+async def running_service(
+    module: str, env: dict[str, str], url: str, ready_path: str = "/readyz"
+) -> AsyncIterator[ServiceProcess]:
+    service = _start(module, env, url)
+    proc = service.proc
     try:
         async with httpx.AsyncClient() as client, asyncio.timeout(60):
             while True:
@@ -82,4 +87,4 @@ async def running_service(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        log.unlink(missing_ok=True)
+        await asyncio.to_thread(service.log_path.unlink, missing_ok=True)

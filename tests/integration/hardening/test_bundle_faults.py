@@ -29,8 +29,8 @@ def fresh_avatar(zeroweight: ZeroWeightDouble) -> str:
     return avatar
 
 
-async def get(service: ServiceProcess, avatar: str, timeout: float = 30) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=service.url, timeout=timeout) as client:
+async def get(service: ServiceProcess, avatar: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
         return await client.get(f"/api/avatars/bundle/{avatar}", headers=AUTH)
 
 
@@ -155,11 +155,10 @@ async def test_without_nats_a_miss_costs_no_extra_time_and_the_service_stays_rea
                 assert response.status_code == 200, response.text
             assert max(timings) < 1.5, timings  # at most one shared-cache timeout (0.5 s)
             assert sum(timings[1:]) < 1.0, timings  # then the cache is skipped
-            async with httpx.AsyncClient(base_url=service.url) as client:
-                assert (await client.get("/readyz")).status_code == 200
-            metrics = httpx.get(
-                f"http://127.0.0.1:{env['BUNDLES_METRICS_PORT']}/metrics", timeout=5
-            ).text
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"{service.url}/readyz")).status_code == 200
+                scrape = f"http://127.0.0.1:{env['BUNDLES_METRICS_PORT']}/metrics"
+                metrics = (await client.get(scrape)).text
             assert re.search(r"\navatar_bundles_shared_cache_up\{[^}]*\} 0\.0\n", metrics)
             assert 'avatar_bundles_cache_operation="get",avatar_outcome="skipped"' in metrics
     finally:

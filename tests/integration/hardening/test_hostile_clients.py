@@ -96,7 +96,9 @@ async def test_connections_with_unfinished_headers_are_closed(service: ServicePr
     for _, writer in connections:
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
 
-    async def drip_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    async def drip_until_closed(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> float:
         while True:
             with contextlib.suppress(ConnectionError):
                 writer.write(b"X-Slow: 1\r\n")
