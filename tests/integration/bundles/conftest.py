@@ -66,7 +66,9 @@ def make_client(
 ) -> Callable[..., httpx.AsyncClient]:
     """A replica of the bundle service; each call is a new replica (own memory cache)."""
 
-    def build(*, anonymous: bool = True, **overrides: Any) -> httpx.AsyncClient:
+    def build(
+        *, anonymous: bool = True, policy: Policy = POLICY, **overrides: Any
+    ) -> httpx.AsyncClient:
         defaults: dict[str, Any] = {
             "backend": "zeroweight",
             "zeroweight_url": zeroweight.url,
@@ -79,7 +81,7 @@ def make_client(
         app = create_app(
             settings,
             AuthSettings(policy_file="unused", anonymous=anonymous),
-            POLICY,
+            policy,
             shared_cache,
             clock=clock,
             tracer_provider=tracer_provider,

@@ -72,3 +72,36 @@ async def test_symlinks_out_of_the_folder_are_not_followed(folder: Path) -> None
 def test_a_missing_folder_stops_the_service(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="BUNDLES_DIRECTORY"):
         DirectorySource(tmp_path / "absent", MAX)
+
+
+async def test_a_folder_named_like_a_bundle_is_not_found(folder: Path) -> None:
+    (folder / "x.json").mkdir()
+    with pytest.raises(SourceError) as refused:
+        await DirectorySource(folder, MAX).fetch("x")
+    assert refused.value.status == 404
+
+
+async def test_a_file_over_the_limit_is_502_too_large(folder: Path) -> None:
+    (folder / "huge.json").write_text('{"payload": "' + "x" * MAX + '"}')
+    with pytest.raises(SourceError) as refused:
+        await DirectorySource(folder, MAX).fetch("huge")
+    assert (refused.value.status, refused.value.error) == (502, "bundle_too_large")
+
+
+async def test_a_deeply_nested_file_is_502_bad_bundle(folder: Path) -> None:
+    (folder / "deep.json").write_text("[" * 100_000)
+    with pytest.raises(SourceError) as refused:
+        await DirectorySource(folder, MAX).fetch("deep")
+    assert (refused.value.status, refused.value.error) == (502, "bad_bundle")
+
+
+async def test_an_unreadable_file_is_502_bad_bundle(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", refuse)  # as a file the service may not read
+    with pytest.raises(SourceError) as refused:
+        await DirectorySource(folder, MAX).fetch("ava-1")
+    assert (refused.value.status, refused.value.error) == (502, "bad_bundle")

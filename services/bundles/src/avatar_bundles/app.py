@@ -90,7 +90,7 @@ def create_app(
         shared,
         ttl_seconds=settings.cache_ttl_seconds,
         stale_seconds=settings.stale_seconds,
-        unknown=NegativeCache(settings.negative_ttl_seconds),
+        unknown=NegativeCache(settings.negative_ttl_seconds, clock=clock),
         clock=clock,
         meter_provider=meter_provider,
     )
