@@ -51,6 +51,24 @@ def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"TOKEN_PORT": "http"}, "TOKEN_PORT: Input should be a valid integer"),
         ({"AUTH_POLICY_FILE": "/nonexistent/policy.toml"}, "policy file /nonexistent/policy.toml"),
         ({"AUTH_OIDC_ISSUER": "https://issuer.test"}, "OIDC needs AUTH_OIDC_ISSUER"),
+        (
+            {"LIVEKIT_API_SECRET": "short-but-not-a-placeholder"},
+            "unsafe for production: LIVEKIT_API_SECRET is shorter than 32 characters",
+        ),
+        ({"TOKEN_CORS_ORIGINS": '["*"]'}, "TOKEN_CORS_ORIGINS allows every origin"),
+        ({"TOKEN_TRUSTED_PROXIES": '["0.0.0.0/0"]'}, "TOKEN_TRUSTED_PROXIES trusts 0.0.0.0/0"),
+        (
+            {"TOKEN_PUBLIC_LIVEKIT_URL": "ws://livekit.example.com"},
+            "TOKEN_PUBLIC_LIVEKIT_URL (ws://livekit.example.com) is not encrypted",
+        ),
+        (
+            {
+                "AUTH_OIDC_ISSUER": "https://issuer.test",
+                "AUTH_OIDC_AUDIENCE": "a",
+                "AUTH_OIDC_JWKS_URL": "http://issuer.test/jwks",
+            },
+            "AUTH_OIDC_JWKS_URL (http://issuer.test) is not encrypted",
+        ),
     ],
 )
 def test_bad_configuration_stops_the_process_naming_the_variable(
@@ -60,6 +78,48 @@ def test_bad_configuration_stops_the_process_naming_the_variable(
     done = run(env)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+def test_development_mode_lets_unsafe_settings_through_with_a_warning() -> None:
+    port, metrics_port = free_port(), free_port()
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "AUTH_", "TOKEN_"))
+    }
+    env = (
+        clean
+        | GOOD
+        | {
+            "TOKEN_HOST": "127.0.0.1",
+            "TOKEN_PORT": str(port),
+            "TOKEN_METRICS_PORT": str(metrics_port),
+            "TOKEN_CORS_ORIGINS": '["*"]',
+            "AVATAR_DEV_MODE": "true",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avatar_token"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "token service never served"
+                time.sleep(0.2)
+        assert health.status_code == 200
+        scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2)
+        assert "avatar_token_minted" in scrape.text or "python_info" in scrape.text
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).status_code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out.decode()
+    assert b"unsafe outside development: TOKEN_CORS_ORIGINS allows every origin" in out
 
 
 def test_bundle_service_needs_the_zeroweight_key_for_the_zeroweight_backend() -> None:
@@ -151,3 +211,23 @@ def test_the_agent_worker_serves_health_and_drains_on_sigterm() -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()
     assert b"draining worker" in out
+
+
+def test_the_bundle_service_refuses_to_send_its_key_in_clear() -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "BUNDLES_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "avatar_bundles"],
+        env=clean
+        | {
+            "AUTH_POLICY_FILE": GOOD["AUTH_POLICY_FILE"],
+            "BUNDLES_BACKEND": "zeroweight",
+            "BUNDLES_ZEROWEIGHT_API_KEY": "zw-real-looking-key-123",
+            "BUNDLES_ZEROWEIGHT_URL": "http://api.zeroweight.example",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "BUNDLES_ZEROWEIGHT_URL (http://api.zeroweight.example) is not encrypted" in done.stderr
