@@ -5,8 +5,16 @@ from avatar_shared.web.text import has_unsafe_characters, is_identity_text
 
 @pytest.mark.parametrize(
     "value",
-    ["nul\x00", "esc\x1b[31m", "del\x7f", "c1\x85"]
-    + ["rlo\u202e", "lri\u2066", "lrm\u200e", "alm\u061c"],
+    [
+        "nul\x00",
+        "esc\x1b[31m",
+        "del\x7f",
+        "c1\x85",
+        "rlo\u202e",
+        "lri\u2066",
+        "lrm\u200e",
+        "alm\u061c",
+    ],
 )
 def test_control_and_bidi_characters_are_unsafe(value: str) -> None:
     assert has_unsafe_characters(value)
