@@ -40,6 +40,8 @@ class Service:
     port: int
     health_path: str = "/healthz"
     needs_nats: bool = True
+    #: Where its Prometheus metrics are served, when not on ``port``.
+    metrics_port: int | None = None
     #: Defaults for a local run; variables already set in the environment win.
     defaults: dict[str, str] = field(default_factory=dict)
 
@@ -58,12 +60,14 @@ SERVICES = (
         "avatar_token",
         8100,
         needs_nats=False,
+        metrics_port=8101,
         defaults={**LOCAL_LIVEKIT, **LOCAL_AUTH, "TOKEN_CORS_ORIGINS": LOCAL_ORIGINS},
     ),
     Service(
         "bundles",
         "avatar_bundles",
         8200,
+        metrics_port=8201,
         defaults={
             **LOCAL_AUTH,
             "BUNDLES_BACKEND": "directory",
@@ -200,7 +204,11 @@ async def run(args: argparse.Namespace) -> int:
             print(f"nats ready at {nats_url} (JetStream data in {store})", flush=True)
         for service in services:
             port = service.port + args.port_offset
-            env = {"NATS_URL": nats_url, f"{service.name.upper()}_PORT": str(port)}
+            prefix = service.name.upper()
+            # Loopback only: the local stack allows things no network should reach.
+            env = {"NATS_URL": nats_url, f"{prefix}_HOST": "127.0.0.1", f"{prefix}_PORT": str(port)}
+            if service.metrics_port is not None:
+                env[f"{prefix}_METRICS_PORT"] = str(service.metrics_port + args.port_offset)
             argv = [sys.executable, "-m", service.module]
             await stack.start(service.name, argv, env, service.defaults)
             url = f"http://127.0.0.1:{port}{service.health_path}"

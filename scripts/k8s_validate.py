@@ -18,7 +18,9 @@ Policy, for every Deployment/StatefulSet:
   env variable named like a secret comes from a ``secretKeyRef``;
 - the namespace has a default-deny NetworkPolicy (ingress and egress);
 - autoscalers target existing Deployments, and a ScaledObject never allows more replicas
-  than its ``avatar-backend/partitions`` annotation, which equals ``ACTIONS_PARTITIONS``.
+  than its ``avatar-backend/partitions`` annotation, which equals ``ACTIONS_PARTITIONS``;
+- an Ingress routes only to Services of the namespace, by a port they have, and never to
+  a port named ``metrics`` (Prometheus scrapes those; the public must not).
 """
 
 from __future__ import annotations
@@ -190,6 +192,34 @@ def autoscaler_problems(obj: Obj, objects: list[Obj]) -> Iterator[str]:
             )
 
 
+def ingress_problems(obj: Obj, objects: list[Obj]) -> Iterator[str]:
+    namespace = obj.get("metadata", {}).get("namespace")
+    services = {
+        o["metadata"]["name"]: o
+        for o in objects
+        if o.get("kind") == "Service" and o.get("metadata", {}).get("namespace") == namespace
+    }
+    for rule in (obj.get("spec") or {}).get("rules") or []:
+        for path in (rule.get("http") or {}).get("paths") or []:
+            backend = (path.get("backend") or {}).get("service") or {}
+            port = backend.get("port") or {}
+            service = services.get(backend.get("name", ""))
+            where = f"{name_of(obj)} path {path.get('path')}"
+            if service is None:
+                yield f"{where}: routes to {backend.get('name')!r}, which is not a Service here"
+                continue
+            ports = service.get("spec", {}).get("ports") or []
+            if not any(
+                p.get("name") == port.get("name") or p.get("port") == port.get("number")
+                for p in ports
+            ):
+                yield f"{where}: {backend.get('name')} has no port {port}"
+            if port.get("name") == "metrics" or any(
+                p.get("name") == "metrics" and p.get("port") == port.get("number") for p in ports
+            ):
+                yield f"{where}: routes the public to a metrics port"
+
+
 def policy_problems(objects: list[Obj]) -> Iterator[str]:
     for obj in objects:
         kind = obj.get("kind")
@@ -199,6 +229,8 @@ def policy_problems(objects: list[Obj]) -> Iterator[str]:
             yield from workload_problems(obj, objects)
         elif kind in ("HorizontalPodAutoscaler", "ScaledObject"):
             yield from autoscaler_problems(obj, objects)
+        elif kind == "Ingress":
+            yield from ingress_problems(obj, objects)
     namespaces = {
         o.get("metadata", {}).get("namespace") for o in objects if o.get("kind") in WORKLOADS
     }

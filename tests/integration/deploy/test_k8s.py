@@ -119,6 +119,22 @@ BREAKAGES = {
         _replace("base/actions.yaml", '  ACTIONS_PARTITIONS: "16"', '  ACTIONS_PARTITIONS: "32"'),
         "avatar-backend/partitions 16 differs from ACTIONS_PARTITIONS",
     ),
+    "ingress to metrics": (
+        _replace(
+            "base/ingress.yaml",
+            "                name: avatar-token\n                port: {name: http}",
+            "                name: avatar-token\n                port: {name: metrics}",
+        ),
+        "routes the public to a metrics port",
+    ),
+    "ingress to nowhere": (
+        _replace(
+            "base/ingress.yaml",
+            "                name: avatar-bundles\n",
+            "                name: avatar-bundlez\n",
+        ),
+        "which is not a Service here",
+    ),
     "broken kustomization": (
         _replace(
             "base/kustomization.yaml", "  - agent.yaml\n", "  - agent.yaml\n  - missing.yaml\n"
