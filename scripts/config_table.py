@@ -23,6 +23,7 @@ SETTINGS = (
     "avatar_shared.config:LogSettings",
     "avatar_shared.config:LiveKitSettings",
     "avatar_shared.web.auth:AuthSettings",
+    "avatar_shared.web.safety:DeploymentSettings",
     "avatar_token.config:TokenSettings",
     "avatar_bundles.config:BundlesSettings",
     "avatar_actions.config:ActionsSettings",
