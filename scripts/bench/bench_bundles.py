@@ -2,7 +2,8 @@
 
 Real processes on loopback: a nats-server with JetStream (the shared cache), the
 ZeroWeight API double serving a 100 KB bundle, and the bundle service (one uvicorn
-worker) with the zeroweight backend, anonymous access, tracing on (spans not exported).
+worker) with the zeroweight backend, anonymous access, tracing on (spans not exported),
+request limits raised out of the way (one load generator is one address).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-bundles-"))
     policy = tmp / "policy.toml"
-    policy.write_text('[[rules]]\nprincipals = ["anonymous"]\navatars = ["*"]\n')
+    policy.write_text('[[rules]]\nprincipals = ["anonymous"]\navatars = ["hot-avatar"]\n')
     zw_port, port = free_port(), free_port()
     nats = start_nats_process()
     procs = [
@@ -64,7 +65,10 @@ def main() -> int:
         env = os.environ | {
             "NATS_URL": nats.url,
             "BUNDLES_PORT": str(port),
+            "BUNDLES_METRICS_PORT": str(free_port()),
             "BUNDLES_HOST": "127.0.0.1",
+            # One load generator on one address: its budget must not be what is measured.
+            "BUNDLES_RATE_PER_IP": "1000000/second",
             "BUNDLES_BACKEND": "zeroweight",
             "BUNDLES_ZEROWEIGHT_URL": f"http://127.0.0.1:{zw_port}",
             "BUNDLES_ZEROWEIGHT_API_KEY": API_KEY,

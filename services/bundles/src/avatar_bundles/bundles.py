@@ -28,7 +28,7 @@ from avatar_shared import semconv
 @dataclass(frozen=True, slots=True)
 class Served:
     bundle: Cached
-    cache: str  # "memory", "shared", "miss" or "stale"
+    cache: str  # "memory", "shared", "miss" or "stale" (or, refused, "negative")
 
 
 class BundleService:
@@ -62,7 +62,7 @@ class BundleService:
         if hit is not None and hit.age(self._clock()) < self._ttl:
             return self._count(Served(hit, "memory"))
         if avatar_id in self._unknown:
-            self._requests.add(1, {semconv.CACHE: "negative"})
+            self._outcome("negative")
             raise not_found()
         load = self._loads.get(avatar_id)
         if load is None:
@@ -99,6 +99,9 @@ class BundleService:
         return Served(fresh, "miss")
 
     def _count(self, served: Served) -> Served:
-        self._requests.add(1, {semconv.CACHE: served.cache})
-        trace.get_current_span().set_attribute(semconv.CACHE, served.cache)
+        self._outcome(served.cache)
         return served
+
+    def _outcome(self, cache: str) -> None:
+        self._requests.add(1, {semconv.CACHE: cache})
+        trace.get_current_span().set_attribute(semconv.CACHE, cache)

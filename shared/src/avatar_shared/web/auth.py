@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +148,7 @@ class Authenticator:
                 503,
                 "auth_unavailable",
                 "bearer tokens cannot be verified right now; retry later",
-                headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
             ) from None
         if key is None:
             raise unauthenticated("bearer token signed by an unknown key")
