@@ -21,8 +21,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import nats.js.errors
-
 from avatar_actions.partitions import WORK_STREAM, consumer_name
 from avatar_shared.bus import Bus, events_stream
 from avatar_shared.config import NatsSettings
@@ -104,7 +102,7 @@ async def _drained(double: LiveKitDouble, packets: int) -> float:
 async def _sourced(bus: Bus, events: int) -> None:
     """Wait until the work stream holds the whole backlog (sourcing is asynchronous)."""
     async with asyncio.timeout(120):
-        while (await bus.js.stream_info(WORK_STREAM)).state.messages < events:
+        while await bus.stored_messages(WORK_STREAM) < events:
             await asyncio.sleep(0.1)
 
 
@@ -112,12 +110,8 @@ async def _ready(bus: Bus, partitions: int) -> None:
     """Every partition has its consumer (the replica owns them all)."""
     async with asyncio.timeout(60):
         for partition in range(partitions):
-            while True:
-                try:
-                    await bus.js.consumer_info(WORK_STREAM, consumer_name("actions", partition))
-                    break
-                except nats.js.errors.NotFoundError:
-                    await asyncio.sleep(0.05)
+            while not await bus.consumer_exists(WORK_STREAM, consumer_name("actions", partition)):
+                await asyncio.sleep(0.05)
 
 
 async def _replica(env: dict[str, str]) -> asyncio.subprocess.Process:

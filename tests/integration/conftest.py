@@ -5,7 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import nats
 import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -74,3 +77,16 @@ def metric_points(
                         key = tuple(sorted((point.attributes or {}).items()))
                         points[key] = points.get(key, 0) + point.value  # type: ignore[union-attr]
     return points
+
+
+@pytest.fixture
+async def nats_client(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    """A raw connection, for tests to look at and set up what the services' Bus hides."""
+    nc = await nats.connect(nats_server.url)
+    yield nc
+    await nc.drain()
+
+
+@pytest.fixture
+def js(nats_client: NatsClient) -> JetStreamContext:
+    return nats_client.jetstream()

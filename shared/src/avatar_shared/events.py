@@ -86,7 +86,9 @@ class Outcome(StrEnum):
 
 
 class DropReason(StrEnum):
-    """Why the actions service did not send an action."""
+    """Why the actions service did not send an action (its vocabulary as a producer;
+    consumers read ``ActionDecision.reason`` as a plain name, so new values are
+    compatible)."""
 
     UNKNOWN_ACTION = "unknown_action"
     DUPLICATE = "duplicate"
@@ -96,6 +98,7 @@ class DropReason(StrEnum):
     SESSION_ENDED = "session_ended"
     EXPIRED = "expired"
     SEND_FAILED = "send_failed"
+    STALE = "stale"
 
 
 class Event(BaseModel):
@@ -199,7 +202,11 @@ class ActionDecision(Event):
     type: Literal["action_decision"] = "action_decision"
     action: Name
     outcome: Outcome
-    reason: DropReason | None = None
+    reason: Name | None = Field(
+        None,
+        description="Why it was dropped: a DropReason value. New reasons may be added in a "
+        "compatible change: consumers treat a reason they do not know as opaque.",
+    )
     cause_id: EventId = Field(description="id of the event that led to this decision")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import uuid
@@ -10,19 +11,20 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import pytest
-from livekit import api
+from nats.js import JetStreamContext
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from avatar_actions.app import Stores, build_publisher, consume, engine_factory, ownership
+from avatar_actions.bootstrap import ActionsService, bootstrap
 from avatar_actions.config import ActionsSettings
 from avatar_actions.ownership import Ownership
-from avatar_actions.partitions import WorkStream
-from avatar_actions.store import RoomStore, SentRecord
+from avatar_actions.store import KvSentRecord
 from avatar_shared.bus import Bus
+from avatar_shared.config import LiveKitSettings, NatsSettings
 from avatar_shared.events import (
     AgentState,
     AgentStateChanged,
@@ -32,16 +34,21 @@ from avatar_shared.events import (
     SpeechDone,
     TagKind,
     TagParsed,
+    utc_now,
 )
 from avatar_shared.rooms import encode_room
 from tests.integration.conftest import metric_points
 from tests.support.livekit_server import LiveKitDouble, running_livekit
+from tests.support.nats_server import NatsServer
 
 KEY, SECRET = "APIactions", "actions-test-secret-that-is-long-enough-0123456789"
 SETTINGS = ActionsSettings(
     allowed_actions=["speaking", "wave_hand", "nod"],
     debounce_seconds=0.05,
     min_gap_seconds=0.05,
+    # Handovers after a crash wait out the lease (2 s here): these tests are about
+    # losing nothing through them, so packets may be that late (staleness is tested apart).
+    max_lag_seconds=10.0,
 )
 
 
@@ -56,6 +63,7 @@ class Turns:
         return {"room": self.room, "avatar_id": "demo-avatar", "seq": next(self._seq)}
 
     def reply(self, speech: str, *gestures: str, interrupted: bool = False) -> list[Event]:
+        """A whole reply: :data:`OPENING` events up to its playout, then 2 closing ones."""
         tags = [
             TagParsed(
                 **self._common(),
@@ -88,6 +96,9 @@ class Turns:
         ]
 
 
+Replica = tuple[Ownership, asyncio.Task[None], asyncio.Event]
+
+
 @pytest.fixture
 async def livekit() -> AsyncIterator[LiveKitDouble]:
     async with running_livekit(LiveKitDouble(keys={KEY: SECRET})) as double:
@@ -96,13 +107,15 @@ async def livekit() -> AsyncIterator[LiveKitDouble]:
 
 @pytest.fixture
 def settings() -> ActionsSettings:
-    """Names of its own for each test: its work stream, consumers and lease bucket."""
+    """Names of its own for each test: its work stream, consumers and buckets."""
     tag = uuid.uuid4().hex[:8]
     return SETTINGS.model_copy(
         update={
             "consumer": f"actions-{tag}",
             "work_stream": f"WORK_{tag}",
             "lease_bucket": f"leases_{tag}",
+            "state_bucket": f"rooms_{tag}",
+            "sent_bucket": f"sent_{tag}",
             "lease_ttl_seconds": 2.0,
             "partitions": 4,
         }
@@ -110,63 +123,87 @@ def settings() -> ActionsSettings:
 
 
 @pytest.fixture
-async def stores(bus: Bus, settings: ActionsSettings) -> AsyncIterator[Stores]:
-    tag = settings.work_stream
-    await WorkStream(settings.partitions, name=settings.work_stream).ensure(bus)
-    stores = Stores(
-        RoomStore(await bus.ensure_kv(f"rooms_{tag}", ttl_seconds=600)),
-        SentRecord(await bus.ensure_kv(f"sent_{tag}", ttl_seconds=600)),
-        await bus.ensure_kv(settings.lease_bucket, ttl_seconds=settings.lease_ttl_seconds),
-    )
-    yield stores
-    for bucket in (f"rooms_{tag}", f"sent_{tag}", settings.lease_bucket):
-        await bus.js.delete_key_value(bucket)
-    await bus.js.delete_stream(settings.work_stream)
-
-
-Replica = tuple[Ownership, asyncio.Task[None], asyncio.Event]
+async def sent(bus: Bus, settings: ActionsSettings) -> AsyncIterator[KvSentRecord]:
+    """The test's sent record, read as a successor replica would; the test's streams and
+    buckets are removed afterwards."""
+    yield KvSentRecord(await bus.ensure_kv(settings.sent_bucket, ttl_seconds=600))
+    for bucket in (settings.state_bucket, settings.sent_bucket, settings.lease_bucket):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await bus.delete_kv(bucket)
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await bus.delete_stream(settings.work_stream)
 
 
 @pytest.fixture
 async def start(
-    bus: Bus,
+    nats_server: NatsServer,
     livekit: LiveKitDouble,
     settings: ActionsSettings,
-    stores: Stores,
+    sent: KvSentRecord,
     tracer_provider: TracerProvider,
     meter_provider: MeterProvider,
 ) -> AsyncIterator[Callable[..., Any]]:
-    """Start a replica; each call is a fresh process's worth of memory."""
-    running: list[tuple[asyncio.Task[None], asyncio.Event, api.LiveKitAPI]] = []
+    """Start a replica through the service's own bootstrap; each call is a fresh
+    process's worth of memory and connection."""
+    running: list[tuple[ActionsService, asyncio.Task[None], asyncio.Event]] = []
 
     async def launch(*, owning: int | None = None) -> Replica:
         """Returns once the replica owns ``owning`` partitions (default: all of them)."""
-        lk = api.LiveKitAPI(livekit.url, KEY, SECRET)
-        publisher = build_publisher(SETTINGS, lk.room, tracer_provider=tracer_provider)
-        engines = engine_factory(
+        service = await bootstrap(
             settings,
-            bus,
-            stores,
-            publisher,
+            NatsSettings(url=nats_server.url),
+            LiveKitSettings(url=livekit.url, api_key=KEY, api_secret=SECRET),
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
-        owner = ownership(settings, stores)
         stop = asyncio.Event()
-        task = asyncio.create_task(consume(settings, bus, owner, engines, stop))
-        running.append((task, stop, lk))
+        task = asyncio.create_task(service.run(stop))
+        running.append((service, task, stop))
         want = settings.partitions if owning is None else owning
         async with asyncio.timeout(15):  # readiness: it consumes its partitions
-            while len(owner.owned) < want:
+            while len(service.ownership.owned) < want:
                 await asyncio.sleep(0.02)
-        return owner, task, stop
+        return service.ownership, task, stop
 
     yield launch
-    for task, stop, lk in running:
+    for service, task, stop in running:
         stop.set()
         if not task.done():
             await task
-        await lk.aclose()
+        await service.close()
+
+
+async def publish(bus: Bus, event: Event) -> None:
+    """Publish as the agent would: the event happens now (its ``ts``), whenever the test
+    built it; packets later than ACTIONS_MAX_LAG_SECONDS after it would be stale."""
+    await bus.publish(event.model_copy(update={"ts": utc_now()}))
+
+
+#: Events of a reply up to its playout (so ``reply(...)[:-2]`` opens, ``[-2:]`` closes).
+CLOSING = 2
+
+
+async def talk(bus: Bus, livekit: LiveKitDouble, *replies: list[Event]) -> None:
+    """Play replies as an agent does: each one's audio plays (its speaking packet goes
+    out) before it ends; a reply ended before its speaking was sent drops it as stale."""
+    before = {reply[0].room: in_room(_packets(livekit), reply[0].room) for reply in replies}
+    for reply in replies:
+        for event in reply[:-CLOSING]:
+            await publish(bus, event)
+    for reply in replies:
+        room = reply[0].room
+        async with asyncio.timeout(20):
+            while in_room(_packets(livekit), room).count("speaking") <= before[room].count(
+                "speaking"
+            ):
+                livekit.arrived.clear()
+                await livekit.arrived.wait()
+        for event in reply[-CLOSING:]:
+            await publish(bus, event)
+
+
+def _packets(livekit: LiveKitDouble) -> list[tuple[str, str]]:
+    return [(r.request.room, json.loads(r.request.data)["action"]) for r in livekit.received]
 
 
 async def received(livekit: LiveKitDouble, count: int) -> list[tuple[str, str]]:
@@ -174,7 +211,7 @@ async def received(livekit: LiveKitDouble, count: int) -> list[tuple[str, str]]:
         while len(livekit.received) < count:
             livekit.arrived.clear()
             await livekit.arrived.wait()
-    return [(r.request.room, json.loads(r.request.data)["action"]) for r in livekit.received]
+    return _packets(livekit)
 
 
 def in_room(packets: list[tuple[str, str]], room: str) -> list[str]:
@@ -186,13 +223,13 @@ async def test_a_scripted_stream_for_several_rooms_yields_exactly_the_expected_p
 ) -> None:
     await start()
     rooms = {name: Turns(f"{room}-{name}") for name in ("a", "b", "c")}
-    script = [
-        *rooms["a"].reply("a1", "wave_hand"),
-        *rooms["b"].reply("b1", "nod", "wave_hand", "moonwalk"),
-        *rooms["c"].reply("c1", "wave_hand", interrupted=True),
-    ]
-    for event in script:
-        await bus.publish(event)
+    await talk(
+        bus,
+        livekit,
+        rooms["a"].reply("a1", "wave_hand"),
+        rooms["b"].reply("b1", "nod", "wave_hand", "moonwalk"),
+        rooms["c"].reply("c1", "wave_hand", interrupted=True),
+    )
     packets = await received(livekit, 2 + 3 + 1)
     assert in_room(packets, rooms["a"].room) == ["speaking", "wave_hand"]
     assert in_room(packets, rooms["b"].room) == ["speaking", "nod", "wave_hand"]
@@ -209,8 +246,7 @@ async def test_one_turn_is_one_trace_from_agent_publish_to_send_data(
     spans: InMemorySpanExporter,
 ) -> None:
     await start()
-    for event in Turns(room).reply("s1", "wave_hand"):
-        await bus.publish(event)
+    await talk(bus, livekit, Turns(room).reply("s1", "wave_hand"))
     await received(livekit, 2)
     async with asyncio.timeout(5):  # the client span ends just after the double answers
         while sum(s.name == "livekit.RoomService/SendData" for s in spans.get_finished_spans()) < 2:
@@ -232,24 +268,24 @@ async def test_one_turn_is_one_trace_from_agent_publish_to_send_data(
 
 
 async def test_a_replica_that_dies_mid_stream_loses_nothing_and_repeats_nothing(
-    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str, stores: Stores
+    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str, sent: KvSentRecord
 ) -> None:
     _, first, _ = await start()
     turn = Turns(room).reply("s1", "wave_hand", "nod")
     for event in turn[:-2]:  # up to playout: speaking goes out, gestures are held
-        await bus.publish(event)
+        await publish(bus, event)
     await received(livekit, 1)
     # Killed once the packet is recorded: between LiveKit taking a packet and its record,
     # a crash cannot know whether it was delivered (docs/actions.md).
     async with asyncio.timeout(5):
-        while not await stores.sent.was_sent(room, turn[-3].id, "speaking"):
+        while not await sent.was_sent(room, turn[-3].id, "speaking"):
             await asyncio.sleep(0.005)
     first.cancel()  # a crash: no drain, nothing more acked
     with pytest.raises(asyncio.CancelledError):
         await first
     await start()  # a successor with empty memory, same durable consumer and stores
     for event in turn[-2:]:
-        await bus.publish(event)
+        await publish(bus, event)
     packets = await received(livekit, 3)
     assert in_room(packets, room) == ["speaking", "wave_hand", "nod"]
     await asyncio.sleep(0.3)
@@ -261,13 +297,12 @@ async def test_redelivered_events_send_nothing_twice(
 ) -> None:
     await start()
     turn = Turns(room).reply("s1", "wave_hand")
-    for event in turn:
-        await bus.publish(event)
+    await talk(bus, livekit, turn)
     await received(livekit, 2)
     # The same events again, as a redelivery would bring them (the stream de-duplicates
     # identical ids, so these arrive as new messages with the same content and new ids).
     for event in turn:
-        await bus.publish(event.model_copy(update={"id": uuid.uuid4().hex}))
+        await publish(bus, event.model_copy(update={"id": uuid.uuid4().hex}))
     await asyncio.sleep(0.5)
     assert len(livekit.received) == 2
 
@@ -275,16 +310,16 @@ async def test_redelivered_events_send_nothing_twice(
 async def test_livekit_failing_for_a_while_delays_packets_but_loses_none(
     bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str
 ) -> None:
-    livekit.fail_with = [503] * 6  # more than one call's retries: the event is redelivered
+    livekit.fail_with = [503] * 6  # more than one call's retries: the packet waits
     await start()
-    for event in Turns(room).reply("s1", "wave_hand"):
-        await bus.publish(event)
+    await talk(bus, livekit, Turns(room).reply("s1", "wave_hand"))
     packets = await received(livekit, 2)
     assert in_room(packets, room) == ["speaking", "wave_hand"]
 
 
 async def test_a_livekit_4xx_drops_the_packet_and_says_why(
     bus: Bus,
+    js: JetStreamContext,
     livekit: LiveKitDouble,
     start: Callable[..., Any],
     room: str,
@@ -292,15 +327,21 @@ async def test_a_livekit_4xx_drops_the_packet_and_says_why(
 ) -> None:
     livekit.fail_with = [400]
     await start()
-    decisions = await bus.js.pull_subscribe(
+    decisions = await js.pull_subscribe(
         f"avatars.v1.actions.action_decision.{encode_room(room)}", stream="AVATAR_EVENTS"
     )
-    for event in Turns(room).reply("s1", "wave_hand"):
-        await bus.publish(event)
+    reply = Turns(room).reply("s1", "wave_hand")
+    for event in reply[:-CLOSING]:
+        await publish(bus, event)
+    got: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):  # the speaking packet refused: a decision says so
+        while not got:
+            got += [json.loads(m.data) for m in await decisions.fetch(1, timeout=5)]
+    for event in reply[-CLOSING:]:
+        await publish(bus, event)
     packets = await received(livekit, 1)
     assert in_room(packets, room) == ["wave_hand"]
     async with asyncio.timeout(10):
-        got: list[dict[str, Any]] = []
         while len(got) < 2:
             got += [json.loads(m.data) for m in await decisions.fetch(2, timeout=5)]
     assert [(d["action"], d["outcome"], d["reason"]) for d in got] == [
@@ -321,13 +362,16 @@ async def test_a_room_waiting_for_livekit_does_not_hold_up_the_others(
     stuck, free = Turns(f"{room}-stuck"), Turns(f"{room}-free")
     livekit.unavailable_rooms.add(stuck.room)
     await start()
-    for event in [*stuck.reply("s1", "wave_hand"), *free.reply("f1", "nod")]:
-        await bus.publish(event)
+    stuck_reply = stuck.reply("s1", "wave_hand")
+    for event in stuck_reply[:-CLOSING]:
+        await publish(bus, event)
+    await talk(bus, livekit, free.reply("f1", "nod"))
     packets = await received(livekit, 2)
     assert in_room(packets, free.room) == ["speaking", "nod"]
-    livekit.unavailable_rooms.clear()
+    livekit.unavailable_rooms.clear()  # back within the lag bound: sent late, in order
+    await talk(bus, livekit, stuck_reply)
     packets = await received(livekit, 4)
-    assert in_room(packets, stuck.room) == ["speaking", "wave_hand"]  # late, in order
+    assert in_room(packets, stuck.room) == ["speaking", "wave_hand"]
 
 
 async def test_nats_restarting_mid_stream_loses_nothing_acked(
@@ -336,14 +380,14 @@ async def test_nats_restarting_mid_stream_loses_nothing_acked(
     await start()
     turn = Turns(room).reply("s1", "wave_hand")
     for event in turn[:-2]:
-        await bus.publish(event)
+        await publish(bus, event)
     await received(livekit, 1)
     await asyncio.to_thread(nats_server.restart)
     for event in turn[-2:]:
         async with asyncio.timeout(30):
             while True:
                 try:
-                    await bus.publish(event)  # same id on every try: stored once
+                    await publish(bus, event)  # same id on every try: stored once
                     break
                 except (nats.errors.Error, TimeoutError):
                     await asyncio.sleep(0.1)
@@ -357,9 +401,7 @@ async def test_replicas_share_the_rooms_and_handovers_keep_order(
     turns = [Turns(f"{room}-{i}") for i in range(8)]
 
     async def reply(n: int) -> None:
-        for turn in turns:
-            for event in turn.reply(f"s{n}", "wave_hand"):
-                await bus.publish(event)
+        await talk(bus, livekit, *(turn.reply(f"s{n}", "wave_hand") for turn in turns))
 
     first, first_task, _ = await start()
     await reply(1)
@@ -396,14 +438,14 @@ async def test_held_gestures_and_waiting_packets_are_gauges(
     await start()
     turn = Turns(room).reply("s1", "wave_hand", "nod")
     for event in turn[:-2]:  # playout started: speaking sent, two gestures held
-        await bus.publish(event)
+        await publish(bus, event)
     await received(livekit, 1)
     async with asyncio.timeout(5):
         while metric_points(metric_reader, "avatar.actions.held") != {(): 2}:
             await asyncio.sleep(0.05)
     livekit.unavailable_rooms.add(room)  # LiveKit refuses: released gestures wait
     for event in turn[-2:]:
-        await bus.publish(event)
+        await publish(bus, event)
     async with asyncio.timeout(5):
         while metric_points(metric_reader, "avatar.actions.waiting") != {(): 2}:
             await asyncio.sleep(0.05)

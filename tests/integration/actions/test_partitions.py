@@ -7,22 +7,22 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
 from avatar_actions.ownership import Ownership, assignment
 from avatar_actions.partitions import PartitionMismatch, WorkStream, event_subject
 from avatar_shared import subjects
-from avatar_shared.bus import Bus
+from avatar_shared.bus import Bucket, Bus
 from avatar_shared.events import PlayoutStarted, SpeechDone
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-async def leases(bus: Bus) -> AsyncIterator[KeyValue]:
+async def leases(bus: Bus) -> AsyncIterator[Bucket]:
     bucket = f"leases_{uuid.uuid4().hex[:8]}"
     yield await bus.ensure_kv(bucket, ttl_seconds=1.0)
-    await bus.js.delete_key_value(bucket)
+    await bus.delete_kv(bucket)
 
 
 class Tracker:
@@ -64,7 +64,7 @@ def test_a_new_member_moves_few_partitions() -> None:
     assert len(moved) <= 32  # far from reshuffling all 64
 
 
-async def test_replicas_split_the_partitions_without_overlap(leases: KeyValue) -> None:
+async def test_replicas_split_the_partitions_without_overlap(leases: Bucket) -> None:
     a = (Ownership(leases, "a", 16, ttl=1.0), Tracker())
     b = (Ownership(leases, "b", 16, ttl=1.0), Tracker())
     await heartbeat(a)
@@ -76,7 +76,7 @@ async def test_replicas_split_the_partitions_without_overlap(leases: KeyValue) -
     assert len(b[1].consuming) == 8
 
 
-async def test_a_dead_replicas_partitions_move_after_the_lease_ttl(leases: KeyValue) -> None:
+async def test_a_dead_replicas_partitions_move_after_the_lease_ttl(leases: Bucket) -> None:
     a = (Ownership(leases, "a", 8, ttl=1.0), Tracker())
     b = (Ownership(leases, "b", 8, ttl=1.0), Tracker())
     await heartbeat(a, b, a, b, rounds=2)
@@ -90,7 +90,7 @@ async def test_a_dead_replicas_partitions_move_after_the_lease_ttl(leases: KeyVa
     assert a[1].consuming == set(range(8))
 
 
-async def test_a_lease_not_refreshed_in_time_stops_consumption(leases: KeyValue) -> None:
+async def test_a_lease_not_refreshed_in_time_stops_consumption(leases: Bucket) -> None:
     now = [0.0]
     a = Ownership(leases, "a", 2, ttl=1.0, clock=lambda: now[0])
     tracker = Tracker()
@@ -101,7 +101,7 @@ async def test_a_lease_not_refreshed_in_time_stops_consumption(leases: KeyValue)
     assert not a.holds(0)
 
 
-async def test_graceful_stop_hands_everything_back_at_once(leases: KeyValue) -> None:
+async def test_graceful_stop_hands_everything_back_at_once(leases: Bucket) -> None:
     a = (Ownership(leases, "a", 4, ttl=1.0), Tracker())
     await heartbeat(a)
     await a[0].release_all(a[1].released)
@@ -111,7 +111,9 @@ async def test_graceful_stop_hands_everything_back_at_once(leases: KeyValue) -> 
     assert b[1].consuming == set(range(4))
 
 
-async def test_the_work_stream_partitions_each_room_consistently(bus: Bus, room: str) -> None:
+async def test_the_work_stream_partitions_each_room_consistently(
+    bus: Bus, js: JetStreamContext, room: str
+) -> None:
     stream = WorkStream(4, name=f"WORK_{uuid.uuid4().hex[:8]}")
     await stream.ensure(bus)
     await stream.ensure(bus)  # idempotent
@@ -120,7 +122,7 @@ async def test_the_work_stream_partitions_each_room_consistently(bus: Bus, room:
     ]
     for event in events:
         await bus.publish(event)
-    sub = await bus.js.pull_subscribe("actions.work.>", stream=stream.name)
+    sub = await js.pull_subscribe("actions.work.>", stream=stream.name)
     seen: dict[str, set[str]] = {}
     count = 0
     async with asyncio.timeout(10):
@@ -133,9 +135,9 @@ async def test_the_work_stream_partitions_each_room_consistently(bus: Bus, room:
                 await msg.ack_sync()
     assert all(len(partitions) == 1 for partitions in seen.values())  # one room, one partition
     assert len({p for partitions in seen.values() for p in partitions}) > 1  # rooms spread
-    info = await bus.js.stream_info(stream.name)
+    info = await js.stream_info(stream.name)
     assert info.state.messages == 0  # work queue: acked is gone; decisions never came in
-    await bus.js.delete_stream(stream.name)
+    await bus.delete_stream(stream.name)
 
 
 async def test_another_partition_count_refuses_to_start(bus: Bus) -> None:
@@ -143,4 +145,4 @@ async def test_another_partition_count_refuses_to_start(bus: Bus) -> None:
     await WorkStream(4, name=name).ensure(bus)
     with pytest.raises(PartitionMismatch, match="ACTIONS_PARTITIONS must match"):
         await WorkStream(8, name=name).ensure(bus)
-    await bus.js.delete_stream(name)
+    await bus.delete_stream(name)

@@ -15,7 +15,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from avatar_actions.publisher import LiveKitPublisher, Packet, PublishError
+from avatar_actions.ports import Packet, PublishError
+from avatar_actions.publisher import LiveKitPublisher
 from tests.integration.conftest import metric_points
 from tests.support.livekit_server import LiveKitDouble, running_livekit
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from livekit.agents import AgentSession
 from livekit.agents import telemetry as lk_telemetry
-from nats.js import api
+from nats.js import JetStreamContext, api
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -60,7 +60,7 @@ class Run:
     speeches: list[str]
 
 
-async def converse(bus: Bus, room: str, *, keeps_emotions: bool) -> Run:
+async def converse(bus: Bus, js: JetStreamContext, room: str, *, keeps_emotions: bool) -> Run:
     assert AVATAR is not None
     tts = DemoTTS(seconds_per_char=0.01)
     session: AgentSession = AgentSession(
@@ -88,7 +88,7 @@ async def converse(bus: Bus, room: str, *, keeps_emotions: bool) -> Run:
     await session.aclose()
     await conversation.finish("test over")
 
-    sub = await bus.js.pull_subscribe(
+    sub = await js.pull_subscribe(
         subjects.room_filter(room),
         stream=subjects.EVENTS_STREAM,
         config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL),
@@ -108,8 +108,8 @@ async def converse(bus: Bus, room: str, *, keeps_emotions: bool) -> Run:
 
 
 @pytest.fixture
-async def cartesia_run(bus: Bus, room: str) -> AsyncIterator[Run]:
-    return await converse(bus, room, keeps_emotions=True)
+async def cartesia_run(bus: Bus, js: JetStreamContext, room: str) -> AsyncIterator[Run]:
+    return await converse(bus, js, room, keeps_emotions=True)
 
 
 def tags_of(run: Run, speech: str) -> list[tuple[str, str, bool, int]]:
@@ -137,8 +137,10 @@ async def test_allowed_emotions_reach_a_cartesia_tts_and_others_do_not(cartesia_
     assert "bored" not in spoken.lower()
 
 
-async def test_no_emotion_tag_reaches_any_other_tts(bus: Bus, room: str) -> None:
-    run = await converse(bus, room, keeps_emotions=False)
+async def test_no_emotion_tag_reaches_any_other_tts(
+    bus: Bus, js: JetStreamContext, room: str
+) -> None:
+    run = await converse(bus, js, room, keeps_emotions=False)
     spoken = "".join(run.tts.heard)
     assert "<" not in spoken
     assert "[" not in spoken
@@ -186,10 +188,14 @@ async def test_events_arrive_once_in_order_with_their_speech_ids(cartesia_run: R
 
 
 async def test_publish_spans_join_the_frameworks_trace(
-    bus: Bus, room: str, tracer_provider: TracerProvider, spans: InMemorySpanExporter
+    bus: Bus,
+    js: JetStreamContext,
+    room: str,
+    tracer_provider: TracerProvider,
+    spans: InMemorySpanExporter,
 ) -> None:
     lk_telemetry.set_tracer_provider(tracer_provider)  # as runtime() does in a job
-    run = await converse(bus, room, keeps_emotions=True)
+    run = await converse(bus, js, room, keeps_emotions=True)
     finished = spans.get_finished_spans()
     by_id = {s.context.span_id: s for s in finished}
     publishes = [s for s in finished if s.name.endswith(" publish")]

@@ -48,7 +48,7 @@ async def shared_cache(bus: Bus, meter_provider: MeterProvider) -> AsyncIterator
         max_bytes=8 * 1024 * 1024,
         meter_provider=meter_provider,
     )
-    await bus.js.delete_object_store(bucket)
+    await bus.delete_object_store(bucket)
 
 
 @pytest.fixture

@@ -128,7 +128,7 @@ async def test_failed_shared_cache_writes_are_counted_not_raised(
         assert await cache.get("big") is None
         await cache.put("small", Cached.of("y", 2.0))  # skipped: resting after the failure
     finally:
-        await bus.js.delete_object_store(bucket)
+        await bus.delete_object_store(bucket)
     operations = metric_points(metric_reader, "avatar.bundles.shared_cache.operations")
     assert operations[(("avatar.bundles.cache.operation", "put"), ("avatar.outcome", "error"))] == 1
     assert (

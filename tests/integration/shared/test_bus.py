@@ -8,7 +8,7 @@ import uuid
 
 import nats
 import pytest
-from nats.js import api
+from nats.js import JetStreamContext, api
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,17 +23,15 @@ from tests.support.events import one_of_each
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _consumer(bus: Bus, room: str) -> nats.js.JetStreamContext.PullSubscription:
-    return await bus.js.pull_subscribe(
+async def _consumer(js: JetStreamContext, room: str) -> JetStreamContext.PullSubscription:
+    return await js.pull_subscribe(
         subjects.room_filter(room),
         stream=subjects.EVENTS_STREAM,
         config=api.ConsumerConfig(ack_wait=5, deliver_policy=api.DeliverPolicy.ALL),
     )
 
 
-async def _drain_into(
-    bus: Bus, sub: nats.js.JetStreamContext.PullSubscription, want: int
-) -> list[Event]:
+async def _drain_into(bus: Bus, sub: JetStreamContext.PullSubscription, want: int) -> list[Event]:
     """Process messages until the handler has seen ``want`` events."""
     seen: list[Event] = []
 
@@ -47,31 +45,35 @@ async def _drain_into(
     return seen
 
 
-async def test_events_of_every_type_cross_the_bus_in_order(bus: Bus, room: str) -> None:
+async def test_events_of_every_type_cross_the_bus_in_order(
+    bus: Bus, room: str, js: JetStreamContext
+) -> None:
     sent = one_of_each(room=room)
     for event in sent:
         await bus.publish(event)
-    received = await _drain_into(bus, await _consumer(bus, room), len(sent))
+    received = await _drain_into(bus, await _consumer(js, room), len(sent))
     assert received == sent
 
 
-async def test_publishing_the_same_event_twice_stores_it_once(bus: Bus, room: str) -> None:
+async def test_publishing_the_same_event_twice_stores_it_once(
+    bus: Bus, room: str, js: JetStreamContext
+) -> None:
     event = PlayoutStarted(room=room, speech_id="s1", seq=0)
     first = await bus.publish(event)
     again = await bus.publish(event)
     assert not first.duplicate
     assert again.duplicate
     assert again.seq == first.seq
-    info = await bus.js.stream_info(subjects.EVENTS_STREAM, subjects_filter=event.subject)
+    info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=event.subject)
     assert info.state.subjects == {event.subject: 1}
 
 
 async def test_trace_context_survives_publish_then_consume(
-    bus: Bus, room: str, spans: InMemorySpanExporter
+    bus: Bus, room: str, spans: InMemorySpanExporter, js: JetStreamContext
 ) -> None:
     event = SpeechDone(room=room, speech_id="s1", seq=0, interrupted=False)
     await bus.publish(event)
-    await _drain_into(bus, await _consumer(bus, room), 1)
+    await _drain_into(bus, await _consumer(js, room), 1)
 
     by_kind = {s.kind: s for s in spans.get_finished_spans()}
     producer, consumer = by_kind[SpanKind.PRODUCER], by_kind[SpanKind.CONSUMER]
@@ -88,25 +90,27 @@ async def test_trace_context_survives_publish_then_consume(
     assert consumer.attributes["avatar.event.type"] == "speech_done"
 
 
-async def test_unknown_fields_sent_over_the_wire_are_ignored(bus: Bus, room: str) -> None:
+async def test_unknown_fields_sent_over_the_wire_are_ignored(
+    bus: Bus, room: str, js: JetStreamContext
+) -> None:
     event = PlayoutStarted(room=room, speech_id="s1", seq=0)
     body = json.loads(event.to_json()) | {"future_field": True}
-    await bus.js.publish(event.subject, json.dumps(body).encode())
-    assert await _drain_into(bus, await _consumer(bus, room), 1) == [event]
+    await js.publish(event.subject, json.dumps(body).encode())
+    assert await _drain_into(bus, await _consumer(js, room), 1) == [event]
 
 
 async def test_invalid_messages_are_dropped_counted_and_do_not_block_the_room(
-    bus: Bus, room: str, metric_reader: InMemoryMetricReader
+    bus: Bus, room: str, metric_reader: InMemoryMetricReader, js: JetStreamContext
 ) -> None:
     subject = subjects.subject_for(subjects.AGENT, "playout_started", room)
-    await bus.js.publish(subject, b"{not json")
-    await bus.js.publish(subject, b'{"type": "playout_started", "room": "elsewhere"}')
+    await js.publish(subject, b"{not json")
+    await js.publish(subject, b'{"type": "playout_started", "room": "elsewhere"}')
     other_room = PlayoutStarted(room=room + "-other", speech_id="s0", seq=0)
-    await bus.js.publish(subject, other_room.to_json())  # body and subject disagree
+    await js.publish(subject, other_room.to_json())  # body and subject disagree
     good = PlayoutStarted(room=room, speech_id="s1", seq=0)
     await bus.publish(good)
 
-    sub = await _consumer(bus, room)
+    sub = await _consumer(js, room)
     assert await _drain_into(bus, sub, 1) == [good]
     assert metric_points(metric_reader, "avatar.bus.dropped") == {
         (("avatar.reason", "invalid"),): 3
@@ -120,11 +124,11 @@ async def test_invalid_messages_are_dropped_counted_and_do_not_block_the_room(
 
 
 async def test_a_failing_handler_gets_the_message_again(
-    bus: Bus, room: str, metric_reader: InMemoryMetricReader
+    bus: Bus, room: str, metric_reader: InMemoryMetricReader, js: JetStreamContext
 ) -> None:
     event = PlayoutStarted(room=room, speech_id="s1", seq=0)
     await bus.publish(event)
-    sub = await _consumer(bus, room)
+    sub = await _consumer(js, room)
     attempts: list[Event] = []
 
     async def flaky(received: Event) -> None:
@@ -142,7 +146,9 @@ async def test_a_failing_handler_gets_the_message_again(
     assert outcomes[(("avatar.event.type", "playout_started"), ("avatar.outcome", "ok"))] == 1
 
 
-async def test_stream_provisioning_is_idempotent_and_converges(bus: Bus) -> None:
+async def test_stream_provisioning_is_idempotent_and_converges(
+    bus: Bus, js: JetStreamContext
+) -> None:
     name = f"TEST_{uuid.uuid4().hex[:8]}"
     spec = StreamSpec(name=name, subjects=(f"test.{name}.>",), duplicate_window_seconds=30)
     infos = await asyncio.gather(*(bus.ensure_stream(spec) for _ in range(4)))
@@ -151,7 +157,7 @@ async def test_stream_provisioning_is_idempotent_and_converges(bus: Bus) -> None
     changed = StreamSpec(name=name, subjects=spec.subjects, duplicate_window_seconds=60)
     info = await bus.ensure_stream(changed)
     assert info.config.duplicate_window == 60
-    await bus.js.delete_stream(name)
+    await js.delete_stream(name)
 
 
 async def test_events_stream_is_declared_once(bus: Bus) -> None:
@@ -160,7 +166,9 @@ async def test_events_stream_is_declared_once(bus: Bus) -> None:
     assert info.config.duplicate_window == 120
 
 
-async def test_consumer_provisioning_is_idempotent(bus: Bus, room: str) -> None:
+async def test_consumer_provisioning_is_idempotent(
+    bus: Bus, room: str, js: JetStreamContext
+) -> None:
     name = f"test-{uuid.uuid4().hex[:8]}"
     config = api.ConsumerConfig(
         name=name,
@@ -174,10 +182,10 @@ async def test_consumer_provisioning_is_idempotent(bus: Bus, room: str) -> None:
     assert first.name == again.name == name
     with pytest.raises(ValueError, match="needs a name"):
         await bus.ensure_consumer(subjects.EVENTS_STREAM, api.ConsumerConfig())
-    await bus.js.delete_consumer(subjects.EVENTS_STREAM, name)
+    await js.delete_consumer(subjects.EVENTS_STREAM, name)
 
 
-async def test_close_drains_pending_publishes(nats_server, room: str) -> None:  # type: ignore[no-untyped-def]
+async def test_close_drains_pending_publishes(nats_server, room: str, js: JetStreamContext) -> None:  # type: ignore[no-untyped-def]
     from avatar_shared.config import NatsSettings
 
     settings = NatsSettings(url=nats_server.url)
@@ -185,18 +193,18 @@ async def test_close_drains_pending_publishes(nats_server, room: str) -> None:  
     event = PlayoutStarted(room=room, speech_id="s1", seq=0)
     await publisher.publish(event)
     await publisher.close()
-    assert publisher.nc.is_closed
+    assert not publisher.connected
 
     reader = await Bus.connect(settings, name="reader")
     try:
-        info = await reader.js.stream_info(subjects.EVENTS_STREAM, subjects_filter=event.subject)
+        info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=event.subject)
         assert info.state.subjects == {event.subject: 1}
     finally:
         await reader.close()
 
 
 async def test_publishing_resumes_after_nats_restarts_and_keeps_stored_events(
-    nats_server, room: str
+    nats_server, room: str, js: JetStreamContext
 ) -> None:  # type: ignore[no-untyped-def]
     from avatar_shared.config import NatsSettings
 
@@ -214,23 +222,25 @@ async def test_publishing_resumes_after_nats_restarts_and_keeps_stored_events(
                     break
                 except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
                     await asyncio.sleep(0.1)
-        assert await _drain_into(bus, await _consumer(bus, room), 2) == [before, after]
+        assert await _drain_into(bus, await _consumer(js, room), 2) == [before, after]
     finally:
         await bus.close()
 
 
-async def test_key_value_provisioning_is_idempotent_and_converges(bus: Bus) -> None:
+async def test_key_value_provisioning_is_idempotent_and_converges(
+    bus: Bus, js: JetStreamContext
+) -> None:
     bucket = f"test_{uuid.uuid4().hex[:8]}"
     first, second = await asyncio.gather(
         bus.ensure_kv(bucket, ttl_seconds=60), bus.ensure_kv(bucket, ttl_seconds=60)
     )
     await first.put("k", b"v")
-    assert (await second.get("k")).value == b"v"
+    assert await second.get("k") == b"v"
     changed = await bus.ensure_kv(bucket, ttl_seconds=120)
-    info = await bus.js.stream_info(f"KV_{bucket}")
+    info = await js.stream_info(f"KV_{bucket}")
     assert info.config.max_age == 120
-    assert (await changed.get("k")).value == b"v"
-    await bus.js.delete_key_value(bucket)
+    assert await changed.get("k") == b"v"
+    await js.delete_key_value(bucket)
 
 
 async def test_lame_duck_notices_are_logged_and_counted(

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from avatar_actions.rules import Decision, RoomSequencer, RoomState, RulesConfig
+from avatar_actions.rules import MAX_SPEECHES, Decision, RoomSequencer, RoomState, RulesConfig
 from avatar_shared.events import (
     AgentState,
     AgentStateChanged,
@@ -264,3 +264,20 @@ def test_state_survives_a_round_trip_through_json() -> None:
     run(seq, *reply("s1", "nod", "bow"), (2.2, None))
     restored = RoomSequencer(CONFIG, RoomState.model_validate_json(seq.state.model_dump_json()))
     assert published(run(restored, (3.2, None))) == [(3.2, "bow")]
+
+
+def test_a_room_follows_a_bounded_number_of_speeches() -> None:
+    seq = RoomSequencer(CONFIG)
+    out = []
+    for n in range(MAX_SPEECHES + 5):  # replies created and never finished
+        out += run(seq, (n, created(f"s{n}")), (n, tag(f"s{n}", "nod")))
+    assert len(seq.state.speeches) == MAX_SPEECHES
+    assert dropped(out) == [("nod", DropReason.EXPIRED)] * 5
+    assert run(seq, (100, playout("s0"))) == []  # an evicted speech is finished
+
+
+def test_a_speech_remembers_no_more_names_than_its_cap() -> None:
+    seq = RoomSequencer(CONFIG)
+    names = ["nod", "bow", "shrug", "wave_hand"] + [f"x{i}" for i in range(50)]
+    run(seq, (0, created("s1")), *((0, tag("s1", n, i)) for i, n in enumerate(names)))
+    assert len(seq.state.speeches["s1"].seen) == CONFIG.cap_per_speech

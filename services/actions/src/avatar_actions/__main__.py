@@ -1,4 +1,5 @@
-"""Process entry: configuration (fail fast), telemetry, NATS, consume until SIGTERM, drain."""
+"""Process entry: configuration (fail fast), telemetry, bootstrap, consume until SIGTERM,
+drain."""
 
 from __future__ import annotations
 
@@ -8,19 +9,9 @@ import os
 import signal
 
 import uvloop
-from livekit import api
 
-from avatar_actions.app import (
-    VERSION,
-    build_publisher,
-    consume,
-    engine_factory,
-    health_app,
-    ownership,
-    provision,
-)
+from avatar_actions.bootstrap import VERSION, bootstrap
 from avatar_actions.config import ActionsSettings
-from avatar_shared.bus import Bus
 from avatar_shared.config import LiveKitSettings, LogSettings, NatsSettings, load_or_exit
 from avatar_shared.logs import configure_logging
 from avatar_shared.telemetry import setup_telemetry
@@ -32,28 +23,17 @@ log = logging.getLogger(__name__)
 async def run(
     settings: ActionsSettings, nats: NatsSettings, livekit: LiveKitSettings | None
 ) -> None:
-    bus = await Bus.connect(nats, name="avatar-actions")
-    lk = (
-        api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret.get_secret_value())
-        if livekit
-        else None
-    )
+    service = await bootstrap(settings, nats, livekit)
     stop = asyncio.Event()
     try:
-        stores = await provision(bus, settings, nats.stream_replicas)
-        publisher = build_publisher(settings, lk.room if lk else None)
-        engines = engine_factory(settings, bus, stores, publisher)
-        owner = ownership(settings, stores)
-        consuming = asyncio.create_task(consume(settings, bus, owner, engines, stop))
+        consuming = asyncio.create_task(service.run(stop))
         consuming.add_done_callback(_stop_if_failed)
-        app = health_app(lambda: "consumer stopped" if consuming.done() else None)
+        app = service.health_app(lambda: "consumer stopped" if consuming.done() else None)
         await serve(app, host=settings.host, port=settings.port, graceful_timeout=5)
         stop.set()  # SIGTERM: finish the batches in hand, hand the partitions back, drain
         await consuming  # re-raises what stopped the consumer: the process exits non-zero
     finally:
-        await bus.close()
-        if lk:
-            await lk.aclose()
+        await service.close()
 
 
 def _stop_if_failed(task: asyncio.Task[None]) -> None:

@@ -32,6 +32,12 @@ class ActionsSettings(BaseSettings):
     lease_bucket: str = Field(
         "ACTIONS_LEASES", pattern=r"^[A-Za-z0-9_-]+$", description="KV bucket of partition leases"
     )
+    state_bucket: str = Field(
+        "ACTIONS_ROOMS", pattern=r"^[A-Za-z0-9_-]+$", description="KV bucket of room state"
+    )
+    sent_bucket: str = Field(
+        "ACTIONS_SENT", pattern=r"^[A-Za-z0-9_-]+$", description="KV bucket of packets sent"
+    )
     lease_ttl_seconds: float = Field(
         10.0, ge=1, description="A dead replica's partitions move after this long"
     )
@@ -41,8 +47,16 @@ class ActionsSettings(BaseSettings):
         le=10_000,
         description="Events taken and applied at once (and asked for per pull request)",
     )
-    max_cached_rooms: int = Field(
-        10_000, ge=1, description="Idle rooms kept in memory per partition"
+    max_rooms: int = Field(
+        20_000,
+        ge=1,
+        description="Rooms a replica keeps in memory, at most (idle ones leave first; "
+        "rooms with work pending stay)",
+    )
+    max_lag_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="A packet this late after its cause (agent's clock) is dropped as stale",
     )
     allowed_actions: list[str] = Field(
         [],

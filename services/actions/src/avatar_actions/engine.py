@@ -1,55 +1,71 @@
 """The actions service's core for one partition: events in, packets and decisions out.
 
 A partition's rooms live in memory while this replica owns the partition; the durable
-copy is in JetStream KV. Work goes in batches (:meth:`Engine.apply` for each event of a
-taken batch, :meth:`Engine.release_due` for the timers, then :meth:`Engine.send` and
-:meth:`Engine.persist`):
+copy is in the room store. :meth:`Engine.cycle` is the batch cycle:
 
-1. apply: the rules decide in memory; packets join their room's outbox;
-2. send: each room's outbox goes out in order; rooms are sent concurrently, so a room
-   waiting for LiveKit holds up only itself;
-3. persist: the touched rooms' state and the decision events are written
-   concurrently, while the next batch is taken and applied; the batch's messages are
-   acked once the writes succeeded. A crash before that redelivers them to whoever
-   owns the partition next, who starts from the last saved state (an event already
-   applied is recognised by its id and skipped).
+1. **apply** each event of the batch, in stream order: the rules decide in memory;
+   packets join their room's outbox (an event whose id the room remembers is a
+   redelivery of one already applied, and is skipped);
+2. **release** what the timers made due (held gestures, retries);
+3. **check the lease**: if this replica no longer holds the partition, the batch is
+   abandoned, unsent and unacked, and its rooms forgotten: the next owner redoes it
+   from the stored state;
+4. **send** each changed room's outbox, in order; rooms concurrently, so a room waiting
+   for LiveKit holds up only itself. A packet whose moment has passed is dropped as
+   ``stale`` instead (``max_lag`` seconds after its cause happened on the agent's clock,
+   or a ``speaking`` for a speech already done): under overload the service sheds rather
+   than lags;
+5. **settle** the previous batch (wait for its writes, then ack its messages), and start
+   this batch's writes (room state, decisions): the next batch is taken and applied
+   while they are in flight, and a batch is acked only once its effect is durable. A
+   crash before that redelivers it to whoever owns the partition next.
 
 At most once: each packet sent is recorded in the sent record at once. It is looked up
 there before sending only when someone else may have sent it: its event is a
 redelivery, its room's state was inherited from storage (a predecessor may have sent
 after its last save), or an earlier attempt failed in a way that may have delivered it.
-A first delivery to the owner skips the lookup.
 
 If LiveKit is unavailable the outbox keeps the packet, and everything after it for that
 room, and retries with backoff from the timers. Every decision, sent or dropped, goes
 back on the bus as an ``action_decision`` event whose id derives from its cause, so a
-redelivery stores it once.
+redelivery stores it once. A room whose session ended leaves memory once saved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from avatar_actions.publisher import Packet, Publisher, PublishError
-from avatar_actions.rules import Decision, RoomSequencer, RulesConfig
-from avatar_actions.store import Outgoing, RoomStore, SentRecord, StoredRoom
+from avatar_actions import partitions
+from avatar_actions.ports import (
+    Clock,
+    DecisionSink,
+    Packet,
+    Publisher,
+    PublishError,
+    RoomStore,
+    SentRecord,
+    WorkItem,
+)
+from avatar_actions.rules import SPEAKING, Decision, RoomSequencer, RulesConfig
+from avatar_actions.state import APPLIED_REMEMBERED, MAX_OUTBOX, Outgoing, StoredRoom
 from avatar_shared import semconv
-from avatar_shared.bus import Bus
+from avatar_shared.bus import NAK_DELAY_SECONDS, EventProcessor
 from avatar_shared.events import ActionDecision, DropReason, Event, Outcome
 from avatar_shared.retry import backoff
 from avatar_shared.telemetry import tally
 
 log = logging.getLogger(__name__)
-_APPLIED_REMEMBERED = 64
 _RETRY_BASE, _RETRY_MAX = 0.5, 10.0
 
 
@@ -71,13 +87,17 @@ class Engine:
         self,
         partition: int,
         rules: RulesConfig,
+        *,
         rooms: RoomStore,
         sent: SentRecord,
         publisher: Publisher,
-        bus: Bus,
-        *,
-        clock: Callable[[], float] = time.time,
+        decisions: DecisionSink,
+        processor: EventProcessor,
+        consumer: str = "",
+        holds: Callable[[], bool] = lambda: True,
+        clock: Clock = time.time,
         max_rooms: int = 10_000,
+        max_lag: float = 2.0,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
@@ -86,13 +106,18 @@ class Engine:
         self._rooms = rooms
         self._sent = sent
         self._publisher = publisher
-        self._bus = bus
+        self._decision_sink = decisions
+        self._processor = processor
+        self._consumer = consumer
+        self._holds = holds
         self._clock = clock
         self._max_rooms = max_rooms
+        self._max_lag = max_lag
         self._cache: OrderedDict[str, _Room] = OrderedDict()
         self._deadlines: dict[str, float] = {}
         self._decisions: list[ActionDecision] = []  # to publish
         self._marking: list[asyncio.Future[None]] = []  # sent-record writes in flight
+        self._writing: tuple[Persisting, Sequence[WorkItem]] | None = None
         self._tracer = trace.get_tracer("avatar_actions", tracer_provider=tracer_provider)
         meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
         self._decision_count = tally(
@@ -111,21 +136,75 @@ class Engine:
         for room in await self._rooms.rooms(self.partition):
             self._schedule(room, await self._room(room))
 
+    async def cycle(self, items: Sequence[WorkItem]) -> None:
+        """One batch, start to end (the module docstring's steps 1-5)."""
+        handled: list[WorkItem] = []
+        for index, item in enumerate(items):
+            outcome = await self._processor.process(
+                item,
+                functools.partial(self.apply, redelivered=item.redelivered),
+                consumer=self._consumer,
+                subject=partitions.event_subject(item.subject),
+                ack=False,
+            )
+            if outcome == "ok":
+                handled.append(item)
+            elif outcome == "error":  # later events of its rooms must not overtake it
+                for later in items[index + 1 :]:
+                    await later.nak(delay=NAK_DELAY_SECONDS)
+                break
+        await self.release_due()
+        if not self._holds():
+            await self.settle()  # durable already: acking it is right whoever owns it now
+            self._abandon()
+            return
+        changed = await self.send()
+        await self.settle()
+        self._writing = (self.persist(changed), handled)
+
+    async def settle(self) -> None:
+        """Wait for the batch being written; ack its messages once it is durable."""
+        if self._writing is None:
+            return
+        (persisting, handled), self._writing = self._writing, None
+        await persisting.wait()  # raises: its messages stay unacked and come back
+        for item in handled:
+            await item.ack()
+
     async def apply(self, event: Event, *, redelivered: bool = False) -> None:
-        """Let the rules decide on one event, in memory; :meth:`send` and :meth:`persist`
-        carry the decisions out and make them durable."""
+        """Let the rules decide on one event, in memory."""
         room = await self._room(event.room)
         stored = room.stored
         if event.id in stored.applied:
             return  # a redelivery of an event whose effect is already applied
+        now = self._clock()
+        happened = event.ts.timestamp()
+        stored.lag = max(0.0, now - happened)
         stored.avatar_id = event.avatar_id or stored.avatar_id
         sequencer = RoomSequencer(self._rules, stored.rules)
-        self._decide(event.room, room, sequencer.handle(event, self._clock()), redelivered)
+        decisions = sequencer.handle(event, now)
         stored.rules = sequencer.state
-        stored.applied = [*stored.applied, event.id][-_APPLIED_REMEMBERED:]
+        self._decide(event.room, room, decisions, happened, redelivered)
+        stored.applied = [*stored.applied, event.id][-APPLIED_REMEMBERED:]
         room.dirty = True
         current = trace.get_current_span().get_span_context()
         room.release = current if current.is_valid else room.release
+
+    async def release_due(self) -> None:
+        """Release, expire and retry what is due in rooms whose deadline has passed;
+        the rooms become changed, for the next :meth:`send`."""
+        now = self._clock()
+        due = [r for r, deadline in self._deadlines.items() if deadline <= now]
+        for name in due:
+            room = await self._room(name)
+            cause = room.release
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(cause)) if cause else None
+            with self._tracer.start_as_current_span("actions release", context=parent):
+                sequencer = RoomSequencer(self._rules, room.stored.rules)
+                decisions = sequencer.tick(now)
+                room.stored.rules = sequencer.state
+                self._decide(name, room, decisions, now - room.stored.lag, False)
+                room.dirty = True
 
     async def send(self) -> list[str]:
         """Send what the changed rooms have to send; returns those rooms, to persist."""
@@ -144,22 +223,18 @@ class Engine:
         writes: list[Awaitable[object]] = [
             self._rooms.save(self.partition, name, self._cache[name].stored) for name in rooms
         ]
-        writes += [self._bus.publish(decision) for decision in decisions]
+        writes += [self._decision_sink.publish(decision) for decision in decisions]
         writes += self._marking
         self._marking = []
         for name in rooms:
             room = self._cache[name]
             room.dirty = room.inherited = False
             self._schedule(name, room)
-        self._evict()
+        self._evict(rooms)
         return Persisting(self, rooms, decisions, asyncio.gather(*writes))
 
-    def _unsaved(self, rooms: list[str], decisions: list[ActionDecision]) -> None:
-        """Writes failed: the next persist writes these rooms and decisions again."""
-        for name in rooms:
-            if name in self._cache:
-                self._cache[name].dirty = True
-        self._decisions = decisions + self._decisions  # their ids make a repeat harmless
+    def next_deadline(self) -> float | None:
+        return min(self._deadlines.values(), default=None)
 
     def held(self) -> int:
         """Gestures held in this partition's rooms, waiting for their release."""
@@ -173,36 +248,46 @@ class Engine:
         """Packets decided on and not yet sent (LiveKit unavailable)."""
         return sum(len(room.stored.outbox) for room in self._cache.values())
 
-    def next_deadline(self) -> float | None:
-        return min(self._deadlines.values(), default=None)
+    def rooms_in_memory(self) -> int:
+        return len(self._cache)
 
-    async def release_due(self) -> None:
-        """Release, expire and retry what is due in rooms whose deadline has passed;
-        the rooms become changed, for the next :meth:`send`."""
-        now = self._clock()
-        due = [r for r, deadline in self._deadlines.items() if deadline <= now]
-        for name in due:
-            room = await self._room(name)
-            cause = room.release
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(cause)) if cause else None
-            with self._tracer.start_as_current_span("actions release", context=parent):
-                sequencer = RoomSequencer(self._rules, room.stored.rules)
-                self._decide(name, room, sequencer.tick(now), False)
-                room.stored.rules = sequencer.state
-                room.dirty = True
+    def _unsaved(self, rooms: list[str], decisions: list[ActionDecision]) -> None:
+        """Writes failed: the next persist writes these rooms and decisions again."""
+        for name in rooms:
+            if name in self._cache:
+                self._cache[name].dirty = True
+        self._decisions = decisions + self._decisions  # their ids make a repeat harmless
+
+    def _abandon(self) -> None:
+        """The lease is gone: forget what this batch changed, send and write nothing."""
+        for name in [n for n, room in self._cache.items() if room.dirty]:
+            del self._cache[name]
+            self._deadlines.pop(name, None)
+        self._decisions.clear()
+        log.warning(
+            "partition %d lost mid-batch; its batch is left to the next owner", self.partition
+        )
 
     # --- rooms in memory ---------------------------------------------------------------
 
     async def _room(self, name: str) -> _Room:
         room = self._cache.get(name)
         if room is None:
-            room = _Room(await self._rooms.load(self.partition, name), inherited=True)
+            stored = await self._rooms.load(self.partition, name)
+            # A room with events applied before: a predecessor may have sent after saving.
+            room = _Room(stored, inherited=bool(stored.applied))
             self._cache[name] = room
         self._cache.move_to_end(name)
         return room
 
-    def _evict(self) -> None:
-        """Forget the least recently used rooms that have nothing pending."""
+    def _evict(self, saved: list[str]) -> None:
+        """Rooms whose session ended leave memory once saved (late events find their
+        ended state in storage); past ``max_rooms``, the least recently used idle ones."""
+        for name in saved:
+            room = self._cache[name]
+            if room.stored.rules.ended and not room.stored.outbox:
+                del self._cache[name]
+                self._deadlines.pop(name, None)
         excess = len(self._cache) - self._max_rooms
         for name in list(self._cache):
             if excess <= 0:
@@ -213,23 +298,19 @@ class Engine:
 
     # --- decisions and sending ---------------------------------------------------------
 
-    def _decide(self, name: str, room: _Room, decisions: list[Decision], redelivered: bool) -> None:
+    def _decide(
+        self,
+        name: str,
+        room: _Room,
+        decisions: list[Decision],
+        moment: float,
+        redelivered: bool,
+    ) -> None:
         now = self._clock()
         current = trace.get_current_span().get_span_context()
+        outbox = room.stored.outbox
         for decision in decisions:
-            if decision.outcome is Outcome.PUBLISHED:
-                room.stored.outbox.append(
-                    Outgoing(
-                        action=decision.action,
-                        speech_id=decision.speech_id,
-                        cause_id=decision.cause_id,
-                        decided_at=now,
-                        verify=redelivered or room.inherited,
-                    )
-                )
-                if current.is_valid:
-                    room.traces[(decision.cause_id, decision.action)] = current
-            else:
+            if decision.outcome is not Outcome.PUBLISHED:
                 log.info(
                     "dropped action %s: %s",
                     decision.action,
@@ -237,6 +318,31 @@ class Engine:
                     extra={"room": name, "speech_id": decision.speech_id},
                 )
                 self._announce(name, room.stored, decision)
+                continue
+            outbox.append(
+                Outgoing(
+                    action=decision.action,
+                    speech_id=decision.speech_id,
+                    cause_id=decision.cause_id,
+                    decided_at=now,
+                    moment=moment,
+                    verify=redelivered or room.inherited,
+                )
+            )
+            if current.is_valid:
+                room.traces[(decision.cause_id, decision.action)] = current
+            if len(outbox) > MAX_OUTBOX:  # LiveKit has been away for long: oldest first
+                self._finish(name, room, outbox.pop(0), DropReason.STALE)
+
+    def _stale(self, stored: StoredRoom, item: Outgoing) -> bool:
+        if self._clock() - item.moment > self._max_lag:
+            return True
+        if item.action != SPEAKING or item.speech_id is None:
+            return False
+        speech = stored.rules.speeches.get(item.speech_id)
+        return item.speech_id in stored.rules.finished or (
+            speech is not None and speech.done_at is not None
+        )
 
     async def _flush(self, name: str, room: _Room) -> None:
         """Send the outbox in order; stop at the first packet LiveKit cannot take now."""
@@ -245,51 +351,62 @@ class Engine:
             return
         while stored.outbox:
             item = stored.outbox[0]
-            decision = Decision(Outcome.PUBLISHED, item.action, item.speech_id, item.cause_id)
-            key = (item.cause_id, item.action)
-            if not (item.verify and await self._sent.was_sent(name, item.cause_id, item.action)):
-                span = room.traces.get(key)
-                token = (
-                    otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span)))
-                    if span is not None
-                    else None
-                )
-                try:
-                    await self._publisher.publish(Packet(room=name, action=item.action))
-                except PublishError as exc:
-                    if not exc.permanent:
-                        item.verify = True  # a timed-out attempt may have delivered it
-                        stored.failures += 1
-                        wait = backoff(
-                            stored.failures - 1, base=_RETRY_BASE, cap=_RETRY_MAX, jitter=0
-                        )
-                        stored.retry_at = self._clock() + wait
-                        log.warning("LiveKit unavailable; retrying room in %.1fs", wait)
-                        return
-                    decision = Decision(
-                        Outcome.DROPPED,
-                        item.action,
-                        item.speech_id,
-                        item.cause_id,
-                        DropReason.SEND_FAILED,
-                    )
-                else:
-                    self._latency.record(max(0.0, self._clock() - item.decided_at))
-                    # Recorded at once (the write leaves now; the batch's ack waits for
-                    # it): the window in which a crash forgets a delivered packet stays
-                    # one round trip wide, and the room's next packet need not wait.
-                    self._marking.append(
-                        asyncio.ensure_future(
-                            self._sent.mark_sent(name, item.cause_id, item.action)
-                        )
-                    )
-                finally:
-                    if token is not None:
-                        otel_context.detach(token)
+            reason = await self._deliver(name, room, item)
+            if isinstance(reason, _Wait):
+                return
             stored.outbox.pop(0)
-            room.traces.pop(key, None)
             stored.failures, stored.retry_at = 0, None
-            self._announce(name, stored, decision)
+            self._finish(name, room, item, reason)
+
+    async def _deliver(self, name: str, room: _Room, item: Outgoing) -> DropReason | _Wait | None:
+        """Send one packet: None (sent, or sent before), a DropReason, or ``_WAIT``."""
+        stored = room.stored
+        if self._stale(stored, item):
+            return DropReason.STALE
+        if item.verify and await self._sent.was_sent(name, item.cause_id, item.action):
+            return None
+        span = room.traces.get((item.cause_id, item.action))
+        token = (
+            otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span)))
+            if span is not None
+            else None
+        )
+        try:
+            await self._publisher.publish(Packet(room=name, action=item.action))
+        except PublishError as exc:
+            if exc.permanent:
+                return DropReason.SEND_FAILED
+            item.verify = True  # a timed-out attempt may have delivered it
+            stored.failures += 1
+            wait = backoff(stored.failures - 1, base=_RETRY_BASE, cap=_RETRY_MAX, jitter=0)
+            stored.retry_at = self._clock() + wait
+            log.warning("LiveKit unavailable; retrying room in %.1fs", wait)
+            return _WAIT
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        self._latency.record(max(0.0, self._clock() - item.decided_at))
+        # Recorded at once (the write leaves now; the batch's ack waits for it): the
+        # window in which a crash forgets a delivered packet stays one round trip wide,
+        # and the room's next packet need not wait.
+        self._marking.append(
+            asyncio.ensure_future(self._sent.mark_sent(name, item.cause_id, item.action))
+        )
+        return None
+
+    def _finish(self, name: str, room: _Room, item: Outgoing, reason: DropReason | None) -> None:
+        room.traces.pop((item.cause_id, item.action), None)
+        if reason is not None:
+            log.info(
+                "dropped action %s: %s",
+                item.action,
+                reason,
+                extra={"room": name, "speech_id": item.speech_id},
+            )
+        outcome = Outcome.PUBLISHED if reason is None else Outcome.DROPPED
+        self._announce(
+            name, room.stored, Decision(outcome, item.action, item.speech_id, item.cause_id, reason)
+        )
 
     def _schedule(self, name: str, room: _Room) -> None:
         stored = room.stored
@@ -326,6 +443,19 @@ class Engine:
                 semconv.REASON: decision.reason.value if decision.reason else "",
             },
         )
+
+
+class _Wait:
+    """What :meth:`Engine._deliver` answers when LiveKit cannot take the packet now."""
+
+
+_WAIT = _Wait()
+
+
+def room_cap(max_rooms: int, partitions: int) -> int:
+    """Rooms one partition may keep in memory, so that a replica owning every partition
+    keeps at most ``max_rooms`` (idle ones first out)."""
+    return max(1, math.ceil(max_rooms / partitions))
 
 
 class Persisting:

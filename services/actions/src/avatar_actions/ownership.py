@@ -36,10 +36,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats.errors
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
-from avatar_actions.store import matching_keys
+from avatar_actions.ports import Leases
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +85,7 @@ class _Lease:
 class Ownership:
     def __init__(
         self,
-        kv: KeyValue,
+        kv: Leases,
         me: str,
         partitions: int,
         *,
@@ -135,20 +133,18 @@ class Ownership:
             if partition not in wanted:
                 await self._release(partition, released)
                 continue
-            try:
-                revision = await self._kv.update(
-                    _key(partition), self.me.encode(), last=self._leases[partition].revision
-                )
-            except (KeyWrongLastSequenceError, KeyNotFoundError):
+            revision = await self._kv.update(
+                _key(partition), self.me.encode(), last=self._leases[partition].revision
+            )
+            if revision is None:
                 log.error("lease of partition %d lost; stopping its consumer", partition)
                 self._leases.pop(partition)
                 await released(partition)
                 continue
             self._leases[partition] = _Lease(revision, started + self._ttl - self.heartbeat)
         for partition in sorted(wanted - set(self._leases)):
-            try:
-                revision = await self._kv.create(_key(partition), self.me.encode())
-            except KeyWrongLastSequenceError:
+            revision = await self._kv.create(_key(partition), self.me.encode())
+            if revision is None:
                 continue  # its previous owner has not let go yet: next heartbeat
             self._leases[partition] = _Lease(revision, started + self._ttl - self.heartbeat)
             log.info("partition %d acquired", partition, extra={"replica": self.me})
@@ -158,18 +154,18 @@ class Ownership:
         for partition in sorted(self._leases):
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self._release(partition, released)
-        with contextlib.suppress(nats.errors.Error, TimeoutError, KeyNotFoundError):
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self._kv.delete(f"member.{self.me}")
 
     async def _release(self, partition: int, released: PartitionCallback) -> None:
-        lease = self._leases.pop(partition)
+        lease = self._leases[partition]  # still held while its worker finishes the batch
         await released(partition)  # its worker has stopped and saved: safe to hand over
-        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
-            await self._kv.delete(_key(partition), last=lease.revision)
+        del self._leases[partition]
+        await self._kv.delete(_key(partition), last=lease.revision)
         log.info("partition %d released", partition, extra={"replica": self.me})
 
     async def _members(self) -> list[str]:
-        keys = await matching_keys(self._kv, "member.*")
+        keys = await self._kv.keys("member.*")
         members = {key.split(".", 1)[1] for key in keys}
         return sorted(members | {self.me})
 

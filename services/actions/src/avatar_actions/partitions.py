@@ -19,10 +19,9 @@ import datetime
 from dataclasses import dataclass
 
 from nats.js import api
-from nats.js.errors import NotFoundError
 
 from avatar_shared import subjects
-from avatar_shared.bus import Bus
+from avatar_shared.bus import Bus, Delivered
 
 WORK_STREAM = "ACTIONS_WORK"
 WORK_PREFIX = "actions.work"
@@ -65,12 +64,8 @@ class WorkStream:
 
     async def ensure(self, bus: Bus) -> None:
         """Create the work stream, or check that the existing one has our partitions."""
-        try:
-            info = await bus.js.stream_info(self.name)
-        except NotFoundError:
-            await bus.js.add_stream(self.config(datetime.datetime.now(datetime.UTC)))
-            return
-        sources = info.config.sources or []
+        config = await bus.create_stream_if_absent(self.config(datetime.datetime.now(datetime.UTC)))
+        sources = config.sources or []
         dests = {t.dest for s in sources for t in (s.subject_transforms or [])}
         if dests != {self.transform().dest}:
             raise PartitionMismatch(
@@ -96,6 +91,27 @@ def consumer_config(prefix: str, partition: int) -> api.ConsumerConfig:
         max_ack_pending=2000,
         max_deliver=-1,
     )
+
+
+class PartitionFeed:
+    """A partition's consumer as a :class:`~avatar_actions.ports.WorkFeed`: starting it
+    recreates the consumer, so the previous owner's unacked events come first, in order."""
+
+    def __init__(self, bus: Bus, stream: str, prefix: str, partition: int, *, batch: int) -> None:
+        self._bus = bus
+        self._stream = stream
+        self._config = consumer_config(prefix, partition)
+        self._feed = bus.pull_feed(stream, consumer_name(prefix, partition), batch=batch)
+
+    async def start(self) -> None:
+        await self._bus.recreate_consumer(self._stream, self._config)
+        await self._feed.start()
+
+    async def take(self, wait: float) -> list[Delivered]:
+        return await self._feed.take(wait)
+
+    async def stop(self) -> None:
+        await self._feed.stop()
 
 
 def event_subject(work_subject: str) -> str:

@@ -17,8 +17,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import aiohttp
 from livekit import api
@@ -26,31 +24,16 @@ from livekit.api.access_token import SIPGrants, VideoGrants
 from livekit.api.room_service import RoomService
 from opentelemetry import metrics, trace
 
+from avatar_actions.ports import Packet, PublishError
 from avatar_shared import semconv
 from avatar_shared.retry import backoff
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
-    room: str
-    action: str
-
-
 def reference_payload(action: str) -> bytes:
     """Byte-compatible with the reference agent's ``json.dumps({...})``."""
     return json.dumps({"type": "AVATAR_UPDATE", "action": action}).encode()
-
-
-class PublishError(Exception):
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-class Publisher(Protocol):
-    async def publish(self, packet: Packet) -> None: ...
 
 
 class DryRunPublisher:

@@ -16,6 +16,11 @@ the service can keep it durable. Every rule is a row in ``docs/actions.md``:
 5. An action the avatar does not allow is dropped; a repeated gesture within a speech is
    coalesced (dropped as a duplicate); past ``cap_per_speech`` gestures are dropped.
 6. Released gestures are at least ``min_gap`` seconds apart.
+
+The state is bounded whatever the events: at most :data:`MAX_SPEECHES` speeches are
+followed at once (a new one beyond that drops the oldest one's held gestures as
+``expired``), a speech remembers at most ``cap_per_speech`` gesture names, and at most
+:data:`_REMEMBERED` finished speech ids are kept.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ from avatar_shared.events import (
 
 SPEAKING = "speaking"
 _RESTING = frozenset({AgentState.LISTENING, AgentState.IDLE})
-_REMEMBERED = 64  # finished speeches remembered, so late or repeated events change nothing
+_REMEMBERED = 32  # finished speeches remembered, so late or repeated events change nothing
+#: Speeches followed at once in a room; a livekit-agents session has one or two.
+MAX_SPEECHES = 16
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,8 @@ class RoomSequencer:
         if self.state.ended or (event.speech_id and event.speech_id in self.state.finished):
             return []
         decisions: list[Decision] = []
+        if event.speech_id and event.speech_id not in self.state.speeches:
+            decisions += self._make_room_for_a_speech()
         match event:
             case SpeechCreated():
                 self._speech(event.speech_id)
@@ -140,6 +149,15 @@ class RoomSequencer:
             self.state.speeches[speech_id] = speech
         return speech
 
+    def _make_room_for_a_speech(self) -> list[Decision]:
+        if len(self.state.speeches) < MAX_SPEECHES:
+            return []
+        oldest = min(self.state.speeches, key=lambda sid: self.state.speeches[sid].created_order)
+        dropped = self._drop_held(oldest, DropReason.EXPIRED)
+        del self.state.speeches[oldest]
+        self.state.finished = [*self.state.finished, oldest][-_REMEMBERED:]
+        return dropped
+
     def _tag(self, event: TagParsed, now: float) -> list[Decision]:
         speech = self._speech(event.speech_id)
         name = event.name
@@ -153,9 +171,9 @@ class RoomSequencer:
             return [] if not speech.speaking_sent else drop(DropReason.DUPLICATE)
         if name in speech.seen:
             return drop(DropReason.DUPLICATE)
-        speech.seen.append(name)
-        if len(speech.seen) > self.config.cap_per_speech:
+        if len(speech.seen) >= self.config.cap_per_speech:
             return drop(DropReason.CAP_EXCEEDED)
+        speech.seen.append(name)
         speech.held.append(Held(action=name, index=event.index, parsed_at=now, cause_id=event.id))
         speech.held.sort(key=lambda held: held.index)
         return []

@@ -83,7 +83,7 @@ class LazyBus:
         try:
             await bus.ensure_stream(events_stream(self._settings.stream_replicas))
         except BaseException:
-            await bus.nc.close()
+            await bus.close(drain=False)
             raise
         return bus
 

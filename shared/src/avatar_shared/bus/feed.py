@@ -12,6 +12,10 @@ Requests carry an expiry and an idle heartbeat. The server answers an expired re
 with a 408 status that says how many messages it still owed; a feed that hears nothing,
 not even a heartbeat, for two heartbeat intervals takes its requests for lost (the
 server restarted, the connection was replaced) and asks again.
+
+:meth:`PullFeed.take` hands out :class:`Delivered` messages: a delivered message that
+says whether it was delivered before, and settles itself (a
+:class:`~avatar_shared.bus.processing.Delivery`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Mapping
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -32,6 +37,38 @@ _STATUS = "Status"
 _PENDING = "Nats-Pending-Messages"
 _HEARTBEAT = "100"
 _EXPIRED = "408"
+
+
+class Delivered:
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+
+    @property
+    def subject(self) -> str:
+        return self._msg.subject
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    @property
+    def headers(self) -> Mapping[str, str] | None:
+        return self._msg.headers
+
+    @property
+    def redelivered(self) -> bool:
+        return self._msg.metadata.num_delivered > 1
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        await self._msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        await self._msg.term()
 
 
 class PullFeed:
@@ -74,7 +111,7 @@ class PullFeed:
                 await self._sub.unsubscribe()
             self._sub = None
 
-    async def take(self, wait: float) -> list[Msg]:
+    async def take(self, wait: float) -> list[Delivered]:
         """What has arrived, up to ``batch`` messages, in stream order; if nothing has,
         the first to come within ``wait`` seconds (and whatever came with it)."""
         loop = asyncio.get_running_loop()
@@ -88,7 +125,7 @@ class PullFeed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(remaining, self._heartbeat)):
                     await self._woken.wait()
-        return [self._ready.popleft() for _ in range(min(self._batch, len(self._ready)))]
+        return [Delivered(self._ready.popleft()) for _ in range(min(self._batch, len(self._ready)))]
 
     async def _top_up(self, now: float) -> None:
         if self._owed > 0 and now - self._heard > 2 * self._heartbeat:

@@ -8,41 +8,46 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from nats.js import api
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext, api
 
-from avatar_actions.feed import PullFeed
-from avatar_shared.bus import Bus
+from avatar_shared.bus import PullFeed
 from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-async def stream(bus: Bus) -> AsyncIterator[str]:
+async def stream(js: JetStreamContext) -> AsyncIterator[str]:
     name = f"FEED_{uuid.uuid4().hex[:8]}"
-    await bus.js.add_stream(api.StreamConfig(name=name, subjects=[f"{name}.>"]))
-    await bus.js.add_consumer(
+    await js.add_stream(api.StreamConfig(name=name, subjects=[f"{name}.>"]))
+    await js.add_consumer(
         name, api.ConsumerConfig(durable_name="c", ack_policy=api.AckPolicy.EXPLICIT)
     )
     yield name
-    await bus.js.delete_stream(name)
+    await js.delete_stream(name)
 
 
 async def _feed(
-    bus: Bus, stream: str, *, batch: int = 8, expires: float = 10.0, heartbeat: float = 1.0
+    nc: NatsClient,
+    stream: str,
+    *,
+    batch: int = 8,
+    expires: float = 10.0,
+    heartbeat: float = 1.0,
 ) -> PullFeed:
-    feed = PullFeed(bus.nc, stream, "c", batch=batch, expires=expires, heartbeat=heartbeat)
+    feed = PullFeed(nc, stream, "c", batch=batch, expires=expires, heartbeat=heartbeat)
     await feed.start()
     return feed
 
 
 async def test_a_lone_message_arrives_without_waiting_for_a_full_batch(
-    bus: Bus, stream: str
+    nats_client: NatsClient, js: JetStreamContext, stream: str
 ) -> None:
-    feed = await _feed(bus, stream)
+    feed = await _feed(nats_client, stream)
     assert await feed.take(0.05) == []  # the request is out; nothing stored yet
     started = time.monotonic()
-    await bus.js.publish(f"{stream}.a", b"1")
+    await js.publish(f"{stream}.a", b"1")
     [msg] = await feed.take(5.0)
     assert msg.data == b"1"
     assert time.monotonic() - started < 0.5
@@ -51,11 +56,11 @@ async def test_a_lone_message_arrives_without_waiting_for_a_full_batch(
 
 
 async def test_take_returns_what_has_arrived_in_order_up_to_the_batch(
-    bus: Bus, stream: str
+    nats_client: NatsClient, js: JetStreamContext, stream: str
 ) -> None:
     for i in range(20):
-        await bus.js.publish(f"{stream}.a", str(i).encode())
-    feed = await _feed(bus, stream, batch=8)
+        await js.publish(f"{stream}.a", str(i).encode())
+    feed = await _feed(nats_client, stream, batch=8)
     seen: list[bytes] = []
     while len(seen) < 20:
         taken = await feed.take(2.0)
@@ -67,25 +72,27 @@ async def test_take_returns_what_has_arrived_in_order_up_to_the_batch(
     await feed.stop()
 
 
-async def test_expired_requests_are_renewed(bus: Bus, stream: str) -> None:
-    feed = await _feed(bus, stream, expires=0.2, heartbeat=0.1)
+async def test_expired_requests_are_renewed(
+    nats_client: NatsClient, js: JetStreamContext, stream: str
+) -> None:
+    feed = await _feed(nats_client, stream, expires=0.2, heartbeat=0.1)
     assert await feed.take(1.0) == []  # several requests expired meanwhile (408s)
-    await bus.js.publish(f"{stream}.a", b"late")
+    await js.publish(f"{stream}.a", b"late")
     [msg] = await feed.take(2.0)
     assert msg.data == b"late"
     await feed.stop()
 
 
 async def test_requests_lost_with_a_server_restart_are_asked_again(
-    bus: Bus, stream: str, nats_server: NatsServer
+    nats_client: NatsClient, js: JetStreamContext, stream: str, nats_server: NatsServer
 ) -> None:
-    feed = await _feed(bus, stream, heartbeat=0.2)
+    feed = await _feed(nats_client, stream, heartbeat=0.2)
     assert await feed.take(0.05) == []
     await asyncio.to_thread(nats_server.restart)  # the outstanding request dies with it
     async with asyncio.timeout(20):
         while True:
             try:
-                await bus.js.publish(f"{stream}.a", b"after")
+                await js.publish(f"{stream}.a", b"after")
                 break
             except Exception:  # reconnecting
                 await asyncio.sleep(0.1)

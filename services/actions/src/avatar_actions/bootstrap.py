@@ -1,0 +1,193 @@
+"""The composition root: :func:`bootstrap` wires the adapters into the engine, once.
+
+``__main__``, the integration tests and the benchmark all start the service through
+it, so there is one wiring: NATS (the bus, its streams, buckets and feeds), LiveKit
+(or a dry run), the leases, and an :class:`~avatar_actions.engine.Engine` per partition
+this replica acquires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI
+from livekit import api
+from opentelemetry import metrics, trace
+
+from avatar_actions import worker
+from avatar_actions.config import ActionsSettings
+from avatar_actions.engine import Engine, room_cap
+from avatar_actions.ownership import Ownership, replica_id
+from avatar_actions.partitions import PartitionFeed, WorkStream
+from avatar_actions.ports import Publisher
+from avatar_actions.publisher import DryRunPublisher, LiveKitPublisher
+from avatar_actions.rules import RulesConfig
+from avatar_actions.store import KvRoomStore, KvSentRecord
+from avatar_shared import semconv
+from avatar_shared.bus import Bus, events_stream
+from avatar_shared.config import LiveKitSettings, NatsSettings
+from avatar_shared.web.service import Cors, build_app
+
+VERSION = "0.1.0"
+
+
+def rules_config(settings: ActionsSettings) -> RulesConfig:
+    return RulesConfig(
+        allowed=frozenset(settings.allowed_actions),
+        debounce=settings.debounce_seconds,
+        ttl=settings.gesture_ttl_seconds,
+        cap_per_speech=settings.cap_per_speech,
+        min_gap=settings.min_gap_seconds,
+    )
+
+
+@dataclass
+class ActionsService:
+    """A bootstrapped replica: :meth:`run` consumes until ``stop``; :meth:`close` after."""
+
+    settings: ActionsSettings
+    bus: Bus
+    ownership: Ownership
+    livekit: api.LiveKitAPI | None
+    start_partition: worker.PartitionStarter
+    engines: weakref.WeakSet[Engine]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await worker.run(self.ownership, self.start_partition, stop)
+
+    async def close(self) -> None:
+        await self.bus.close()
+        if self.livekit is not None:
+            await self.livekit.aclose()
+
+    def health_app(self, ready: Callable[[], str | None]) -> FastAPI:
+        """``/readyz`` answers 503 with ``ready()``'s reason while it returns one."""
+        return build_app(
+            title="avatar-backend actions service",
+            description="Health, readiness and metrics of the actions service.",
+            version=VERSION,
+            routers=[],
+            http=httpx.AsyncClient(),
+            cors=Cors(origins=[], methods=[], headers=[]),
+            ready=ready,
+            metrics_route=True,
+        )
+
+
+async def bootstrap(
+    settings: ActionsSettings,
+    nats: NatsSettings,
+    livekit: LiveKitSettings | None,
+    *,
+    me: str | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: metrics.MeterProvider | None = None,
+) -> ActionsService:
+    """Connect, provision what the service uses (idempotent), and wire a replica."""
+    bus = await Bus.connect(
+        nats, name="avatar-actions", tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+    try:
+        replicas = nats.stream_replicas
+        await bus.ensure_stream(events_stream(replicas))
+        await WorkStream(
+            settings.partitions,
+            name=settings.work_stream,
+            replicas=replicas,
+            max_age_seconds=settings.work_max_age_seconds,
+        ).ensure(bus)
+        rooms = KvRoomStore(
+            await bus.ensure_kv(
+                settings.state_bucket, ttl_seconds=settings.state_ttl_seconds, replicas=replicas
+            )
+        )
+        sent = KvSentRecord(
+            await bus.ensure_kv(
+                settings.sent_bucket, ttl_seconds=settings.sent_ttl_seconds, replicas=replicas
+            )
+        )
+        leases = await bus.ensure_kv(
+            settings.lease_bucket, ttl_seconds=settings.lease_ttl_seconds, replicas=replicas
+        )
+    except BaseException:
+        await bus.close(drain=False)
+        raise
+    lk = (
+        api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret.get_secret_value())
+        if livekit
+        else None
+    )
+    publisher: Publisher = (
+        LiveKitPublisher(
+            lk.room,
+            topic=settings.topic,
+            destinations=settings.destinations,
+            timeout=settings.send_timeout_seconds,
+            retries=settings.send_retries,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+        if lk
+        else DryRunPublisher()
+    )
+    ownership = Ownership(
+        leases, me or replica_id(), settings.partitions, ttl=settings.lease_ttl_seconds
+    )
+    rules = rules_config(settings)
+    engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+    _gauges(engines, meter_provider)
+
+    async def start_partition(partition: int, stop: asyncio.Event) -> asyncio.Task[None]:
+        feed = PartitionFeed(
+            bus, settings.work_stream, settings.consumer, partition, batch=settings.batch_size
+        )
+        engine = Engine(
+            partition,
+            rules,
+            rooms=rooms,
+            sent=sent,
+            publisher=publisher,
+            decisions=bus,
+            processor=bus.processor,
+            consumer=f"{settings.consumer}-p{partition}",
+            holds=lambda: ownership.holds(partition),
+            max_rooms=room_cap(settings.max_rooms, settings.partitions),
+            max_lag=settings.max_lag_seconds,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+        engines.add(engine)
+        return asyncio.create_task(
+            worker.consume_partition(engine, feed, lambda: ownership.holds(partition), stop),
+            name=f"partition-{partition}",
+        )
+
+    return ActionsService(settings, bus, ownership, lk, start_partition, engines)
+
+
+def _gauges(engines: weakref.WeakSet[Engine], meter_provider: metrics.MeterProvider | None) -> None:
+    """The replica's held gestures, waiting packets and rooms in memory, over its engines."""
+    meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
+
+    def gauge(count: Callable[[Engine], int]) -> Callable[..., list[metrics.Observation]]:
+        return lambda _: [metrics.Observation(sum(count(e) for e in list(engines)))]
+
+    meter.create_observable_gauge(
+        semconv.METRIC_ACTIONS_HELD,
+        callbacks=[gauge(Engine.held)],
+        description="Gestures held for release in this replica's rooms",
+    )
+    meter.create_observable_gauge(
+        semconv.METRIC_ACTIONS_WAITING,
+        callbacks=[gauge(Engine.waiting)],
+        description="Packets waiting for LiveKit in this replica's rooms",
+    )
+    meter.create_observable_gauge(
+        semconv.METRIC_ACTIONS_ROOMS,
+        callbacks=[gauge(Engine.rooms_in_memory)],
+        description="Rooms this replica keeps in memory",
+    )

@@ -1,0 +1,107 @@
+"""What the engine needs from the world, as small interfaces.
+
+The engine (:mod:`avatar_actions.engine`) is written against these; the real adapters
+are NATS (``avatar_shared.bus``: the work feed, buckets) and LiveKit
+(:mod:`avatar_actions.publisher`), wired by :func:`avatar_actions.bootstrap.bootstrap`;
+``tests/unit/actions/fakes.py`` has in-memory ones, with an injected clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from avatar_actions.state import StoredRoom
+from avatar_shared.bus import Delivery
+from avatar_shared.events import Event
+
+#: Seconds since the epoch, now (``time.time`` in production).
+Clock = Callable[[], float]
+
+
+class WorkItem(Delivery, Protocol):
+    """An event delivered from the work stream, to be acked once its effect is durable."""
+
+    @property
+    def redelivered(self) -> bool: ...
+
+
+class WorkFeed(Protocol):
+    async def start(self) -> None: ...
+
+    async def take(self, wait: float) -> Sequence[WorkItem]:
+        """What has arrived, in stream order; if nothing, the first within ``wait`` s."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+class RoomStore(Protocol):
+    async def load(self, partition: int, room: str) -> StoredRoom: ...
+
+    def save(self, partition: int, room: str, stored: StoredRoom) -> Awaitable[object]:
+        """Serialise now; the awaitable writes it."""
+        ...
+
+    async def rooms(self, partition: int) -> list[str]:
+        """Every room of the partition with stored state."""
+        ...
+
+
+class SentRecord(Protocol):
+    async def was_sent(self, room: str, cause_id: str, action: str) -> bool: ...
+
+    async def mark_sent(self, room: str, cause_id: str, action: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    room: str
+    action: str
+
+
+class PublishError(Exception):
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Publisher(Protocol):
+    async def publish(self, packet: Packet) -> None:
+        """Deliver the packet, or raise :class:`PublishError`."""
+        ...
+
+
+class DecisionSink(Protocol):
+    async def publish(self, event: Event) -> object:
+        """Store a decision event; safe to repeat with the same event."""
+        ...
+
+
+class Leases(Protocol):
+    """The lease bucket (``avatar_shared.bus.Bucket`` in production)."""
+
+    async def put(self, key: str, value: bytes) -> int: ...
+
+    async def create(self, key: str, value: bytes) -> int | None: ...
+
+    async def update(self, key: str, value: bytes, *, last: int) -> int | None: ...
+
+    async def delete(self, key: str, *, last: int | None = None) -> bool: ...
+
+    async def keys(self, pattern: str) -> list[str]: ...
+
+
+__all__ = [
+    "Clock",
+    "DecisionSink",
+    "Leases",
+    "Packet",
+    "PublishError",
+    "Publisher",
+    "RoomStore",
+    "SentRecord",
+    "WorkFeed",
+    "WorkItem",
+]

@@ -1,0 +1,285 @@
+"""The connection to NATS: connect, provision, publish, consume, drain.
+
+- Connections reconnect forever with jittered waits; lame-duck notices, disconnects and
+  reconnects are logged and counted (nats-py moves to another server on its own).
+- :meth:`Bus.ensure_stream`, :meth:`Bus.ensure_kv` and :meth:`Bus.ensure_object_store`
+  are idempotent and safe to race between replicas starting together.
+- :meth:`Bus.publish` sends an event to JetStream with ``Nats-Msg-Id`` = ``event.id``, so a
+  retried publish is stored once within the stream's duplicate window. It opens a PRODUCER
+  span ``"<subject template> publish"`` and injects its W3C context into the headers.
+- :meth:`Bus.process` handles one delivered message (:mod:`.processing`);
+  :meth:`Bus.pull_feed` reads a pull consumer (:mod:`.feed`).
+
+The raw client stays inside: services see buckets, feeds and streams, not the
+connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.object_store import ObjectStore
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind
+
+from avatar_shared import semconv
+from avatar_shared.bus.feed import PullFeed
+from avatar_shared.bus.kv import Bucket
+from avatar_shared.bus.processing import (
+    Delivery,
+    EventProcessor,
+    Handler,
+    Processed,
+    event_attributes,
+)
+from avatar_shared.bus.streams import StreamSpec
+from avatar_shared.config import NatsSettings
+from avatar_shared.events import Event
+from avatar_shared.telemetry import inject_context, tally
+
+log = logging.getLogger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+_STREAM_NAME_IN_USE = 10058
+
+
+class Bus:
+    def __init__(
+        self,
+        nc: NatsClient,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self.processor = EventProcessor(
+            tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+        self._tracer = trace.get_tracer(
+            semconv.INSTRUMENTATION_NAME, tracer_provider=tracer_provider
+        )
+        meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME, meter_provider=meter_provider)
+        self._published = tally(
+            meter, semconv.METRIC_BUS_PUBLISHED, "Events published to JetStream"
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: NatsSettings,
+        *,
+        name: str,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> Bus:
+        """Connect to NATS; keeps reconnecting for as long as the process lives."""
+        meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME, meter_provider=meter_provider)
+        connection_events = meter.create_counter(
+            semconv.METRIC_BUS_CONNECTION_EVENTS, description="NATS connection state changes"
+        )
+
+        client: list[NatsClient] = []
+
+        def _callback(kind: str, level: int) -> Callable[[], Awaitable[None]]:
+            async def _log() -> None:
+                # Draining on shutdown disconnects too; that one is not worth a warning.
+                draining = bool(client) and (client[0].is_draining or client[0].is_closed)
+                connection_events.add(1, {"event": kind})
+                log.log(
+                    logging.INFO if draining else level,
+                    "nats connection %s",
+                    kind,
+                    extra={"nats_event": kind},
+                )
+
+            return _log
+
+        async def _error(exc: Exception) -> None:
+            connection_events.add(1, {"event": "error"})
+            log.warning("nats error: %s", exc, extra={"nats_event": "error"})
+
+        nc = await nats.connect(
+            servers=settings.servers,
+            name=name,
+            user_credentials=settings.creds_file,
+            connect_timeout=settings.connect_timeout,
+            drain_timeout=int(settings.drain_timeout),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            disconnected_cb=_callback("disconnected", logging.WARNING),
+            reconnected_cb=_callback("reconnected", logging.INFO),
+            closed_cb=_callback("closed", logging.INFO),
+            lame_duck_mode_cb=_callback("lame_duck", logging.WARNING),
+            error_cb=_error,
+        )
+        client.append(nc)
+        return cls(nc, tracer_provider=tracer_provider, meter_provider=meter_provider)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now (it reconnects on its own when it is not)."""
+        return bool(self._nc.is_connected)
+
+    # --- provisioning --------------------------------------------------------------------
+
+    async def ensure_stream(self, spec: StreamSpec) -> api.StreamInfo:
+        """Create the stream, or bring an existing one to the declared configuration."""
+        config = spec.config()
+        try:
+            return await self._js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+        log.info("updating stream %s to its declared configuration", spec.name)
+        return await self._js.update_stream(config)
+
+    async def create_stream_if_absent(self, config: api.StreamConfig) -> api.StreamConfig:
+        """Create the stream unless it exists; the configuration it has either way.
+        For streams whose configuration must not be changed once created."""
+        assert config.name is not None
+        try:
+            return (await self._js.stream_info(config.name)).config
+        except NotFoundError:
+            return (await self._js.add_stream(config)).config
+
+    async def delete_stream(self, name: str) -> None:
+        await self._js.delete_stream(name)
+
+    async def stored_messages(self, stream: str) -> int:
+        return int((await self._js.stream_info(stream)).state.messages)
+
+    async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> api.ConsumerInfo:
+        """Create a named consumer, or update its editable settings (create-or-update)."""
+        if not (config.name or config.durable_name):
+            raise ValueError("a provisioned consumer needs a name")
+        return await self._js.add_consumer(stream, config)
+
+    async def recreate_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
+        """Delete the named consumer if it exists and create it afresh: its unacked
+        messages are delivered again, first, in stream order."""
+        name = config.name or config.durable_name
+        assert name is not None
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_consumer(stream, name)
+        await self.ensure_consumer(stream, config)
+
+    async def consumer_exists(self, stream: str, name: str) -> bool:
+        try:
+            await self._js.consumer_info(stream, name)
+        except NotFoundError:
+            return False
+        return True
+
+    async def ensure_kv(
+        self, bucket: str, *, ttl_seconds: float, replicas: int = 1, max_value_bytes: int = -1
+    ) -> Bucket:
+        """Create a key-value bucket, or bring an existing one to this configuration."""
+        config = api.KeyValueConfig(
+            bucket=bucket,
+            ttl=ttl_seconds,
+            history=1,
+            replicas=replicas,
+            storage=api.StorageType.FILE,
+            max_value_size=max_value_bytes,
+        )
+        try:
+            return Bucket(await self._js.create_key_value(config))
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+        log.info("updating key-value bucket %s to its declared configuration", bucket)
+        stream = (await self._js.stream_info(f"KV_{bucket}")).config
+        stream.max_age = ttl_seconds
+        stream.num_replicas = replicas
+        stream.max_msg_size = max_value_bytes
+        await self._js.update_stream(stream)
+        return Bucket(await self._js.key_value(bucket))
+
+    async def delete_kv(self, bucket: str) -> None:
+        await self._js.delete_key_value(bucket)
+
+    async def ensure_object_store(
+        self, bucket: str, *, ttl_seconds: float, max_bytes: int, replicas: int = 1
+    ) -> ObjectStore:
+        """Create an object store bucket, or bring an existing one to this configuration."""
+        config = api.ObjectStoreConfig(
+            bucket=bucket,
+            ttl=ttl_seconds,
+            max_bytes=max_bytes,
+            replicas=replicas,
+            storage=api.StorageType.FILE,
+        )
+        try:
+            return await self._js.create_object_store(bucket, config)
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+        log.info("updating object store %s to its declared configuration", bucket)
+        stream = (await self._js.stream_info(f"OBJ_{bucket}")).config
+        stream.max_age = ttl_seconds
+        stream.max_bytes = max_bytes
+        stream.num_replicas = replicas
+        await self._js.update_stream(stream)
+        return await self._js.object_store(bucket)
+
+    async def delete_object_store(self, bucket: str) -> None:
+        await self._js.delete_object_store(bucket)
+
+    # --- messages ------------------------------------------------------------------------
+
+    async def publish(self, event: Event) -> api.PubAck:
+        """Store ``event`` in JetStream; safe to retry with the same event."""
+        body = event.to_json()
+        attributes = event_attributes(event, event.subject_template) | {
+            semconv.MESSAGING_OPERATION_TYPE: "send",
+            semconv.MESSAGING_OPERATION_NAME: "publish",
+            semconv.MESSAGING_DESTINATION_NAME: event.subject,
+            semconv.MESSAGING_MESSAGE_BODY_SIZE: len(body),
+        }
+        with self._tracer.start_as_current_span(
+            f"{event.subject_template} publish", kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            headers = {MSG_ID_HEADER: event.id}
+            inject_context(headers)
+            ack = await self._js.publish(event.subject, body, headers=headers)
+            span.set_attribute(semconv.DUPLICATE, bool(ack.duplicate))
+        self._published.add(
+            1, {semconv.EVENT_TYPE: event.type, semconv.DUPLICATE: bool(ack.duplicate)}
+        )
+        return ack
+
+    async def process(
+        self,
+        msg: Delivery,
+        handler: Handler,
+        *,
+        consumer: str = "",
+        subject: str | None = None,
+        ack: bool = True,
+    ) -> Processed:
+        """:meth:`EventProcessor.process` with this bus's telemetry."""
+        return await self.processor.process(
+            msg, handler, consumer=consumer, subject=subject, ack=ack
+        )
+
+    def pull_feed(self, stream: str, consumer: str, *, batch: int) -> PullFeed:
+        """A feed of a pull consumer's messages (start it before taking)."""
+        return PullFeed(self._nc, stream, consumer, batch=batch)
+
+    async def close(self, *, drain: bool = True) -> None:
+        """Drain subscriptions and pending publishes, then close (bounded by
+        drain_timeout); ``drain=False`` closes at once (a connection that failed setup)."""
+        if self._nc.is_closed:
+            return
+        if drain:
+            await self._nc.drain()
+        else:
+            await self._nc.close()

@@ -1,0 +1,36 @@
+"""The JetStream streams this project owns, declared in code and provisioned at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import api
+
+from avatar_shared import subjects
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    duplicate_window_seconds: float = 120.0
+    max_age_seconds: float = 24 * 3600.0
+    replicas: int = 1
+
+    def config(self) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            duplicate_window=self.duplicate_window_seconds,
+            max_age=self.max_age_seconds,
+            num_replicas=self.replicas,
+        )
+
+
+def events_stream(replicas: int = 1) -> StreamSpec:
+    """The stream that stores every event of the current contract version."""
+    return StreamSpec(
+        name=subjects.EVENTS_STREAM, subjects=subjects.EVENTS_STREAM_SUBJECTS, replicas=replicas
+    )

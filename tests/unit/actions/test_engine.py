@@ -1,0 +1,284 @@
+"""The engine's batch cycle on in-memory ports, with a clock moved by hand: what is sent,
+decided, written and acked, through redelivery, crashes, LiveKit outages, lost leases
+and overload."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from avatar_actions.engine import Engine
+from avatar_actions.rules import RulesConfig
+from avatar_actions.state import MAX_OUTBOX
+from avatar_shared.bus import EventProcessor
+from avatar_shared.events import SessionEnded
+from tests.unit.actions.fakes import (
+    Clock,
+    Crash,
+    Decisions,
+    FakeLiveKit,
+    Item,
+    MemoryRooms,
+    MemorySent,
+    Turns,
+    items,
+)
+
+RULES = RulesConfig(allowed={"speaking", "wave_hand", "nod"}, debounce=0.2, min_gap=0.5)
+ROOM = "room-1"
+
+
+@dataclass
+class World:
+    """What outlives one replica: the stores, LiveKit, the bus, the lease, the time."""
+
+    clock: Clock = field(default_factory=Clock)
+    rooms: MemoryRooms = field(default_factory=MemoryRooms)
+    sent: MemorySent = field(default_factory=MemorySent)
+    livekit: FakeLiveKit = field(default_factory=FakeLiveKit)
+    decisions: Decisions = field(default_factory=Decisions)
+    holding: bool = True
+
+    def replica(self, *, max_lag: float = 2.0, max_rooms: int = 100) -> Engine:
+        """A fresh replica's engine for partition 0: empty memory, the same world."""
+        return Engine(
+            0,
+            RULES,
+            rooms=self.rooms,
+            sent=self.sent,
+            publisher=self.livekit,
+            decisions=self.decisions,
+            processor=EventProcessor(),
+            holds=lambda: self.holding,
+            clock=self.clock,
+            max_lag=max_lag,
+            max_rooms=max_rooms,
+        )
+
+    async def run(self, engine: Engine, seconds: float, step: float = 0.1) -> None:
+        """Let time pass, cycling as the worker does when nothing arrives."""
+        for _ in range(round(seconds / step)):
+            self.clock.now += step
+            await engine.cycle([])
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+async def test_a_turn_sends_speaking_at_playout_then_its_gestures_in_order(world: World) -> None:
+    engine = world.replica()
+    turn = Turns(ROOM, world.clock)
+    opening = items(turn.opening("s1", "wave_hand", "nod"))
+    await engine.cycle(opening)
+    assert world.livekit.actions(ROOM) == ["speaking"]
+    assert all(i.settled == [] for i in opening)  # acked once the batch is durable
+    world.clock.now += 2
+    closing = items(turn.closing("s1"))
+    await engine.cycle(closing)
+    assert all(i.settled == ["ack"] for i in opening)
+    await world.run(engine, 1.0)
+    assert world.livekit.actions(ROOM) == ["speaking", "wave_hand", "nod"]
+    await engine.settle()
+    assert all(i.settled == ["ack"] for i in closing)
+    assert world.decisions.of(ROOM) == [
+        ("speaking", "published", None),
+        ("wave_hand", "published", None),
+        ("nod", "published", None),
+    ]
+    assert world.sent.lookups == 0  # first deliveries to the owner skip the record
+
+
+async def test_a_redelivered_batch_sends_nothing_twice(world: World) -> None:
+    engine = world.replica()
+    turn = Turns(ROOM, world.clock)
+    opening = items(turn.opening("s1", "wave_hand"))
+    await engine.cycle(opening)
+    await engine.settle()
+    redelivered = [i.again() for i in opening]  # JetStream delivers the batch again
+    await engine.cycle(redelivered)
+    await engine.settle()
+    assert world.livekit.actions(ROOM) == ["speaking"]
+    assert all(i.settled == ["ack"] for i in redelivered)
+    assert world.decisions.of(ROOM) == [("speaking", "published", None)]  # no new verdicts
+
+
+async def test_a_crash_between_send_and_record_resends_only_that_packet(world: World) -> None:
+    first = world.replica()
+    turn = Turns(ROOM, world.clock)
+    opening = items(turn.opening("s1", "wave_hand"))
+    world.livekit.crash_after_send = True
+    with pytest.raises(Crash):  # LiveKit took the packet; the replica died before noting it
+        await first.cycle(opening)
+    world.livekit.crash_after_send = False
+    assert world.rooms.saved == {}  # nothing was written: the batch is redelivered
+    successor = world.replica()
+    await successor.resume()
+    world.clock.now += 0.5
+    await successor.cycle([i.again() for i in opening])
+    await successor.cycle(items(turn.closing("s1")))
+    await world.run(successor, 1.0)
+    # The one packet of the crash window goes out again (LiveKit's nonce de-duplication
+    # is what would drop it: docs/actions.md); nothing else repeats or is lost.
+    assert world.livekit.actions(ROOM) == ["speaking", "speaking", "wave_hand"]
+
+
+async def test_a_crash_after_the_record_resends_nothing(world: World) -> None:
+    first = world.replica()
+    turn = Turns(ROOM, world.clock)
+    opening = items(turn.opening("s1", "wave_hand"))
+    world.rooms.fail = True  # the state write will not land: the replica dies first
+    await first.cycle(opening)
+    await asyncio.sleep(0)  # the record's write left with the packet; it lands now
+    assert world.sent.marked
+    with pytest.raises(TimeoutError):  # what the first would have seen, had it lived
+        await first.settle()
+    assert world.rooms.saved == {}
+    world.rooms.fail = False
+    successor = world.replica()  # the first died before writing its state or acking
+    await successor.resume()
+    await successor.cycle([i.again() for i in opening])
+    await successor.cycle(items(turn.closing("s1")))
+    await world.run(successor, 1.0)
+    assert world.livekit.actions(ROOM) == ["speaking", "wave_hand"]
+    assert world.sent.lookups >= 1  # the redelivered speaking was looked up
+
+
+async def test_livekit_down_keeps_packets_in_order_and_the_batch_is_acked(world: World) -> None:
+    engine = world.replica(max_lag=60)
+    turn = Turns(ROOM, world.clock)
+    world.livekit.down = True
+    opening = items(turn.opening("s1", "wave_hand"))
+    await engine.cycle(opening)
+    await world.run(engine, 1.0)
+    assert world.livekit.delivered == []
+    assert engine.waiting() == 1
+    assert all(i.settled == ["ack"] for i in opening)  # the outbox is durable
+    world.livekit.down = False
+    await world.run(engine, 2.0)  # retried: 0.5 s, then 1 s, ...
+    assert world.livekit.actions(ROOM) == ["speaking"]
+    await engine.cycle(items(turn.closing("s1")))
+    await world.run(engine, 1.0)
+    assert world.livekit.actions(ROOM) == ["speaking", "wave_hand"]
+
+
+async def test_livekit_back_only_after_the_speech_ended_sends_no_speaking(
+    world: World,
+) -> None:
+    engine = world.replica(max_lag=60)
+    turn = Turns(ROOM, world.clock)
+    world.livekit.down = True
+    await engine.cycle(items(turn.opening("s1", "wave_hand")))
+    world.clock.now += 1
+    await engine.cycle(items(turn.closing("s1")))
+    world.livekit.down = False
+    await world.run(engine, 12.0)
+    assert world.livekit.actions(ROOM) == ["wave_hand"]
+
+
+async def test_a_refused_packet_is_dropped_with_its_reason(world: World) -> None:
+    engine = world.replica()
+    world.livekit.refuse = True
+    await engine.cycle(items(Turns(ROOM, world.clock).opening("s1")))
+    await engine.settle()
+    assert world.decisions.of(ROOM) == [("speaking", "dropped", "send_failed")]
+
+
+async def test_a_lease_lost_mid_batch_leaves_the_batch_to_the_next_owner(world: World) -> None:
+    first = world.replica()
+    turn = Turns(ROOM, world.clock)
+    opening = items(turn.opening("s1", "wave_hand"))
+    world.holding = False  # the lease expired while the batch was being applied
+    await first.cycle(opening)
+    assert world.livekit.delivered == []
+    assert world.rooms.saved == {}
+    assert all(i.settled == [] for i in opening)  # unacked: the next owner gets them
+    world.holding = True
+    successor = world.replica()
+    await successor.resume()
+    await successor.cycle([i.again() for i in opening])
+    assert world.livekit.actions(ROOM) == ["speaking"]
+
+
+async def test_a_failed_write_leaves_the_batch_unacked_and_writes_it_again(world: World) -> None:
+    engine = world.replica()
+    turn = Turns(ROOM, world.clock)
+    opening = items(turn.opening("s1"))
+    await engine.cycle(opening)
+    world.rooms.fail = True
+    with pytest.raises(TimeoutError):
+        await engine.settle()
+    assert all(i.settled == [] for i in opening)
+    world.rooms.fail = False
+    await engine.cycle([])
+    await engine.settle()
+    assert (0, ROOM) in world.rooms.saved
+    assert world.livekit.actions(ROOM) == ["speaking"]
+
+
+async def test_under_overload_late_packets_are_dropped_as_stale(world: World) -> None:
+    engine = world.replica(max_lag=2.0)
+    turn = Turns(ROOM, world.clock)
+    opening = turn.opening("s1", "wave_hand")
+    closing = turn.closing("s1")
+    world.clock.now += 5  # the events waited 5 s in the stream before their turn
+    await engine.cycle(items(opening))
+    await world.run(engine, 0.5)
+    await engine.cycle(items(closing))
+    await world.run(engine, 1.0)
+    await engine.settle()
+    assert world.livekit.delivered == []
+    assert world.decisions.of(ROOM) == [
+        ("speaking", "dropped", "stale"),
+        ("wave_hand", "dropped", "stale"),
+    ]
+
+
+async def test_speaking_for_a_speech_already_done_is_stale(world: World) -> None:
+    engine = world.replica()
+    turn = Turns(ROOM, world.clock)
+    # Its start and end arrive together (a backlog): speaking now would come after it.
+    await engine.cycle(items(turn.opening("s1", "nod") + turn.closing("s1")))
+    await world.run(engine, 1.0)
+    assert world.livekit.actions(ROOM) == ["nod"]
+    await engine.settle()
+    assert ("speaking", "dropped", "stale") in world.decisions.of(ROOM)
+
+
+async def test_a_room_waiting_for_livekit_long_keeps_a_bounded_outbox(world: World) -> None:
+    engine = world.replica(max_lag=10**6)
+    world.livekit.down = True
+    turn = Turns(ROOM, world.clock)
+    for n in range(MAX_OUTBOX + 10):
+        await engine.cycle(items(turn.opening(f"s{n}")))
+        await engine.cycle(items(turn.closing(f"s{n}")))
+    assert engine.waiting() == MAX_OUTBOX
+    await engine.settle()
+    stale = [d for d in world.decisions.of(ROOM) if d[2] == "stale"]
+    assert len(stale) == 10
+
+
+async def test_an_ended_room_leaves_memory_once_saved(world: World) -> None:
+    engine = world.replica()
+    turn = Turns(ROOM, world.clock)
+    await engine.cycle(items(turn.opening("s1", "nod")))
+    assert engine.rooms_in_memory() == 1
+    ended = SessionEnded(room=ROOM, seq=99, reason="user_left")
+    await engine.cycle([Item(ended)])
+    await engine.settle()
+    assert engine.rooms_in_memory() == 0
+    assert ("nod", "dropped", "session_ended") in world.decisions.of(ROOM)
+    await engine.cycle(items(turn.opening("s2")))  # late events find the ended state
+    assert world.livekit.actions(ROOM) == ["speaking"]
+
+
+async def test_idle_rooms_beyond_the_cap_leave_memory(world: World) -> None:
+    engine = world.replica(max_rooms=10)
+    for n in range(50):
+        turn = Turns(f"room-{n}", world.clock)
+        await engine.cycle(items(turn.opening("s1") + turn.closing("s1")))
+    await world.run(engine, 1.0)
+    assert engine.rooms_in_memory() <= 10
