@@ -6,7 +6,10 @@ protobuf (``application/protobuf``) or JSON body, decoded with the real
 HS256 signed with the secret of the key named in ``iss``, ``nbf``/``exp`` in force, a
 video grant with ``roomAdmin`` for the request's room. Failures answer in Twirp's JSON
 error format: 401 ``unauthenticated``, 403 ``permission_denied``, 400 ``malformed``.
-Tests can queue failures or delays and read every packet that was accepted.
+Packets are de-duplicated per room by their nonce as livekit-server does
+(:mod:`tests.support.livekit_dedup`): a duplicate is answered 200 and not delivered.
+Tests can queue failures or delays, make the double accept a packet and then not answer
+in time (``stall_after_accepting``), and read every packet delivered.
 
 It is served by aiohttp (whose HTTP parser is compiled), so that in the benchmarks the
 double's own parsing weighs as little as possible on the latencies it times.
@@ -26,6 +29,8 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from livekit.protocol.room import SendDataRequest
 
+from tests.support.livekit_dedup import PacketDeduper
+
 
 @dataclass(frozen=True)
 class Received:
@@ -37,13 +42,16 @@ class Received:
 @dataclass
 class LiveKitDouble:
     keys: dict[str, str]  # API key -> secret
-    received: list[Received] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)  # delivered to the room
+    duplicates: list[Received] = field(default_factory=list)  # dropped by the nonce check
+    stall_after_accepting: float = 0.0  # seconds to hold the answer after delivering
     fail_with: list[int] = field(default_factory=list)  # statuses for the next calls
     unavailable_rooms: set[str] = field(default_factory=set)  # 503 for these rooms
     delay: float = 0.0
     attempts: int = 0
     port: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _dedupers: dict[str, PacketDeduper] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -97,8 +105,15 @@ class LiveKitDouble:
             return self._error(
                 status, "unavailable" if status >= 500 else "invalid_argument", "injected"
             )
-        self.received.append(Received(message, request.headers.get("traceparent"), arrived_at))
-        self.arrived.set()
+        got = Received(message, request.headers.get("traceparent"), arrived_at)
+        deduper = self._dedupers.setdefault(message.room, PacketDeduper())
+        if deduper.is_duplicate(message.nonce):
+            self.duplicates.append(got)
+        else:
+            self.received.append(got)
+            self.arrived.set()
+        if self.stall_after_accepting:
+            await asyncio.sleep(self.stall_after_accepting)
         # An empty SendDataResponse.
         return web.Response(body=b"", content_type="application/protobuf")
 

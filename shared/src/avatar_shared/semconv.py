@@ -35,6 +35,7 @@ PRINCIPAL_KIND: Final = "avatar.principal.kind"
 CACHE: Final = "avatar.bundles.cache"
 CACHE_OPERATION: Final = "avatar.bundles.cache.operation"
 UPSTREAM_STATUS: Final = "avatar.bundles.upstream.status"
+SEND_ATTEMPTS: Final = "avatar.send.attempts"
 #: Off by default; only set when a service is configured to record personal data.
 PERSONAL_IDENTITY: Final = "avatar.personal.identity"
 PERSONAL_TEXT: Final = "avatar.personal.text"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import jwt
 import pytest
 from livekit import api
@@ -15,7 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from avatar_actions.ports import Packet, PublishError
+from avatar_actions.ports import Packet, PublishError, packet_nonce
 from avatar_actions.publisher import LiveKitPublisher
 from tests.integration.conftest import metric_points
 from tests.support.livekit_server import LiveKitDouble, running_livekit
@@ -34,20 +36,26 @@ async def livekit() -> AsyncIterator[LiveKitDouble]:
 
 
 @pytest.fixture
-async def lk_api(livekit: LiveKitDouble) -> AsyncIterator[api.LiveKitAPI]:
-    client = api.LiveKitAPI(livekit.url, KEY, SECRET)
-    yield client
-    await client.aclose()
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as http:
+        yield http
 
 
 def publisher(
-    lk_api: api.LiveKitAPI,
+    livekit: LiveKitDouble,
+    session: aiohttp.ClientSession,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
+    *,
+    key: str = KEY,
+    secret: str = SECRET,
     **kwargs: object,
 ) -> LiveKitPublisher:
     return LiveKitPublisher(
-        lk_api.room,
+        livekit.url,
+        key,
+        secret,
+        session,
         sleep=no_wait,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
@@ -55,24 +63,26 @@ def publisher(
     )
 
 
+def packet(room: str = "r", action: str = "nod", cause: str = "event-1") -> Packet:
+    return Packet(room, action, packet_nonce(room, cause, action))
+
+
 async def test_packets_arrive_byte_compatible_with_the_reference(
-    livekit: LiveKitDouble, lk_api: api.LiveKitAPI
+    livekit: LiveKitDouble, session: aiohttp.ClientSession
 ) -> None:
-    await publisher(lk_api).publish(Packet(room="room.1 ✨", action="wave_hand"))
+    await publisher(livekit, session).publish(packet("room.1 ✨", "wave_hand"))
     (got,) = livekit.received
     assert got.request.room == "room.1 ✨"
     assert got.request.data == json.dumps({"type": "AVATAR_UPDATE", "action": "wave_hand"}).encode()
     assert got.request.kind == DataPacket.Kind.RELIABLE
     assert list(got.request.destination_identities) == []
-    assert len(got.request.nonce) == 16
+    assert got.request.nonce == packet_nonce("room.1 ✨", "event-1", "wave_hand")
 
 
 async def test_topic_and_destinations_are_configurable(
-    livekit: LiveKitDouble, lk_api: api.LiveKitAPI
+    livekit: LiveKitDouble, session: aiohttp.ClientSession
 ) -> None:
-    await publisher(lk_api, topic="avatar", destinations=["user-1"]).publish(
-        Packet(room="r", action="nod")
-    )
+    await publisher(livekit, session, topic="avatar", destinations=["user-1"]).publish(packet())
     (got,) = livekit.received
     assert got.request.topic == "avatar"
     assert list(got.request.destination_identities) == ["user-1"]
@@ -80,54 +90,53 @@ async def test_topic_and_destinations_are_configurable(
 
 async def test_5xx_is_retried_until_it_succeeds(
     livekit: LiveKitDouble,
-    lk_api: api.LiveKitAPI,
+    session: aiohttp.ClientSession,
     metric_reader: InMemoryMetricReader,
     meter_provider: MeterProvider,
 ) -> None:
     livekit.fail_with = [503, 500]
-    await publisher(lk_api, meter_provider=meter_provider).publish(Packet(room="r", action="nod"))
+    await publisher(livekit, session, meter_provider=meter_provider).publish(packet())
     assert livekit.attempts == 3
     assert len(livekit.received) == 1
     assert metric_points(metric_reader, "avatar.actions.send.retries") == {(): 2}
 
 
-async def test_retries_are_bounded(livekit: LiveKitDouble, lk_api: api.LiveKitAPI) -> None:
+async def test_retries_are_bounded(livekit: LiveKitDouble, session: aiohttp.ClientSession) -> None:
     livekit.fail_with = [503] * 10
     with pytest.raises(PublishError) as failed:
-        await publisher(lk_api, retries=2).publish(Packet(room="r", action="nod"))
+        await publisher(livekit, session, retries=2).publish(packet())
     assert not failed.value.permanent
     assert livekit.attempts == 3
 
 
-async def test_a_4xx_is_final(livekit: LiveKitDouble, lk_api: api.LiveKitAPI) -> None:
+async def test_a_4xx_is_final(livekit: LiveKitDouble, session: aiohttp.ClientSession) -> None:
     livekit.fail_with = [400]
     with pytest.raises(PublishError) as failed:
-        await publisher(lk_api).publish(Packet(room="r", action="nod"))
+        await publisher(livekit, session).publish(packet())
     assert failed.value.permanent
     assert livekit.attempts == 1
 
 
 async def test_slow_answers_time_out_and_are_retried(
-    livekit: LiveKitDouble, lk_api: api.LiveKitAPI
+    livekit: LiveKitDouble, session: aiohttp.ClientSession
 ) -> None:
     livekit.delay = 0.5
     with pytest.raises(PublishError) as failed:
-        await publisher(lk_api, timeout=0.1, retries=1).publish(Packet(room="r", action="nod"))
+        await publisher(livekit, session, timeout=0.1, retries=1).publish(packet())
     assert not failed.value.permanent
     assert livekit.attempts == 2
 
 
-async def test_the_double_checks_tokens_as_livekit_server_does(livekit: LiveKitDouble) -> None:
-    wrong_secret = api.LiveKitAPI(livekit.url, KEY, "another-secret-that-is-long-enough-0123456789")
-    unknown_key = api.LiveKitAPI(livekit.url, "APIother", SECRET)
-    try:
-        for client in (wrong_secret, unknown_key):
-            with pytest.raises(PublishError) as refused:
-                await publisher(client).publish(Packet(room="r", action="nod"))
-            assert refused.value.permanent
-    finally:
-        await wrong_secret.aclose()
-        await unknown_key.aclose()
+async def test_the_double_checks_tokens_as_livekit_server_does(
+    livekit: LiveKitDouble, session: aiohttp.ClientSession
+) -> None:
+    for key, secret in (
+        (KEY, "another-secret-that-is-long-enough-0123456789"),
+        ("APIother", SECRET),
+    ):
+        with pytest.raises(PublishError) as refused:
+            await publisher(livekit, session, key=key, secret=secret).publish(packet())
+        assert refused.value.permanent
     now = int(time.time())
     cases = {
         "expired": {
@@ -158,12 +167,38 @@ async def test_the_double_checks_tokens_as_livekit_server_does(livekit: LiveKitD
 
 async def test_send_data_is_a_client_span(
     livekit: LiveKitDouble,
-    lk_api: api.LiveKitAPI,
+    session: aiohttp.ClientSession,
     spans: InMemorySpanExporter,
     tracer_provider: TracerProvider,
 ) -> None:
-    await publisher(lk_api, tracer_provider=tracer_provider).publish(Packet(room="r", action="nod"))
+    await publisher(livekit, session, tracer_provider=tracer_provider).publish(packet())
     (span,) = spans.get_finished_spans()
     assert span.name == "livekit.RoomService/SendData"
     assert span.kind.name == "CLIENT"
     assert dict(span.attributes or {})["avatar.send.attempts"] == 1
+
+
+async def test_a_retried_packet_keeps_its_nonce_and_is_delivered_once(
+    livekit: LiveKitDouble, session: aiohttp.ClientSession
+) -> None:
+    livekit.stall_after_accepting = 0.3  # accepted, then the answer comes too late
+    sender = publisher(livekit, session, timeout=0.1, retries=3)
+    with contextlib.suppress(PublishError):
+        await sender.publish(packet())
+    livekit.stall_after_accepting = 0.0
+    await sender.publish(packet())  # a redelivery, or a successor replica, sends it again
+    assert livekit.attempts >= 3
+    assert len(livekit.received) == 1
+    assert {d.request.nonce for d in livekit.duplicates} == {livekit.received[0].request.nonce}
+
+
+async def test_nonces_tell_packets_apart() -> None:
+    nonces = {
+        packet_nonce(room, cause, action)
+        for room in ("r1", "r2")
+        for cause in ("e1", "e2")
+        for action in ("nod", "speaking")
+    }
+    assert len(nonces) == 8
+    assert all(len(n) == 16 for n in nonces)
+    assert packet_nonce("r1", "e1", "nod") == packet_nonce("r1", "e1", "nod")

@@ -24,6 +24,7 @@ from avatar_shared.events import (
     UserState,
     UserStateChanged,
 )
+from tests.support.livekit_dedup import PacketDeduper
 
 
 class Clock:
@@ -39,7 +40,6 @@ class Item:
     """A work-stream message: its settlement is recorded, not sent anywhere."""
 
     event: Event
-    redelivered: bool = False
     settled: list[str] = field(default_factory=list)
 
     @property
@@ -65,7 +65,7 @@ class Item:
 
     def again(self) -> Item:
         """The same message delivered once more."""
-        return Item(self.event, redelivered=True)
+        return Item(self.event)
 
 
 class MemoryRooms:
@@ -86,38 +86,34 @@ class MemoryRooms:
         return [room for p, room in self.saved if p == partition]
 
 
-class MemorySent:
-    def __init__(self) -> None:
-        self.marked: set[tuple[str, str, str]] = set()
-        self.lookups = 0
-
-    async def was_sent(self, room: str, cause_id: str, action: str) -> bool:
-        self.lookups += 1
-        return (room, cause_id, action) in self.marked
-
-    async def mark_sent(self, room: str, cause_id: str, action: str) -> None:
-        self.marked.add((room, cause_id, action))
-
-
 class FakeLiveKit:
-    """Takes packets, or refuses them: ``down`` (503 after retries, maybe delivered),
-    ``refuse`` (4xx, final), or ``crash_after_send`` (takes the packet, then the caller
-    dies before hearing so: a BaseException the engine does not handle)."""
+    """Takes packets and de-duplicates them by nonce as livekit-server does, or refuses
+    them: ``down`` (503 after retries), ``refuse`` (4xx, final), ``lost_answer`` (takes
+    the packet, but the answer never comes: a timeout), or ``crash_after_send`` (takes
+    the packet, then the caller dies before hearing so: a BaseException the engine does
+    not handle)."""
 
     def __init__(self) -> None:
         self.delivered: list[Packet] = []
+        self.calls: list[Packet] = []
         self.down = False
         self.refuse = False
+        self.lost_answer = False
         self.crash_after_send = False
+        self._dedupers: dict[str, PacketDeduper] = {}
 
     async def publish(self, packet: Packet) -> None:
+        self.calls.append(packet)
         if self.down:
             raise PublishError("unavailable", permanent=False)
         if self.refuse:
             raise PublishError("refused", permanent=True)
-        self.delivered.append(packet)
+        if not self._dedupers.setdefault(packet.room, PacketDeduper()).is_duplicate(packet.nonce):
+            self.delivered.append(packet)
         if self.crash_after_send:
             raise Crash
+        if self.lost_answer:
+            raise PublishError("timed out", permanent=False)
 
     def actions(self, room: str) -> list[str]:
         return [p.action for p in self.delivered if p.room == room]

@@ -4,7 +4,6 @@ and overload."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,7 +20,6 @@ from tests.unit.actions.fakes import (
     FakeLiveKit,
     Item,
     MemoryRooms,
-    MemorySent,
     Turns,
     items,
 )
@@ -36,7 +34,6 @@ class World:
 
     clock: Clock = field(default_factory=Clock)
     rooms: MemoryRooms = field(default_factory=MemoryRooms)
-    sent: MemorySent = field(default_factory=MemorySent)
     livekit: FakeLiveKit = field(default_factory=FakeLiveKit)
     decisions: Decisions = field(default_factory=Decisions)
     holding: bool = True
@@ -47,7 +44,6 @@ class World:
             0,
             RULES,
             rooms=self.rooms,
-            sent=self.sent,
             publisher=self.livekit,
             decisions=self.decisions,
             processor=EventProcessor(),
@@ -89,7 +85,6 @@ async def test_a_turn_sends_speaking_at_playout_then_its_gestures_in_order(world
         ("wave_hand", "published", None),
         ("nod", "published", None),
     ]
-    assert world.sent.lookups == 0  # first deliveries to the owner skip the record
 
 
 async def test_a_redelivered_batch_sends_nothing_twice(world: World) -> None:
@@ -106,45 +101,34 @@ async def test_a_redelivered_batch_sends_nothing_twice(world: World) -> None:
     assert world.decisions.of(ROOM) == [("speaking", "published", None)]  # no new verdicts
 
 
-async def test_a_crash_between_send_and_record_resends_only_that_packet(world: World) -> None:
+async def test_a_crash_after_sending_delivers_nothing_twice(world: World) -> None:
     first = world.replica()
     turn = Turns(ROOM, world.clock)
     opening = items(turn.opening("s1", "wave_hand"))
     world.livekit.crash_after_send = True
-    with pytest.raises(Crash):  # LiveKit took the packet; the replica died before noting it
+    with pytest.raises(Crash):  # LiveKit took the packet; the replica died before acking
         await first.cycle(opening)
     world.livekit.crash_after_send = False
     assert world.rooms.saved == {}  # nothing was written: the batch is redelivered
     successor = world.replica()
     await successor.resume()
-    world.clock.now += 0.5
     await successor.cycle([i.again() for i in opening])
     await successor.cycle(items(turn.closing("s1")))
     await world.run(successor, 1.0)
-    # The one packet of the crash window goes out again (LiveKit's nonce de-duplication
-    # is what would drop it: docs/actions.md); nothing else repeats or is lost.
-    assert world.livekit.actions(ROOM) == ["speaking", "speaking", "wave_hand"]
-
-
-async def test_a_crash_after_the_record_resends_nothing(world: World) -> None:
-    first = world.replica()
-    turn = Turns(ROOM, world.clock)
-    opening = items(turn.opening("s1", "wave_hand"))
-    world.rooms.fail = True  # the state write will not land: the replica dies first
-    await first.cycle(opening)
-    await asyncio.sleep(0)  # the record's write left with the packet; it lands now
-    assert world.sent.marked
-    with pytest.raises(TimeoutError):  # what the first would have seen, had it lived
-        await first.settle()
-    assert world.rooms.saved == {}
-    world.rooms.fail = False
-    successor = world.replica()  # the first died before writing its state or acking
-    await successor.resume()
-    await successor.cycle([i.again() for i in opening])
-    await successor.cycle(items(turn.closing("s1")))
-    await world.run(successor, 1.0)
+    assert [p.action for p in world.livekit.calls] == ["speaking", "speaking", "wave_hand"]
+    # The successor sent the speaking packet again, with the same nonce: LiveKit dropped it.
+    assert world.livekit.calls[0].nonce == world.livekit.calls[1].nonce
     assert world.livekit.actions(ROOM) == ["speaking", "wave_hand"]
-    assert world.sent.lookups >= 1  # the redelivered speaking was looked up
+
+
+async def test_an_answer_lost_after_delivery_is_retried_and_delivered_once(world: World) -> None:
+    engine = world.replica()
+    world.livekit.lost_answer = True
+    await engine.cycle(items(Turns(ROOM, world.clock).opening("s1")))
+    world.livekit.lost_answer = False
+    await world.run(engine, 1.0)  # retried after 0.5 s
+    assert len(world.livekit.calls) == 2
+    assert world.livekit.actions(ROOM) == ["speaking"]
 
 
 async def test_livekit_down_keeps_packets_in_order_and_the_batch_is_acked(world: World) -> None:

@@ -13,9 +13,9 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 from fastapi import FastAPI
-from livekit import api
 from opentelemetry import metrics, trace
 
 from avatar_actions import worker
@@ -26,7 +26,7 @@ from avatar_actions.partitions import PartitionFeed, WorkStream
 from avatar_actions.ports import Publisher
 from avatar_actions.publisher import DryRunPublisher, LiveKitPublisher
 from avatar_actions.rules import RulesConfig
-from avatar_actions.store import KvRoomStore, KvSentRecord
+from avatar_actions.store import KvRoomStore
 from avatar_shared import semconv
 from avatar_shared.bus import Bus, events_stream
 from avatar_shared.config import LiveKitSettings, NatsSettings
@@ -52,7 +52,7 @@ class ActionsService:
     settings: ActionsSettings
     bus: Bus
     ownership: Ownership
-    livekit: api.LiveKitAPI | None
+    http: aiohttp.ClientSession | None  # LiveKit's server API
     start_partition: worker.PartitionStarter
     engines: weakref.WeakSet[Engine]
 
@@ -61,8 +61,8 @@ class ActionsService:
 
     async def close(self) -> None:
         await self.bus.close()
-        if self.livekit is not None:
-            await self.livekit.aclose()
+        if self.http is not None:
+            await self.http.close()
 
     def health_app(self, ready: Callable[[], str | None]) -> FastAPI:
         """``/readyz`` answers 503 with ``ready()``'s reason while it returns one."""
@@ -105,25 +105,19 @@ async def bootstrap(
                 settings.state_bucket, ttl_seconds=settings.state_ttl_seconds, replicas=replicas
             )
         )
-        sent = KvSentRecord(
-            await bus.ensure_kv(
-                settings.sent_bucket, ttl_seconds=settings.sent_ttl_seconds, replicas=replicas
-            )
-        )
         leases = await bus.ensure_kv(
             settings.lease_bucket, ttl_seconds=settings.lease_ttl_seconds, replicas=replicas
         )
     except BaseException:
         await bus.close(drain=False)
         raise
-    lk = (
-        api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret.get_secret_value())
-        if livekit
-        else None
-    )
+    session = aiohttp.ClientSession() if livekit else None
     publisher: Publisher = (
         LiveKitPublisher(
-            lk.room,
+            livekit.url,
+            livekit.api_key,
+            livekit.api_secret.get_secret_value(),
+            session,
             topic=settings.topic,
             destinations=settings.destinations,
             timeout=settings.send_timeout_seconds,
@@ -131,7 +125,7 @@ async def bootstrap(
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
-        if lk
+        if livekit and session
         else DryRunPublisher()
     )
     ownership = Ownership(
@@ -149,7 +143,6 @@ async def bootstrap(
             partition,
             rules,
             rooms=rooms,
-            sent=sent,
             publisher=publisher,
             decisions=bus,
             processor=bus.processor,
@@ -166,7 +159,7 @@ async def bootstrap(
             name=f"partition-{partition}",
         )
 
-    return ActionsService(settings, bus, ownership, lk, start_partition, engines)
+    return ActionsService(settings, bus, ownership, session, start_partition, engines)
 
 
 def _gauges(engines: weakref.WeakSet[Engine], meter_provider: metrics.MeterProvider | None) -> None:

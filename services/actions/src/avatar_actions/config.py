@@ -35,9 +35,7 @@ class ActionsSettings(BaseSettings):
     state_bucket: str = Field(
         "ACTIONS_ROOMS", pattern=r"^[A-Za-z0-9_-]+$", description="KV bucket of room state"
     )
-    sent_bucket: str = Field(
-        "ACTIONS_SENT", pattern=r"^[A-Za-z0-9_-]+$", description="KV bucket of packets sent"
-    )
+
     lease_ttl_seconds: float = Field(
         10.0, ge=1, description="A dead replica's partitions move after this long"
     )
@@ -78,4 +76,3 @@ class ActionsSettings(BaseSettings):
         2, ge=0, le=10, description="Quick retries per SendData; longer outages wait in the outbox"
     )
     state_ttl_seconds: float = Field(86400, gt=0, description="Room state kept this long")
-    sent_ttl_seconds: float = Field(3600, gt=0, description="Idempotency records kept this long")

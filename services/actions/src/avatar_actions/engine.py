@@ -20,10 +20,11 @@ copy is in the room store. :meth:`Engine.cycle` is the batch cycle:
    while they are in flight, and a batch is acked only once its effect is durable. A
    crash before that redelivers it to whoever owns the partition next.
 
-At most once: each packet sent is recorded in the sent record at once. It is looked up
-there before sending only when someone else may have sent it: its event is a
-redelivery, its room's state was inherited from storage (a predecessor may have sent
-after its last save), or an earlier attempt failed in a way that may have delivered it.
+Once, across retries, redeliveries and crashes: every packet carries a nonce derived
+from its room, cause and action (:func:`~avatar_actions.ports.packet_nonce`), and
+LiveKit drops a packet whose nonce it saw among the room's last 100. A batch redone by
+a successor after a crash sends its packets again and LiveKit drops the copies
+(docs/actions.md, "Delivery guarantee").
 
 If LiveKit is unavailable the outbox keeps the packet, and everything after it for that
 room, and retries with backoff from the timers. Every decision, sent or dropped, goes
@@ -34,7 +35,6 @@ redelivery stores it once. A room whose session ended leaves memory once saved.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import math
@@ -54,8 +54,8 @@ from avatar_actions.ports import (
     Publisher,
     PublishError,
     RoomStore,
-    SentRecord,
     WorkItem,
+    packet_nonce,
 )
 from avatar_actions.rules import SPEAKING, Decision, RoomSequencer, RulesConfig
 from avatar_actions.state import APPLIED_REMEMBERED, MAX_OUTBOX, Outgoing, StoredRoom
@@ -72,8 +72,6 @@ _RETRY_BASE, _RETRY_MAX = 0.5, 10.0
 @dataclass
 class _Room:
     stored: StoredRoom
-    #: Loaded from storage: a predecessor may have sent packets after its last save.
-    inherited: bool
     dirty: bool = False
     #: Trace of the span that decided each pending packet, by (cause id, action).
     traces: dict[tuple[str, str], trace.SpanContext] = field(default_factory=dict)
@@ -89,7 +87,6 @@ class Engine:
         rules: RulesConfig,
         *,
         rooms: RoomStore,
-        sent: SentRecord,
         publisher: Publisher,
         decisions: DecisionSink,
         processor: EventProcessor,
@@ -104,7 +101,6 @@ class Engine:
         self.partition = partition
         self._rules = rules
         self._rooms = rooms
-        self._sent = sent
         self._publisher = publisher
         self._decision_sink = decisions
         self._processor = processor
@@ -116,7 +112,6 @@ class Engine:
         self._cache: OrderedDict[str, _Room] = OrderedDict()
         self._deadlines: dict[str, float] = {}
         self._decisions: list[ActionDecision] = []  # to publish
-        self._marking: list[asyncio.Future[None]] = []  # sent-record writes in flight
         self._writing: tuple[Persisting, Sequence[WorkItem]] | None = None
         self._tracer = trace.get_tracer("avatar_actions", tracer_provider=tracer_provider)
         meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
@@ -142,7 +137,7 @@ class Engine:
         for index, item in enumerate(items):
             outcome = await self._processor.process(
                 item,
-                functools.partial(self.apply, redelivered=item.redelivered),
+                self.apply,
                 consumer=self._consumer,
                 subject=partitions.event_subject(item.subject),
                 ack=False,
@@ -171,7 +166,7 @@ class Engine:
         for item in handled:
             await item.ack()
 
-    async def apply(self, event: Event, *, redelivered: bool = False) -> None:
+    async def apply(self, event: Event) -> None:
         """Let the rules decide on one event, in memory."""
         room = await self._room(event.room)
         stored = room.stored
@@ -184,7 +179,7 @@ class Engine:
         sequencer = RoomSequencer(self._rules, stored.rules)
         decisions = sequencer.handle(event, now)
         stored.rules = sequencer.state
-        self._decide(event.room, room, decisions, happened, redelivered)
+        self._decide(event.room, room, decisions, happened)
         stored.applied = [*stored.applied, event.id][-APPLIED_REMEMBERED:]
         room.dirty = True
         current = trace.get_current_span().get_span_context()
@@ -203,7 +198,7 @@ class Engine:
                 sequencer = RoomSequencer(self._rules, room.stored.rules)
                 decisions = sequencer.tick(now)
                 room.stored.rules = sequencer.state
-                self._decide(name, room, decisions, now - room.stored.lag, False)
+                self._decide(name, room, decisions, now - room.stored.lag)
                 room.dirty = True
 
     async def send(self) -> list[str]:
@@ -224,11 +219,9 @@ class Engine:
             self._rooms.save(self.partition, name, self._cache[name].stored) for name in rooms
         ]
         writes += [self._decision_sink.publish(decision) for decision in decisions]
-        writes += self._marking
-        self._marking = []
         for name in rooms:
             room = self._cache[name]
-            room.dirty = room.inherited = False
+            room.dirty = False
             self._schedule(name, room)
         self._evict(rooms)
         return Persisting(self, rooms, decisions, asyncio.gather(*writes))
@@ -273,9 +266,7 @@ class Engine:
     async def _room(self, name: str) -> _Room:
         room = self._cache.get(name)
         if room is None:
-            stored = await self._rooms.load(self.partition, name)
-            # A room with events applied before: a predecessor may have sent after saving.
-            room = _Room(stored, inherited=bool(stored.applied))
+            room = _Room(await self._rooms.load(self.partition, name))
             self._cache[name] = room
         self._cache.move_to_end(name)
         return room
@@ -304,7 +295,6 @@ class Engine:
         room: _Room,
         decisions: list[Decision],
         moment: float,
-        redelivered: bool,
     ) -> None:
         now = self._clock()
         current = trace.get_current_span().get_span_context()
@@ -326,7 +316,6 @@ class Engine:
                     cause_id=decision.cause_id,
                     decided_at=now,
                     moment=moment,
-                    verify=redelivered or room.inherited,
                 )
             )
             if current.is_valid:
@@ -359,12 +348,10 @@ class Engine:
             self._finish(name, room, item, reason)
 
     async def _deliver(self, name: str, room: _Room, item: Outgoing) -> DropReason | _Wait | None:
-        """Send one packet: None (sent, or sent before), a DropReason, or ``_WAIT``."""
+        """Send one packet: None (sent), a DropReason, or ``_WAIT``."""
         stored = room.stored
         if self._stale(stored, item):
             return DropReason.STALE
-        if item.verify and await self._sent.was_sent(name, item.cause_id, item.action):
-            return None
         span = room.traces.get((item.cause_id, item.action))
         token = (
             otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span)))
@@ -372,11 +359,12 @@ class Engine:
             else None
         )
         try:
-            await self._publisher.publish(Packet(room=name, action=item.action))
+            await self._publisher.publish(
+                Packet(name, item.action, packet_nonce(name, item.cause_id, item.action))
+            )
         except PublishError as exc:
             if exc.permanent:
                 return DropReason.SEND_FAILED
-            item.verify = True  # a timed-out attempt may have delivered it
             stored.failures += 1
             wait = backoff(stored.failures - 1, base=_RETRY_BASE, cap=_RETRY_MAX, jitter=0)
             stored.retry_at = self._clock() + wait
@@ -386,12 +374,6 @@ class Engine:
             if token is not None:
                 otel_context.detach(token)
         self._latency.record(max(0.0, self._clock() - item.decided_at))
-        # Recorded at once (the write leaves now; the batch's ack waits for it): the
-        # window in which a crash forgets a delivered packet stays one round trip wide,
-        # and the room's next packet need not wait.
-        self._marking.append(
-            asyncio.ensure_future(self._sent.mark_sent(name, item.cause_id, item.action))
-        )
         return None
 
     def _finish(self, name: str, room: _Room, item: Outgoing, reason: DropReason | None) -> None:

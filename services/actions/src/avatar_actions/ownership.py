@@ -99,6 +99,7 @@ class Ownership:
         self.heartbeat = ttl / 4
         self._clock = clock
         self._leases: dict[int, _Lease] = {}
+        self._handing_back: dict[int, asyncio.Task[None]] = {}
 
     @property
     def owned(self) -> list[int]:
@@ -124,25 +125,27 @@ class Ownership:
         await self.release_all(released)
 
     async def step(self, acquired: PartitionCallback, released: PartitionCallback) -> None:
+        """One heartbeat. It never waits for a worker: a partition handed back stops in
+        the background while its lease keeps being refreshed, so a long batch cannot
+        starve the other leases."""
         started = self._clock()
         await self._kv.put(f"member.{self.me}", b"1")
         members = await self._members()
         owners = assignment(self._partitions, members)
         wanted = {p for p, member in owners.items() if member == self.me}
         for partition in sorted(self._leases):
-            if partition not in wanted:
-                await self._release(partition, released)
-                continue
             revision = await self._kv.update(
                 _key(partition), self.me.encode(), last=self._leases[partition].revision
             )
             if revision is None:
                 log.error("lease of partition %d lost; stopping its consumer", partition)
-                self._leases.pop(partition)
-                await released(partition)
+                del self._leases[partition]  # not held from now: its batch is abandoned
+                self._hand_back(partition, released)
                 continue
             self._leases[partition] = _Lease(revision, started + self._ttl - self.heartbeat)
-        for partition in sorted(wanted - set(self._leases)):
+            if partition not in wanted:
+                self._hand_back(partition, released)
+        for partition in sorted(wanted - set(self._leases) - set(self._handing_back)):
             revision = await self._kv.create(_key(partition), self.me.encode())
             if revision is None:
                 continue  # its previous owner has not let go yet: next heartbeat
@@ -151,17 +154,33 @@ class Ownership:
             await acquired(partition)
 
     async def release_all(self, released: PartitionCallback) -> None:
+        """Hand every partition back at once: their workers finish their batches
+        together, within the leases' validity (one after the other they might not)."""
         for partition in sorted(self._leases):
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await self._release(partition, released)
+            self._hand_back(partition, released)
+        await self.handed_back()
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self._kv.delete(f"member.{self.me}")
 
+    async def handed_back(self) -> None:
+        """Wait until the partitions being handed back are."""
+        await asyncio.gather(*self._handing_back.values())
+
+    def _hand_back(self, partition: int, released: PartitionCallback) -> None:
+        if partition not in self._handing_back:
+            task = asyncio.create_task(self._release(partition, released))
+            self._handing_back[partition] = task
+            task.add_done_callback(lambda _: self._handing_back.pop(partition, None))
+
     async def _release(self, partition: int, released: PartitionCallback) -> None:
-        lease = self._leases[partition]  # still held while its worker finishes the batch
-        await released(partition)  # its worker has stopped and saved: safe to hand over
-        del self._leases[partition]
-        await self._kv.delete(_key(partition), last=lease.revision)
+        """Stop the partition's worker (it finishes its batch: written and acked), then
+        delete the lease if it is still ours, so the next owner need not wait for it."""
+        await released(partition)
+        lease = self._leases.pop(partition, None)
+        if lease is None:
+            return  # lost meanwhile: nothing of ours to delete
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self._kv.delete(_key(partition), last=lease.revision)
         log.info("partition %d released", partition, extra={"replica": self.me})
 
     async def _members(self) -> list[str]:

@@ -8,6 +8,7 @@ are NATS (``avatar_shared.bus``: the work feed, buckets) and LiveKit
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,11 +21,8 @@ from avatar_shared.events import Event
 Clock = Callable[[], float]
 
 
-class WorkItem(Delivery, Protocol):
-    """An event delivered from the work stream, to be acked once its effect is durable."""
-
-    @property
-    def redelivered(self) -> bool: ...
+#: An event delivered from the work stream, to be acked once its effect is durable.
+WorkItem = Delivery
 
 
 class WorkFeed(Protocol):
@@ -49,16 +47,23 @@ class RoomStore(Protocol):
         ...
 
 
-class SentRecord(Protocol):
-    async def was_sent(self, room: str, cause_id: str, action: str) -> bool: ...
+#: Namespace of packet nonces (a UUID of our own, so they cannot collide with others').
+NONCE_NAMESPACE = uuid.UUID("4c1f0b0e-8f6a-5d0b-9a64-6f0e2d8b7a31")
 
-    async def mark_sent(self, room: str, cause_id: str, action: str) -> None: ...
+
+def packet_nonce(room: str, cause_id: str, action: str) -> bytes:
+    """The 16-byte nonce of the packet sending ``action`` in ``room`` because of event
+    ``cause_id``: the same on every retry, redelivery and replica, different for any
+    other packet. livekit-server drops a packet whose nonce it saw among the room's
+    last 100."""
+    return uuid.uuid5(NONCE_NAMESPACE, f"{room}\n{cause_id}\n{action}").bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Packet:
     room: str
     action: str
+    nonce: bytes
 
 
 class PublishError(Exception):
@@ -94,6 +99,7 @@ class Leases(Protocol):
 
 
 __all__ = [
+    "NONCE_NAMESPACE",
     "Clock",
     "DecisionSink",
     "Leases",
@@ -101,7 +107,7 @@ __all__ = [
     "PublishError",
     "Publisher",
     "RoomStore",
-    "SentRecord",
     "WorkFeed",
     "WorkItem",
+    "packet_nonce",
 ]

@@ -1,13 +1,19 @@
 """Sending ``AVATAR_UPDATE`` packets into LiveKit rooms, or logging them in a dry run.
 
-:class:`LiveKitPublisher` calls ``RoomService.SendData`` through livekit-api (Twirp, a
-token with ``roomAdmin`` for the room), reliable kind, with the reference payload
-``{"type": "AVATAR_UPDATE", "action": ...}`` byte for byte unless a template says
-otherwise. Each call is bounded by ``timeout``; 5xx answers, timeouts and connection
-errors are retried with exponential
-backoff and full jitter, a bounded number of times; a 4xx is final and not retried.
-The server does not de-duplicate our retries (livekit-api sets a fresh nonce on every
-call), so at-most-once delivery across crashes is the caller's idempotency record.
+:class:`LiveKitPublisher` calls ``RoomService.SendData`` (Twirp ``POST
+/twirp/livekit.RoomService/SendData``, the real ``livekit-protocol`` messages, a token with
+``roomAdmin`` for the room), reliable kind, with the reference payload
+``{"type": "AVATAR_UPDATE", "action": ...}`` byte for byte. Each packet carries its own
+nonce (:attr:`Packet.nonce`, derived from what the packet is): livekit-server drops a
+packet whose nonce is among the last 100 it saw in the room, so every retry, every
+redelivery and every successor's resend of one packet is delivered once.
+livekit-api's ``RoomService.send_data`` replaces the nonce with a random one on every
+call, so the call is made here, through livekit-api's own Twirp client and access
+tokens; everything else stays livekit-api's.
+
+Each call is bounded by ``timeout``; 5xx answers, timeouts and connection errors are
+retried with exponential backoff and full jitter, a bounded number of times; a 4xx is
+final and not retried.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 
 import aiohttp
 from livekit import api
-from livekit.api.access_token import SIPGrants, VideoGrants
-from livekit.api.room_service import RoomService
+from livekit.api.twirp_client import TwirpClient
+from livekit.protocol.room import SendDataRequest, SendDataResponse
 from opentelemetry import metrics, trace
 
 from avatar_actions.ports import Packet, PublishError
@@ -29,6 +36,11 @@ from avatar_shared import semconv
 from avatar_shared.retry import backoff
 
 log = logging.getLogger(__name__)
+
+#: An admin token is signed once per room and minute (signing is the largest CPU cost
+#: of a packet), and is valid for ten.
+_TOKEN_REUSE_SECONDS = 60.0
+_TOKEN_TTL = timedelta(minutes=10)
 
 
 def reference_payload(action: str) -> bytes:
@@ -45,14 +57,47 @@ class DryRunPublisher:
     async def publish(self, packet: Packet) -> None:
         log.info(
             "dry-run packet",
-            extra={"room": packet.room, "payload": reference_payload(packet.action).decode()},
+            extra={
+                "room": packet.room,
+                "payload": reference_payload(packet.action).decode(),
+                "nonce": packet.nonce.hex(),
+            },
         )
+
+
+class AdminTokens:
+    """``roomAdmin`` tokens for one room at a time, signed once a minute per room."""
+
+    def __init__(self, api_key: str, api_secret: str, max_rooms: int = 10_000) -> None:
+        self._key = api_key
+        self._secret = api_secret
+        self._max_rooms = max_rooms
+        self._cache: dict[str, tuple[float, str]] = {}
+
+    def header(self, room: str) -> dict[str, str]:
+        now = time.monotonic()
+        hit = self._cache.get(room)
+        if hit is None or hit[0] < now:
+            if len(self._cache) >= self._max_rooms:
+                self._cache.clear()
+            token = (
+                api.AccessToken(self._key, self._secret)
+                .with_grants(api.VideoGrants(room_admin=True, room=room))
+                .with_ttl(_TOKEN_TTL)
+                .to_jwt()
+            )
+            hit = (now + _TOKEN_REUSE_SECONDS, token)
+            self._cache[room] = hit
+        return {"Authorization": f"Bearer {hit[1]}"}
 
 
 class LiveKitPublisher:
     def __init__(
         self,
-        room_service: RoomService,
+        url: str,
+        api_key: str,
+        api_secret: str,
+        session: aiohttp.ClientSession,
         *,
         topic: str = "",
         destinations: Sequence[str] = (),
@@ -64,8 +109,8 @@ class LiveKitPublisher:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        self._rooms = room_service
-        _reuse_admin_tokens(room_service)
+        self._twirp = TwirpClient(session, url, "livekit", failover=False)
+        self._tokens = AdminTokens(api_key, api_secret)
         self._topic = topic
         self._destinations = list(destinations)
         self._timeout = timeout
@@ -80,12 +125,13 @@ class LiveKitPublisher:
         )
 
     async def publish(self, packet: Packet) -> None:
-        request = api.SendDataRequest(
+        request = SendDataRequest(
             room=packet.room,
             data=reference_payload(packet.action),
             kind=api.DataPacket.Kind.RELIABLE,
             destination_identities=self._destinations,
             topic=self._topic or None,
+            nonce=packet.nonce,
         )
         with self._tracer.start_as_current_span(
             "livekit.RoomService/SendData",
@@ -104,11 +150,15 @@ class LiveKitPublisher:
                         backoff(attempt, base=self._backoff, cap=self._max_backoff, jitter=1.0)
                     )
                 try:
-                    # Our own bound: livekit-api passes timeout=None per request, which
-                    # disables the session's timeout in aiohttp.
                     async with asyncio.timeout(self._timeout):
-                        await self._rooms.send_data(request)
-                    span.set_attribute("avatar.send.attempts", attempt + 1)
+                        await self._twirp.request(
+                            "RoomService",
+                            "SendData",
+                            request,
+                            self._tokens.header(packet.room),
+                            SendDataResponse,
+                        )
+                    span.set_attribute(semconv.SEND_ATTEMPTS, attempt + 1)
                     return
                 except api.ServerError as exc:
                     if exc.status < 500:
@@ -128,32 +178,3 @@ class LiveKitPublisher:
                 log.warning("SendData failed (%s), attempt %d", reason, attempt + 1)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "retries exhausted"))
             raise PublishError("LiveKit unavailable after retries", permanent=False)
-
-
-_TOKEN_REUSE_SECONDS = 60.0  # livekit-api signs tokens valid for 6 hours
-
-
-def _reuse_admin_tokens(room_service: RoomService) -> None:
-    """Sign a room's admin token once a minute, not once per packet.
-
-    livekit-api builds and signs a fresh JWT for every call (~0.3 ms of CPU, the largest
-    cost of a packet); the token for one room's ``roomAdmin`` grant is valid for hours.
-    The cache is keyed by the exact grants, so any other call signs as before.
-    """
-    sign = room_service._auth_header
-    cache: dict[str, tuple[float, dict[str, str]]] = {}
-
-    def auth_header(grants: VideoGrants | None, sip: SIPGrants | None = None) -> dict[str, str]:
-        if grants is None or sip is not None:
-            return sign(grants, sip)
-        key = repr(grants)
-        now = time.monotonic()
-        hit = cache.get(key)
-        if hit is None or hit[0] < now:
-            if len(cache) > 10_000:
-                cache.clear()
-            hit = (now + _TOKEN_REUSE_SECONDS, sign(grants, None))
-            cache[key] = hit
-        return hit[1]
-
-    room_service._auth_header = auth_header  # type: ignore[method-assign]

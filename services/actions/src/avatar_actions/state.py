@@ -30,9 +30,6 @@ class Outgoing(BaseModel):
     #: When the packet should go out on the agent's clock (its cause happened then); a
     #: packet later than ``ACTIONS_MAX_LAG_SECONDS`` past it is dropped as stale.
     moment: float
-    #: Look in the sent record first: someone may have sent it already (a redelivered
-    #: event, state inherited from a predecessor, an attempt that timed out).
-    verify: bool = True
 
 
 class StoredRoom(BaseModel):

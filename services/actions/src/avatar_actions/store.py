@@ -1,10 +1,8 @@
-"""The room store and the sent record in JetStream key-value buckets (the NATS adapters
-of :class:`~avatar_actions.ports.RoomStore` and :class:`~avatar_actions.ports.SentRecord`).
+"""The room store in a JetStream key-value bucket (the NATS adapter of
+:class:`~avatar_actions.ports.RoomStore`).
 
 Room state is keyed ``<partition>.<room token>`` (tokens are subject-safe, see
-:mod:`avatar_shared.rooms`), so a replica taking a partition over finds its rooms. The
-sent record is keyed by room, the id of the event that caused the packet and the action,
-so a redelivered event or a successor replica finds the packet already sent.
+:mod:`avatar_shared.rooms`), so a replica taking a partition over finds its rooms.
 """
 
 from __future__ import annotations
@@ -32,18 +30,3 @@ class KvRoomStore:
     async def rooms(self, partition: int) -> list[str]:
         keys = await self._bucket.keys(f"{partition}.*")
         return [decode_room(key.split(".", 1)[1]) for key in keys]
-
-
-class KvSentRecord:
-    def __init__(self, bucket: Bucket) -> None:
-        self._bucket = bucket
-
-    @staticmethod
-    def _key(room: str, cause_id: str, action: str) -> str:
-        return f"{encode_room(room)}.{cause_id}.{action}"
-
-    async def was_sent(self, room: str, cause_id: str, action: str) -> bool:
-        return await self._bucket.get(self._key(room, cause_id, action)) is not None
-
-    async def mark_sent(self, room: str, cause_id: str, action: str) -> None:
-        await self._bucket.put(self._key(room, cause_id, action), b"1")

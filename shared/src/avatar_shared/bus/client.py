@@ -153,6 +153,10 @@ class Bus:
     async def delete_stream(self, name: str) -> None:
         await self._js.delete_stream(name)
 
+    async def purge_stream(self, name: str) -> None:
+        """Remove every message the stream holds (operations and benchmarks)."""
+        await self._js.purge_stream(name)
+
     async def stored_messages(self, stream: str) -> int:
         return int((await self._js.stream_info(stream)).state.messages)
 
@@ -170,6 +174,10 @@ class Bus:
         with contextlib.suppress(NotFoundError):
             await self._js.delete_consumer(stream, name)
         await self.ensure_consumer(stream, config)
+
+    async def delete_consumer(self, stream: str, name: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_consumer(stream, name)
 
     async def consumer_exists(self, stream: str, name: str) -> bool:
         try:
