@@ -50,6 +50,7 @@ import nats.js.errors
 from nats.js import api as js_api
 
 from avatar_actions.partitions import WORK_STREAM, consumer_name
+from avatar_actions.ports import packet_nonce
 from avatar_shared import subjects
 from avatar_shared.bus import Bus, events_stream
 from avatar_shared.config import NatsSettings
@@ -98,6 +99,8 @@ class Publisher:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.published: dict[str, list[float]] = defaultdict(list)
+        #: The speaking packet's nonce (as the actions service derives it) -> publish time.
+        self.by_nonce: dict[bytes, float] = {}
 
     async def speech(self, room: str, n: int, *, created: bool = True) -> None:
         speech = f"s{n}"
@@ -107,19 +110,30 @@ class Publisher:
                     room=room, speech_id=speech, seq=2 * n, source_kind="say", user_initiated=False
                 )
             )
-        self.published[room].append(time.perf_counter())
-        await self.bus.publish(PlayoutStarted(room=room, speech_id=speech, seq=2 * n + 1))
+        playout = PlayoutStarted(room=room, speech_id=speech, seq=2 * n + 1)
+        now = time.perf_counter()
+        self.published[room].append(now)
+        self.by_nonce[packet_nonce(room, playout.id, "speaking")] = now
+        await self.bus.publish(playout)
 
 
-def latencies(double: LiveKitDouble, published: dict[str, list[float]]) -> list[float]:
+def latencies(double: LiveKitDouble, agent: Publisher) -> list[float]:
+    """Each packet's latency. The actions service's packets are matched to their playout
+    by nonce (it may shed some); the relay's, which never sheds, by order within a room."""
+    found: list[float] = []
     arrived: dict[str, list[float]] = defaultdict(list)
     for got in double.received:
-        arrived[got.request.room].append(got.at)
-    return sorted(
+        sent = agent.by_nonce.get(got.request.nonce)
+        if sent is not None:
+            found.append(got.at - sent)
+        else:
+            arrived[got.request.room].append(got.at)
+    found += [
         a - p
-        for room, times in published.items()
-        for p, a in zip(times, arrived[room], strict=False)
-    )
+        for room, times in arrived.items()
+        for p, a in zip(agent.published[room], times, strict=False)
+    ]
+    return sorted(found)
 
 
 def _created(value: object) -> datetime.datetime:
@@ -159,7 +173,7 @@ async def paced(bus: Bus, double: LiveKitDouble, profile: Profile, tag: str) -> 
     offered = profile.rooms * ticks * 2 / (time.perf_counter() - start)
     expected = profile.rooms * ticks
     await wait_for(double, expected, 30)
-    lat = latencies(double, agent.published)
+    lat = latencies(double, agent)
     return Paced(
         offered,
         len(double.received),
@@ -201,14 +215,16 @@ class Server:
         elif fresh:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await bus.purge_stream(WORK_STREAM)
+        started = datetime.datetime.now(datetime.UTC)
         self.proc = await asyncio.create_subprocess_exec(
             *self._argv, env=self._env | (extra or {}), cwd=ROOT
         )
-        await self._ready(bus)
+        # The relay keeps its durable consumer across restarts (draining a backlog);
+        # an actions replica recreates every partition's consumer when it takes it.
+        await self._ready(started if fresh or self.name == "actions" else None)
 
-    async def _ready(self, bus: Bus) -> None:
-        """Its consumers exist, created by this process (not left by the previous one)."""
-        started = datetime.datetime.now(datetime.UTC)
+    async def _ready(self, since: datetime.datetime | None) -> None:
+        """Its consumers exist, created by this process (``since`` it started)."""
         names = (
             [(subjects.EVENTS_STREAM, RELAY_CONSUMER)]
             if self.name == "relay"
@@ -222,7 +238,7 @@ class Server:
                     while True:
                         with contextlib.suppress(nats.js.errors.NotFoundError):
                             info = await js.consumer_info(stream, name)
-                            if info.created is None or _created(info.created) >= started:
+                            if since is None or _created(info.created) >= since:
                                 break
                         await asyncio.sleep(0.05)
         finally:
@@ -329,7 +345,7 @@ async def overload(
         drained_after = time.perf_counter() - load_ended
     await asyncio.sleep(2)  # the last decisions reach the bus
     await actions.stop()
-    lat = latencies(double, agent.published)
+    lat = latencies(double, agent)
     sent = len(double.received)
     reasons = await decisions_by_reason(nats_url, "over-")
     stale = reasons.get("stale", 0)

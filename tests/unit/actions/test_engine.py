@@ -4,11 +4,12 @@ and overload."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pytest
 
-from avatar_actions.engine import Engine
+from avatar_actions.engine import MAX_BATCHES_IN_FLIGHT, Engine
 from avatar_actions.rules import RulesConfig
 from avatar_actions.state import MAX_OUTBOX
 from avatar_shared.bus import EventProcessor
@@ -75,8 +76,8 @@ async def test_a_turn_sends_speaking_at_playout_then_its_gestures_in_order(world
     world.clock.now += 2
     closing = items(turn.closing("s1"))
     await engine.cycle(closing)
-    assert all(i.settled == ["ack"] for i in opening)
     await world.run(engine, 1.0)
+    assert all(i.settled == ["ack"] for i in opening)  # its writes done, acked by a cycle
     assert world.livekit.actions(ROOM) == ["speaking", "wave_hand", "nod"]
     await engine.settle()
     assert all(i.settled == ["ack"] for i in closing)
@@ -266,3 +267,49 @@ async def test_idle_rooms_beyond_the_cap_leave_memory(world: World) -> None:
         await engine.cycle(items(turn.opening("s1") + turn.closing("s1")))
     await world.run(engine, 1.0)
     assert engine.rooms_in_memory() <= 10
+
+
+async def test_batches_are_written_while_the_next_ones_are_applied_within_a_bound(
+    world: World,
+) -> None:
+    engine = world.replica()
+    writes: list[asyncio.Future[None]] = []
+
+    async def slow_save(partition: int, room: str, stored: object) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        writes.append(done)
+        await done
+
+    world.rooms.save = slow_save  # type: ignore[method-assign]
+    batches = [items(Turns(f"room-{n}", world.clock).opening("s1")) for n in range(3)]
+    for batch in batches:
+        await engine.cycle(batch)
+    assert len(world.livekit.delivered) == 3  # sent without waiting for earlier writes
+    assert all(i.settled == [] for batch in batches for i in batch)
+    for done in writes:
+        done.set_result(None)
+    await engine.settle()
+    assert all(i.settled == ["ack"] for batch in batches for i in batch)
+    # Past MAX_BATCHES_IN_FLIGHT, a cycle waits for the oldest batch's writes.
+    writes.clear()
+
+    async def busy() -> None:
+        for n in range(MAX_BATCHES_IN_FLIGHT + 2):
+            await engine.cycle(items(Turns(f"busy-{n}", world.clock).opening("s1")))
+
+    running = asyncio.create_task(busy())
+    async with asyncio.timeout(5):
+        while len(writes) < MAX_BATCHES_IN_FLIGHT + 1:
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert not running.done()  # waiting for the oldest batch's writes
+    assert len(writes) == MAX_BATCHES_IN_FLIGHT + 1
+    writes[0].set_result(None)
+    async with asyncio.timeout(5):
+        while len(writes) < MAX_BATCHES_IN_FLIGHT + 2:
+            await asyncio.sleep(0)
+    for done in writes:
+        if not done.done():
+            done.set_result(None)
+    await running
+    await engine.settle()

@@ -39,10 +39,11 @@ import hashlib
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import nats.errors
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
@@ -67,6 +68,8 @@ from avatar_shared.telemetry import tally
 
 log = logging.getLogger(__name__)
 _RETRY_BASE, _RETRY_MAX = 0.5, 10.0
+#: Batches whose writes may be in flight at once; the cycle waits for the oldest past it.
+MAX_BATCHES_IN_FLIGHT = 4
 
 
 @dataclass
@@ -112,7 +115,7 @@ class Engine:
         self._cache: OrderedDict[str, _Room] = OrderedDict()
         self._deadlines: dict[str, float] = {}
         self._decisions: list[ActionDecision] = []  # to publish
-        self._writing: tuple[Persisting, Sequence[WorkItem]] | None = None
+        self._in_flight: deque[Persisting] = deque()  # batches being written, in order
         self._tracer = trace.get_tracer("avatar_actions", tracer_provider=tracer_provider)
         meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
         self._decision_count = tally(
@@ -154,17 +157,34 @@ class Engine:
             self._abandon()
             return
         changed = await self.send()
-        await self.settle()
-        self._writing = (self.persist(changed), handled)
+        self._in_flight.append(self.persist(changed, handled))
+        await self._ack_written(wait=len(self._in_flight) > MAX_BATCHES_IN_FLIGHT)
 
     async def settle(self) -> None:
-        """Wait for the batch being written; ack its messages once it is durable."""
-        if self._writing is None:
-            return
-        (persisting, handled), self._writing = self._writing, None
-        await persisting.wait()  # raises: its messages stay unacked and come back
-        for item in handled:
-            await item.ack()
+        """Wait for every batch being written; ack each once it is durable. A failed
+        write raises (after the others are settled): its messages stay unacked."""
+        failure: BaseException | None = None
+        while self._in_flight:
+            try:
+                await self._in_flight.popleft().finish()
+            except (nats.errors.Error, TimeoutError) as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    async def _ack_written(self, *, wait: bool) -> None:
+        """Ack the batches whose writes are done, oldest first; with ``wait``, wait for
+        the oldest (backpressure: at most MAX_BATCHES_IN_FLIGHT are being written)."""
+        while self._in_flight and (wait or self._in_flight[0].done()):
+            wait = False
+            try:
+                await self._in_flight.popleft().finish()
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning(
+                    "partition %d: a batch's writes failed (%s); it will be redelivered",
+                    self.partition,
+                    type(exc).__name__,
+                )
 
     async def apply(self, event: Event) -> None:
         """Let the rules decide on one event, in memory."""
@@ -210,10 +230,11 @@ class Engine:
             await asyncio.gather(*(self._flush(name, self._cache[name]) for name in dirty))
         return dirty
 
-    def persist(self, rooms: list[str]) -> Persisting:
-        """Start writing the rooms' state and the decisions; await the result before
-        acking the batch. The next batch may be applied and sent meanwhile: its writes
-        start after these are done, so a room's saves land in order."""
+    def persist(self, rooms: list[str], handled: Sequence[WorkItem] = ()) -> Persisting:
+        """Start writing the rooms' state (serialised now) and the decisions; the batch's
+        messages are acked once the writes are done. Later batches are taken, applied and
+        sent meanwhile; their writes are issued after these, on the same connection, so a
+        room's saves land in order."""
         decisions, self._decisions = self._decisions, []
         writes: list[Awaitable[object]] = [
             self._rooms.save(self.partition, name, self._cache[name].stored) for name in rooms
@@ -224,7 +245,7 @@ class Engine:
             room.dirty = False
             self._schedule(name, room)
         self._evict(rooms)
-        return Persisting(self, rooms, decisions, asyncio.gather(*writes))
+        return Persisting(self, rooms, decisions, asyncio.gather(*writes), handled)
 
     def next_deadline(self) -> float | None:
         return min(self._deadlines.values(), default=None)
@@ -441,7 +462,7 @@ def room_cap(max_rooms: int, partitions: int) -> int:
 
 
 class Persisting:
-    """Writes in flight for one batch."""
+    """One batch's writes in flight, and the messages to ack once they are done."""
 
     def __init__(
         self,
@@ -449,15 +470,24 @@ class Persisting:
         rooms: list[str],
         decisions: list[ActionDecision],
         writes: asyncio.Future[list[object]],
+        handled: Sequence[WorkItem],
     ) -> None:
         self._engine = engine
         self._rooms = rooms
         self._decisions = decisions
         self._writes = writes
+        self._handled = handled
 
-    async def wait(self) -> None:
+    def done(self) -> bool:
+        return self._writes.done()
+
+    async def finish(self) -> None:
+        """Wait for the writes; ack the messages, or, if a write failed, leave them for
+        redelivery and have the next batch write these rooms and decisions again."""
         try:
             await self._writes
         except BaseException:
             self._engine._unsaved(self._rooms, self._decisions)
             raise
+        for item in self._handled:
+            await item.ack()
