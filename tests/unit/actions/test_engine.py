@@ -286,6 +286,9 @@ async def test_batches_are_written_while_the_next_ones_are_applied_within_a_boun
         await engine.cycle(batch)
     assert len(world.livekit.delivered) == 3  # sent without waiting for earlier writes
     assert all(i.settled == [] for batch in batches for i in batch)
+    async with asyncio.timeout(5):
+        while len(writes) < 3:  # the writes start as the loop runs them
+            await asyncio.sleep(0)
     for done in writes:
         done.set_result(None)
     await engine.settle()
