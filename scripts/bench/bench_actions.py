@@ -45,6 +45,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import nats
 import nats.js.errors
 from nats.js import api as js_api
@@ -57,7 +58,6 @@ from avatar_shared.config import NatsSettings
 from avatar_shared.events import PlayoutStarted, SessionEnded, SpeechCreated
 from scripts.bench.relay import CONSUMER as RELAY_CONSUMER
 from scripts.bench.report import write_section
-from tests.support.livekit_server import LiveKitDouble, running_livekit
 from tests.support.nats_server import free_port, start_nats_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +93,48 @@ class Paced:
     p99_ms: float
 
 
+@dataclass(frozen=True)
+class Got:
+    room: str
+    nonce: bytes
+    action: str
+    at: float  # the double's time.perf_counter() when the SendData reached it
+
+
+class RemoteDouble:
+    """The LiveKit double running in a process of its own (``tests.support.livekit_server``),
+    so that its arrival times are not delayed by this process's publishing."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=30)
+
+    async def ready(self) -> None:
+        async with asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    await self.count()
+                    return
+                await asyncio.sleep(0.05)
+
+    async def count(self) -> int:
+        return int((await self._http.get("/_double/count")).json())
+
+    async def received(self) -> list[Got]:
+        rows = (await self._http.get("/_double/received")).json()
+        return [
+            Got(room, bytes.fromhex(nonce), json.loads(data)["action"], at)
+            for room, nonce, data, at in rows
+        ]
+
+    async def clear(self) -> None:
+        await self._http.post("/_double/clear")
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
 class Publisher:
     """The agent's side: publishes speeches and remembers when each playout left."""
 
@@ -117,17 +159,17 @@ class Publisher:
         await self.bus.publish(playout)
 
 
-def latencies(double: LiveKitDouble, agent: Publisher) -> list[float]:
+def latencies(received: list[Got], agent: Publisher) -> list[float]:
     """Each packet's latency. The actions service's packets are matched to their playout
     by nonce (it may shed some); the relay's, which never sheds, by order within a room."""
     found: list[float] = []
     arrived: dict[str, list[float]] = defaultdict(list)
-    for got in double.received:
-        sent = agent.by_nonce.get(got.request.nonce)
+    for got in received:
+        sent = agent.by_nonce.get(got.nonce)
         if sent is not None:
             found.append(got.at - sent)
         else:
-            arrived[got.request.room].append(got.at)
+            arrived[got.room].append(got.at)
     found += [
         a - p
         for room, times in arrived.items()
@@ -150,15 +192,16 @@ def percentile(values: list[float], share: float) -> float:
     return values[max(0, int(len(values) * share) - 1)] if values else float("nan")
 
 
-async def wait_for(double: LiveKitDouble, count: int, limit: float) -> bool:
+async def wait_for(double: RemoteDouble, count: int, limit: float) -> int:
+    """How many packets arrived, once ``count`` did or ``limit`` seconds passed."""
     deadline = time.perf_counter() + limit
-    while len(double.received) < count and time.perf_counter() < deadline:
-        await asyncio.sleep(0.02)
-    return len(double.received) >= count
+    while (arrived := await double.count()) < count and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    return arrived
 
 
-async def paced(bus: Bus, double: LiveKitDouble, profile: Profile, tag: str) -> Paced:
-    double.received.clear()
+async def paced(bus: Bus, double: RemoteDouble, profile: Profile, tag: str) -> Paced:
+    await double.clear()
     agent = Publisher(bus)
     start = time.perf_counter()
     ticks = max(1, round(profile.seconds / profile.period))
@@ -172,11 +215,11 @@ async def paced(bus: Bus, double: LiveKitDouble, profile: Profile, tag: str) -> 
     await asyncio.gather(*(room_loop(r) for r in range(profile.rooms)))
     offered = profile.rooms * ticks * 2 / (time.perf_counter() - start)
     expected = profile.rooms * ticks
-    await wait_for(double, expected, 30)
-    lat = latencies(double, agent)
+    arrived = await wait_for(double, expected, 30)
+    lat = latencies(await double.received(), agent)
     return Paced(
         offered,
-        len(double.received),
+        arrived,
         expected,
         statistics.median(lat) * 1000 if lat else float("nan"),
         percentile(lat, 0.99) * 1000,
@@ -190,10 +233,10 @@ async def backlog(bus: Bus, rooms: int, speeches: int, tag: str) -> int:
     return rooms * speeches
 
 
-async def drained(double: LiveKitDouble, packets: int) -> float:
+async def drained(double: RemoteDouble, packets: int) -> float:
     await wait_for(double, packets, 300)
-    times = sorted(got.at for got in double.received)
-    return packets / (times[-1] - times[0])
+    times = sorted(got.at for got in await double.received())
+    return len(times) / (times[-1] - times[0])
 
 
 class Server:
@@ -258,7 +301,7 @@ class Server:
 
 
 async def comparison(
-    bus: Bus, double: LiveKitDouble, servers: list[Server], rounds: int
+    bus: Bus, double: RemoteDouble, servers: list[Server], rounds: int
 ) -> tuple[dict[tuple[str, str], list[Paced]], dict[str, list[float]]]:
     results: dict[tuple[str, str], list[Paced]] = defaultdict(list)
     drains: dict[str, list[float]] = defaultdict(list)
@@ -274,7 +317,7 @@ async def comparison(
                     flush=True,
                 )
             await server.stop()
-            double.received.clear()
+            await double.clear()
             packets = await backlog(bus, 500, 10, f"burst-{server.name}{round_}")
             if server.name == "actions":  # sourcing into the work stream is asynchronous
                 while await bus.stored_messages(WORK_STREAM) < packets:
@@ -289,8 +332,6 @@ async def comparison(
 
 async def decisions_by_reason(bus_url: str, room_prefix: str) -> dict[str, int]:
     """Count the actions service's decisions on the bus, for rooms of one run."""
-    import nats
-
     nc = await nats.connect(bus_url)
     js = nc.jetstream()
     sub = await js.pull_subscribe(
@@ -314,11 +355,11 @@ async def decisions_by_reason(bus_url: str, room_prefix: str) -> dict[str, int]:
 
 
 async def overload(
-    bus: Bus, double: LiveKitDouble, actions: Server, capacity: float, nats_url: str
+    bus: Bus, double: RemoteDouble, actions: Server, capacity: float, nats_url: str
 ) -> list[str]:
     """Twice the replica's capacity for 10 s; what was sent, shed and left behind."""
     await actions.start(bus)
-    double.received.clear()
+    await double.clear()
     agent = Publisher(bus)
     rate = 2 * capacity
     rooms = 2000
@@ -345,8 +386,9 @@ async def overload(
         drained_after = time.perf_counter() - load_ended
     await asyncio.sleep(2)  # the last decisions reach the bus
     await actions.stop()
-    lat = latencies(double, agent)
-    sent = len(double.received)
+    received = await double.received()
+    lat = latencies(received, agent)
+    sent = len(received)
     reasons = await decisions_by_reason(nats_url, "over-")
     stale = reasons.get("stale", 0)
     accounted = "all accounted for" if sent + stale == published else "NOT all accounted for"
@@ -474,7 +516,13 @@ def ratio_rows(
 async def measure(args: argparse.Namespace, nats_url: str) -> tuple[str, bool]:
     bus = await Bus.connect(NatsSettings(url=nats_url), name="bench")
     await bus.ensure_stream(events_stream())
-    async with running_livekit(LiveKitDouble(keys={KEY: SECRET})) as double:
+    port = free_port()
+    double_proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.livekit_server", str(port), KEY, SECRET, cwd=ROOT
+    )
+    double = RemoteDouble(port)
+    try:
+        await double.ready()
         env = os.environ | {
             "NATS_URL": nats_url,
             "LIVEKIT_URL": double.url,
@@ -494,6 +542,10 @@ async def measure(args: argparse.Namespace, nats_url: str) -> tuple[str, bool]:
         soak_lines, within = (
             await soak(bus, actions, args.soak_seconds) if args.soak_seconds > 0 else ([], True)
         )
+    finally:
+        await double.close()
+        double_proc.terminate()
+        await double_proc.wait()
     await bus.close()
     body = "\n".join(
         [

@@ -134,3 +134,41 @@ async def running_livekit(double: LiveKitDouble) -> AsyncIterator[LiveKitDouble]
         yield double
     finally:
         await runner.cleanup()
+
+
+async def _received(double: LiveKitDouble, request: web.Request) -> web.Response:
+    """The double's own route (not LiveKit's), for a benchmark in another process."""
+    return web.json_response(
+        [
+            [r.request.room, r.request.nonce.hex(), r.request.data.decode(), r.at]
+            for r in double.received
+        ]
+    )
+
+
+async def _json_count(double: LiveKitDouble) -> web.Response:
+    return web.json_response(len(double.received))
+
+
+async def _clear(double: LiveKitDouble, request: web.Request) -> web.Response:
+    double.received.clear()
+    double.duplicates.clear()
+    return web.json_response({})
+
+
+def serve_forever(port: int, key: str, secret: str) -> None:
+    """``python -m tests.support.livekit_server PORT KEY SECRET``: the double as a process
+    of its own (``time.perf_counter`` is the machine's monotonic clock, so its arrival
+    times compare with other processes')."""
+    double = LiveKitDouble(keys={key: secret}, port=port)
+    app = double.app()
+    app.router.add_get("/_double/received", lambda r: _received(double, r))
+    app.router.add_post("/_double/clear", lambda r: _clear(double, r))
+    app.router.add_get("/_double/count", lambda r: _json_count(double))
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_forever(int(sys.argv[1]), sys.argv[2], sys.argv[3])

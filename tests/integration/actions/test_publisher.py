@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -17,7 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from avatar_actions.ports import Packet, PublishError, packet_nonce
+from avatar_actions.ports import Packet, PublishError, TooLate, packet_nonce
 from avatar_actions.publisher import LiveKitPublisher
 from tests.integration.conftest import metric_points
 from tests.support.livekit_server import LiveKitDouble, running_livekit
@@ -56,10 +57,9 @@ def publisher(
         key,
         secret,
         session,
-        sleep=no_wait,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
-        **kwargs,  # type: ignore[arg-type]
+        **({"sleep": no_wait} | kwargs),  # type: ignore[arg-type]
     )
 
 
@@ -202,3 +202,18 @@ async def test_nonces_tell_packets_apart() -> None:
     assert len(nonces) == 8
     assert all(len(n) == 16 for n in nonces)
     assert packet_nonce("r1", "e1", "nod") == packet_nonce("r1", "e1", "nod")
+
+
+async def test_a_packet_past_its_deadline_is_not_sent(
+    livekit: LiveKitDouble, session: aiohttp.ClientSession
+) -> None:
+    late = Packet("r", "nod", packet_nonce("r", "e", "nod"), deadline=time.time() - 0.1)
+    with pytest.raises(TooLate):
+        await publisher(livekit, session).publish(late)
+    assert livekit.attempts == 0
+    # ... nor retried past it: the first attempt fails, the retry would be late.
+    livekit.fail_with = [503]
+    soon = Packet("r", "nod", packet_nonce("r", "e", "nod"), deadline=time.time() + 0.2)
+    with pytest.raises(TooLate):
+        await publisher(livekit, session, sleep=lambda _: asyncio.sleep(0.3)).publish(soon)
+    assert livekit.attempts == 1

@@ -24,7 +24,7 @@ from avatar_actions.engine import Engine, room_cap
 from avatar_actions.ownership import Ownership, replica_id
 from avatar_actions.partitions import PartitionFeed, WorkStream
 from avatar_actions.ports import Publisher
-from avatar_actions.publisher import DryRunPublisher, LiveKitPublisher
+from avatar_actions.publisher import SEND_CONCURRENCY, DryRunPublisher, LiveKitPublisher
 from avatar_actions.rules import RulesConfig
 from avatar_actions.store import KvRoomStore
 from avatar_shared import semconv
@@ -111,7 +111,11 @@ async def bootstrap(
     except BaseException:
         await bus.close(drain=False)
         raise
-    session = aiohttp.ClientSession() if livekit else None
+    session = (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=SEND_CONCURRENCY))
+        if livekit
+        else None
+    )
     publisher: Publisher = (
         LiveKitPublisher(
             livekit.url,

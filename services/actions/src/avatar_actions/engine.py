@@ -55,6 +55,7 @@ from avatar_actions.ports import (
     Publisher,
     PublishError,
     RoomStore,
+    TooLate,
     WorkItem,
     packet_nonce,
 )
@@ -381,8 +382,15 @@ class Engine:
         )
         try:
             await self._publisher.publish(
-                Packet(name, item.action, packet_nonce(name, item.cause_id, item.action))
+                Packet(
+                    name,
+                    item.action,
+                    packet_nonce(name, item.cause_id, item.action),
+                    item.moment + self._max_lag,
+                )
             )
+        except TooLate:
+            return DropReason.STALE
         except PublishError as exc:
             if exc.permanent:
                 return DropReason.SEND_FAILED

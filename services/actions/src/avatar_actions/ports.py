@@ -64,12 +64,22 @@ class Packet:
     room: str
     action: str
     nonce: bytes
+    #: Clock time after which the packet is stale: not sent (:class:`TooLate`).
+    deadline: float = float("inf")
 
 
 class PublishError(Exception):
     def __init__(self, message: str, *, permanent: bool) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class TooLate(PublishError):
+    """The packet's deadline passed before it could be sent (waiting for a connection
+    or a retry): shed as stale, not sent late."""
+
+    def __init__(self) -> None:
+        super().__init__("deadline passed before sending", permanent=True)
 
 
 class Publisher(Protocol):
@@ -107,6 +117,7 @@ __all__ = [
     "PublishError",
     "Publisher",
     "RoomStore",
+    "TooLate",
     "WorkFeed",
     "WorkItem",
     "packet_nonce",

@@ -13,7 +13,9 @@ tokens; everything else stays livekit-api's.
 
 Each call is bounded by ``timeout``; 5xx answers, timeouts and connection errors are
 retried with exponential backoff and full jitter, a bounded number of times; a 4xx is
-final and not retried.
+final and not retried. At most ``concurrency`` calls are in flight (the HTTP
+connections); a packet whose deadline passes while it waits for one, or for a retry, is
+not sent (:class:`~avatar_actions.ports.TooLate`): under overload the service sheds.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from livekit.api.twirp_client import TwirpClient
 from livekit.protocol.room import SendDataRequest, SendDataResponse
 from opentelemetry import metrics, trace
 
-from avatar_actions.ports import Packet, PublishError
+from avatar_actions.ports import Packet, PublishError, TooLate
 from avatar_shared import semconv
 from avatar_shared.retry import backoff
 
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 #: of a packet), and is valid for ten.
 _TOKEN_REUSE_SECONDS = 60.0
 _TOKEN_TTL = timedelta(minutes=10)
+#: SendData calls in flight at once (and HTTP connections to LiveKit).
+SEND_CONCURRENCY = 64
 
 
 def reference_payload(action: str) -> bytes:
@@ -105,11 +109,15 @@ class LiveKitPublisher:
         retries: int = 4,
         backoff: float = 0.05,
         max_backoff: float = 2.0,
+        concurrency: int = SEND_CONCURRENCY,
+        clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self._twirp = TwirpClient(session, url, "livekit", failover=False)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._clock = clock
         self._tokens = AdminTokens(api_key, api_secret)
         self._topic = topic
         self._destinations = list(destinations)
@@ -125,6 +133,10 @@ class LiveKitPublisher:
         )
 
     async def publish(self, packet: Packet) -> None:
+        async with self._slots:
+            await self._send(packet)
+
+    async def _send(self, packet: Packet) -> None:
         request = SendDataRequest(
             room=packet.room,
             data=reference_payload(packet.action),
@@ -149,6 +161,9 @@ class LiveKitPublisher:
                     await self._sleep(
                         backoff(attempt, base=self._backoff, cap=self._max_backoff, jitter=1.0)
                     )
+                if self._clock() > packet.deadline:
+                    span.set_attribute(semconv.OUTCOME, "stale")
+                    raise TooLate
                 try:
                     async with asyncio.timeout(self._timeout):
                         await self._twirp.request(
