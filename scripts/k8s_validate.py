@@ -20,7 +20,9 @@ Policy, for every Deployment/StatefulSet:
 - autoscalers target existing Deployments, and a ScaledObject never allows more replicas
   than its ``avatar-backend/partitions`` annotation, which equals ``ACTIONS_PARTITIONS``;
 - an Ingress routes only to Services of the namespace, by a port they have, and never to
-  a port named ``metrics`` (Prometheus scrapes those; the public must not).
+  a port named ``metrics`` (Prometheus scrapes those; the public must not);
+- the actions service's memory limit holds its memory bound, derived from
+  ``ACTIONS_MAX_ROOMS`` (``avatar_actions.config.memory_bound_mib``).
 """
 
 from __future__ import annotations
@@ -220,6 +222,45 @@ def ingress_problems(obj: Obj, objects: list[Obj]) -> Iterator[str]:
                 yield f"{where}: routes the public to a metrics port"
 
 
+_UNITS = {
+    "Ki": 1 / 1024,
+    "Mi": 1.0,
+    "Gi": 1024.0,
+    "K": 1e3 / 2**20,
+    "M": 1e6 / 2**20,
+    "G": 1e9 / 2**20,
+}
+
+
+def mebibytes(quantity: str) -> float:
+    for suffix, factor in sorted(_UNITS.items(), key=lambda kv: -len(kv[0])):
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor
+    return float(quantity) / 2**20
+
+
+def actions_memory_problems(objects: list[Obj]) -> Iterator[str]:
+    from avatar_actions.config import ActionsSettings, memory_bound_mib
+
+    default = ActionsSettings.model_fields["max_rooms"].default
+    for obj in objects:
+        if obj.get("kind") != "Deployment" or obj["metadata"]["name"] != "avatar-actions":
+            continue
+        configured = [
+            int(o["data"]["ACTIONS_MAX_ROOMS"])
+            for o in objects
+            if o.get("kind") == "ConfigMap" and "ACTIONS_MAX_ROOMS" in (o.get("data") or {})
+        ]
+        bound = memory_bound_mib(max(configured, default=default))
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+            if limit is not None and mebibytes(str(limit)) < bound:
+                yield (
+                    f"{name_of(obj)}: memory limit {limit} is below the replica's memory "
+                    f"bound of {bound:.0f} MiB for ACTIONS_MAX_ROOMS (docs/actions.md)"
+                )
+
+
 def policy_problems(objects: list[Obj]) -> Iterator[str]:
     for obj in objects:
         kind = obj.get("kind")
@@ -231,6 +272,7 @@ def policy_problems(objects: list[Obj]) -> Iterator[str]:
             yield from autoscaler_problems(obj, objects)
         elif kind == "Ingress":
             yield from ingress_problems(obj, objects)
+    yield from actions_memory_problems(objects)
     namespaces = {
         o.get("metadata", {}).get("namespace") for o in objects if o.get("kind") in WORKLOADS
     }

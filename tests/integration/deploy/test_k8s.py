@@ -135,6 +135,12 @@ BREAKAGES = {
         ),
         "which is not a Service here",
     ),
+    "actions memory under its bound": (
+        _replace(
+            "base/actions.yaml", '  ACTIONS_MAX_ROOMS: "20000"', '  ACTIONS_MAX_ROOMS: "60000"'
+        ),
+        "is below the replica's memory bound",
+    ),
     "broken kustomization": (
         _replace(
             "base/kustomization.yaml", "  - agent.yaml\n", "  - agent.yaml\n  - missing.yaml\n"

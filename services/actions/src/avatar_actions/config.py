@@ -6,6 +6,18 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+#: What a replica holds besides its rooms, under load (interpreter, libraries, NATS and
+#: HTTP buffers), and what each room kept in memory may cost at most, in MiB: measured
+#: by the soak of ``make bench-actions`` (about 180 MiB and 5 KiB), with a margin.
+BASE_MEMORY_MIB = 200
+ROOM_MEMORY_MIB = 8 / 1024
+
+
+def memory_bound_mib(max_rooms: int) -> float:
+    """The most a replica's resident memory may reach with ``max_rooms``."""
+    return BASE_MEMORY_MIB + max_rooms * ROOM_MEMORY_MIB
+
+
 class ActionsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACTIONS_", extra="ignore")
 
