@@ -550,9 +550,9 @@ async def measure(args: argparse.Namespace, nats_url: str) -> tuple[str, bool]:
     await bus.close()
     body = "\n".join(
         [
-            "One actions replica owning all 16 partitions (rooms in memory, state and sent",
-            "record in JetStream KV, decisions published back to the bus, spans recorded and",
-            "not exported) against the bare relay (`scripts/bench/relay.py`: a durable",
+            "One actions replica owning all 16 partitions (rooms in memory, their state in",
+            "JetStream KV, decisions published back to the bus, spans recorded and not",
+            "exported) against the bare relay (`scripts/bench/relay.py`: a durable",
             "consumer on `playout_started`, `send_data`, ack). Servers alternate, "
             f"{args.rounds} rounds each; nats-server, the load generator and the LiveKit",
             "double share the machine's 2 cores. Latency: publish of `playout_started` to the",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from avatar_agent.tags import Tag, TagParser
+from avatar_agent.tags import OPENER, Tag, TagParser
 from avatar_shared.events import TagKind
 
 ACTIONS = {"wave_hand", "speaking", "nod"}
@@ -24,7 +27,7 @@ def parse(chunks: list[str], *, keep: bool = False) -> tuple[str, list[Tag], int
         out.append(text)
         tags += found
     text, found = parser.close()
-    return "".join(out) + text, tags + found, parser.dropped
+    return "".join(out) + text, tags + found, parser.unterminated
 
 
 def clean(text: str, *, keep: bool = False) -> str:
@@ -65,9 +68,21 @@ PIECES = st.sampled_from(
         "🙂",
         "[[action:nod]]",
         "<<emotion value=happy/>",
+        "[actionable]",
+        "<emotional>",
     ]
 )
-TEXTS = st.lists(PIECES, max_size=30).map("".join)
+# Tags as LLMs really write them, broken ones included.
+MALFORMED = st.builds(
+    lambda opener, sep, name, close: opener + sep + name + close,
+    st.sampled_from(
+        ["[action", "[Action", "[ ACTION", "[actions", "<emotion", "< Emotion", "</emotion"]
+    ),
+    st.sampled_from(["", ":", ": ", " : ", "=", " value=", ' value="', " value='", "\t"]),
+    st.sampled_from(["", "wave hand", "Wave-Hand", "waveHand", "nod", "very happy", "happy\""]),
+    st.sampled_from(["]", ">", "/>", " / >", "", "\n", "]]", "[", "<"]),
+)
+TEXTS = st.lists(st.one_of(PIECES, MALFORMED), max_size=30).map("".join)
 
 
 @settings(max_examples=400)
@@ -165,12 +180,11 @@ def test_spacing_around_removed_tags(text: str, expected: str) -> None:
         "[citation needed]",
         "I <3 you",
         "<b>bold</b>",
-        "[action]",
-        "[action:]",
-        "[actions:wave]",
-        "<emotion>",
-        "<emotion value=>",
         "a [ b ] c",
+        "[actionable items]",
+        "<emotional support>",
+        "[   action: three spaces are not an opener]",
+        "[transaction:x]",
     ],
 )
 def test_ordinary_text_passes_through_untouched(text: str) -> None:
@@ -234,7 +248,9 @@ def test_tags_carry_their_order_and_position_in_the_clean_text() -> None:
     ]
 
 
-@pytest.mark.parametrize("tail", ["[action:wave", "[act", '<emotion value="ha', "[", "<"])
+@pytest.mark.parametrize(
+    "tail", ["[action:wave", "[act", '<emotion value="ha', "[", "<", "[action", "</emotion"]
+)
 def test_an_unterminated_tag_at_the_end_is_never_spoken(tail: str) -> None:
     text, tags, dropped = parse(["Goodbye ", tail])
     assert text == "Goodbye"
@@ -244,13 +260,16 @@ def test_an_unterminated_tag_at_the_end_is_never_spoken(tail: str) -> None:
 
 def test_nested_and_doubled_brackets() -> None:
     assert clean("a [[action:nod]] b") == "a [] b"  # "]" closes: no space before it
-    assert clean("a <<emotion value=happy/> b") == "a < b"
+    assert clean("a <<emotion value=happy/> b") == "a <\nb"  # a line break after "<"
 
 
 def test_hold_back_is_bounded() -> None:
     parser = TagParser(actions=ACTIONS, emotions=EMOTIONS, max_hold=64)
-    text, _ = parser.feed("[action:" + "a" * 100)
-    assert text == "[action:" + "a" * 100  # not a tag once longer than the bound
+    text, _ = parser.feed("[" + "a" * 100)
+    assert text == "[" + "a" * 100  # no tag starts this way: written at once
+    parser = TagParser(actions=ACTIONS, emotions=EMOTIONS, max_hold=64)
+    text, _ = parser.feed("[action: " + "a" * 100 + " after")
+    assert text == "after"  # an opener: dropped through the bound and the rest of its word
     parser = TagParser(actions=ACTIONS, emotions=EMOTIONS, max_hold=64)
     text, _ = parser.feed("word" + " " * 200)
     assert text.startswith("word")
@@ -284,3 +303,111 @@ def test_the_scanner_and_str_isspace_agree_on_every_character() -> None:
             continue
         assert bool(_SPACE.fullmatch(char)) == char.isspace(), hex(code)
         assert bool(_PLAIN.fullmatch(char)) != char.isspace(), hex(code)
+
+
+@pytest.mark.parametrize(
+    ("text", "spoken", "tags"),
+    [
+        ("Hi [action: wave hand] there", "Hi there", [("action", "wave_hand", True)]),
+        ("Hi [action:Wave-Hand] there", "Hi there", [("action", "wave_hand", True)]),
+        ("Hi [action: waveHand] there", "Hi there", [("action", "wave_hand", True)]),
+        ('Hi [action: "nod"] there', "Hi there", [("action", "nod", True)]),
+        ("Hi [ACTION = nod] there", "Hi there", [("action", "nod", True)]),
+        ("Hi [actions: nod] there", "Hi there", [("action", "nod", True)]),
+        ("Hi [action nod] there", "Hi there", [("action", "nod", True)]),
+        ("Hi [action_nod] there", "Hi there", [("action", "nod", True)]),
+        ("Hi [action:] there", "Hi there", []),
+        ("Hi [action] there", "Hi there", []),
+        ('<emotion value="happy"></emotion> Great', "Great", [("emotion", "happy", True)]),
+        ('<emotion value="very happy"/> Great', "Great", [("emotion", "very_happy", False)]),
+        ("<emotion happy> Great", "Great", [("emotion", "happy", True)]),
+        ("<emotion=sad> Oh", "Oh", [("emotion", "sad", True)]),
+        ("<emotion intensity='high' value='sad'/> Oh", "Oh", [("emotion", "sad", True)]),
+        ("<emotion> Oh </emotion>", "Oh", []),
+        ("< / Emotion > Oh", "Oh", []),
+        ("<  /  emotion value=happy> Oh", "Oh", []),  # a closing tag names nothing
+        ("Hi [  action:  nod ] there", "Hi there", [("action", "nod", True)]),
+        ("So <emotions value=sad> sorry", "So sorry", [("emotion", "sad", True)]),
+    ],
+)
+def test_malformed_tags_are_removed_and_named(
+    text: str, spoken: str, tags: list[tuple[str, str, bool]]
+) -> None:
+    out, found, unterminated = parse([text])
+    assert out == spoken
+    assert [(t.kind.value, t.name, t.valid) for t in found] == tags
+    assert unterminated == 0
+
+
+def test_nameless_tags_are_counted() -> None:
+    parser = TagParser(actions=ACTIONS, emotions=EMOTIONS)
+    parser.feed("a [action:] b </emotion> c [action] d")
+    parser.close()
+    assert parser.nameless == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "spoken"),
+    [
+        # A line break ends an unterminated opener; the next line is spoken.
+        ("Sure [action: wave_hand\nWhat next?", "Sure What next?"),
+        # So does the start of another tag, which is parsed as usual.
+        ("Sure [action: wave [action:nod] thing", "Sure thing"),
+        ("Sure <emotion value=happy [action:nod] thing", "Sure thing"),
+        # Else the opener and up to max_hold characters, to the end of a word, go.
+        (
+            "Sure [action: wave_hand. Hello there, how are you today, my dear friend? "
+            "I hope you are well.",
+            "Sure I hope you are well.",
+        ),
+        # At the end of the text, whatever is held.
+        ("Bye [action: wave", "Bye"),
+    ],
+)
+def test_an_unterminated_opener_is_never_spoken(text: str, spoken: str) -> None:
+    assert clean(text) == spoken
+
+
+def test_thousands_of_openers_say_nothing() -> None:
+    text, tags, unterminated = parse(["[action:" * 20_000])
+    assert (text, tags, unterminated) == ("", [], 20_000)
+    assert clean("Hi " + "[action:" * 20_000 + "\nthere") == "Hi there"
+
+
+@settings(max_examples=600)
+@given(TEXTS, st.booleans())
+@example("[[action:x]action: y]", False)
+@example("[ [action:x] <emotion value=happy/>  action: y]", True)
+def test_no_opener_is_ever_spoken(text: str, keep: bool) -> None:
+    out, _, _ = parse([text], keep=keep)
+    for kept in (f'<emotion value="{e}"/>' for e in EMOTIONS):
+        out = out.replace(kept, "")
+    assert OPENER.search(out) is None, out
+
+
+@settings(max_examples=300)
+@given(TEXTS)
+def test_clean_text_is_clean(text: str) -> None:
+    """What the parser lets through, parsed again, has no tag and loses nothing.
+
+    Except a "[" or "<" left at the very end (as in "a [[action:x]"), which could still
+    open a tag when it is the end of the text being parsed.
+    """
+    out, _, _ = parse([text])
+    again, tags, _ = parse([out])
+    assert tags == []
+    assert out.startswith(again)
+    assert set(out[len(again) :]) <= set("[< \t\n")
+
+
+CORPUS = json.loads((Path(__file__).parent / "tag_corpus.json").read_text())
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[case["name"] for case in CORPUS])
+def test_real_world_shaped_replies(case: dict[str, Any]) -> None:
+    out, tags, _ = parse([case["reply"]])
+    assert out == case["spoken"]
+    assert [[t.kind.value, t.name, t.valid] for t in tags] == case["tags"]
+    step = 3  # as an LLM streams it: a few characters a chunk
+    chunks = [case["reply"][i : i + step] for i in range(0, len(case["reply"]), step)]
+    assert parse(chunks) == parse([case["reply"]])

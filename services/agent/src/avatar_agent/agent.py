@@ -42,9 +42,16 @@ def current_speech_id() -> str | None:
 
 
 async def strip_tags(
-    text: AsyncIterable[str], parser: TagParser, on_tags: Callable[[list[Tag]], None]
+    text: AsyncIterable[str],
+    parser: TagParser,
+    on_tags: Callable[[list[Tag]], None],
+    on_end: Callable[[TagParser], None] = lambda parser: None,
 ) -> AsyncIterator[str]:
-    """The pure streaming transform: text in, text without tags out, tags reported."""
+    """The pure streaming transform: text in, text without tags out, tags reported.
+
+    ``on_end`` sees the parser once the text has ended, for its counts of what it removed
+    without a tag to report.
+    """
     async for chunk in text:
         clean, tags = parser.feed(str(chunk))
         if tags:
@@ -56,8 +63,7 @@ async def strip_tags(
         on_tags(tags)
     if clean:
         yield clean
-    if parser.dropped:
-        log.info("unterminated tag dropped at the end of a reply")
+    on_end(parser)
 
 
 class SpeechTags:
@@ -66,6 +72,12 @@ class SpeechTags:
     def __init__(self, sink: TagSink) -> None:
         self._sink = sink
         self._reported: dict[str, int] = {}
+        self._ended: set[str] = set()
+        self._discarded = tally(
+            metrics.get_meter(semconv.INSTRUMENTATION_NAME),
+            semconv.METRIC_AGENT_TAGS_DISCARDED,
+            "Tag-like text removed without a tag to report, by reason",
+        )
 
     def report(self, speech_id: str, tags: list[Tag]) -> None:
         done = self._reported.get(speech_id, 0)
@@ -75,8 +87,19 @@ class SpeechTags:
                 done = tag.index + 1
         self._reported[speech_id] = done
 
+    def ended(self, speech_id: str, parser: TagParser) -> None:
+        """Counts what the parser removed without a tag, once per speech."""
+        if speech_id in self._ended:
+            return
+        self._ended.add(speech_id)
+        for reason, count in (("unterminated", parser.unterminated), ("nameless", parser.nameless)):
+            if count:
+                self._discarded.add(count, {semconv.REASON: reason})
+                log.info("tag-like text removed", extra={"reason": reason, "count": count})
+
     def forget(self, speech_id: str) -> None:
         self._reported.pop(speech_id, None)
+        self._ended.discard(speech_id)
 
 
 class AvatarAgent(Agent):
@@ -127,7 +150,11 @@ class AvatarAgent(Agent):
                 return
             self.speech_tags.report(speech_id, tags)
 
-        return strip_tags(text, self._parser(keep_emotions=keep_emotions), on_tags)
+        def on_end(parser: TagParser) -> None:
+            if speech_id is not None:
+                self.speech_tags.ended(speech_id, parser)
+
+        return strip_tags(text, self._parser(keep_emotions=keep_emotions), on_tags, on_end)
 
     async def tts_node(
         self, text: AsyncIterable[str], model_settings: ModelSettings

@@ -1,8 +1,9 @@
 """The streaming tag parser: LLM text in, speakable text and parsed tags out.
 
-The LLM writes ``[action:wave_hand]`` for gestures and ``<emotion value="happy"/>`` for the
-voice. :class:`TagParser` removes them as text streams through, one chunk at a time, and
-reports each as a :class:`Tag` with its position in the clean text.
+The LLM is asked to write ``[action:wave_hand]`` for gestures and
+``<emotion value="happy"/>`` for the voice, and writes them in many other ways.
+:class:`TagParser` removes them as text streams through, one chunk at a time, and reports
+each as a :class:`Tag` with its position in the clean text.
 
 Invariant (chunk boundaries): the concatenated output and the list of tags depend only
 on the concatenated input, never on how it was cut into chunks. Every decision is taken
@@ -10,21 +11,36 @@ at a character position of the input; the end of a chunk decides nothing. Text t
 still become a tag, and whitespace that may still have to merge with a removed tag, is
 held back, at most ``max_hold`` characters each, until the next characters decide.
 
-Rules:
+Rule: **text that opens as a tag is never spoken.**
 
-- ``[action:NAME]`` (any case, spaces allowed around the parts) is always removed.
-- ``<emotion value=NAME/>`` (quotes and the slash optional) is removed, except with
-  ``keep_emotions`` (text bound for Cartesia) when NAME is allowed: then it is also
-  written, in the canonical form ``<emotion value="name"/>``, right before the next
-  visible text. An emotion that is not allowed is never written.
+- An *opener* is ``[action`` or ``[actions``, ``<emotion`` or ``<emotions``, or the closing
+  ``</emotion``, in any case, with spaces or tabs after ``[``, ``<`` and ``/``, and followed
+  by a character that is not a letter (so ``[actionable]`` and ``<emotional>`` are text).
+- An opener closed by ``]`` (actions) or ``>`` (emotions) within ``max_hold`` characters
+  is a tag and is removed, whatever is inside: ``[action: wave hand]``, ``[action:]``,
+  ``<emotion value="very happy"/>``, ``</emotion>``.
+- Its name is what follows ``action:`` (or ``value=`` for emotions), normalised: quotes
+  dropped, ``camelCase`` split, lower-cased, every run of other characters one ``_``
+  (``Wave-Hand``, ``wave hand`` and ``waveHand`` are ``wave_hand``), at most 64
+  characters. A tag with a name is reported, ``valid`` when the avatar allows it; one
+  without (``[action:]``, ``</emotion>``) is removed and counted in :attr:`nameless`.
+- An opener that does not close is dropped with everything after it up to the first line
+  break, the next ``[`` or ``<``, or ``max_hold`` characters and the rest of the word they
+  end in, whichever comes first; the text after that point is spoken. So a forgotten
+  ``]`` costs at most ``max_hold`` characters and a word of the reply, and never speaks
+  the tag. Counted in :attr:`unterminated`. At
+  the end of the text, any held fragment that could still have become a tag is dropped.
+- ``keep_emotions`` (text bound for Cartesia): an allowed emotion is also written, in the
+  canonical form ``<emotion value="name"/>``, right before the next visible text. Nothing
+  else of a tag is ever written.
 - A tag and the whitespace around it become one whitespace character between two
   visible characters (the first whitespace character of the run, else a space, so words
-  are neither glued nor doubled), and nothing at the start or end of the text or before
-  closing punctuation. So the clean text, and every tag's offsets in it, are the same
+  are neither glued nor doubled; a line break right after ``[`` or ``<``, so the removal
+  cannot form a new opener), and nothing at the start or end of the text or before
+  closing punctuation. So no opener is ever in the clean text. So the clean text, and every tag's offsets in it, are the same
   whether emotions are kept or not.
 - Anything else that starts like a tag (``a[0]``, ``x < y``, ``[citation needed]``,
   ``<3``) is text, unchanged.
-- A fragment that could still be a tag when the text ends is dropped, never spoken.
 
 Cost is linear in the input: a held candidate is at most ``max_hold`` characters and is
 matched by anchored patterns without nested repetition, with partial matching.
@@ -40,15 +56,36 @@ import regex
 
 from avatar_shared.events import TagKind
 
-_ACTION = regex.compile(r"\[\s*action\s*:\s*([A-Za-z0-9][A-Za-z0-9_-]*)\s*\]", regex.IGNORECASE)
-_EMOTION = regex.compile(
-    r"<\s*emotion\s+value\s*=\s*(?:\"([A-Za-z_]+)\"|'([A-Za-z_]+)'|([A-Za-z_]+))\s*/?\s*>",
-    regex.IGNORECASE,
+# A whole tag: the opener, then (after a non-letter) anything but a line break or the
+# start of another tag, then the closer, which may be alone on the next line.
+_S = r"[^\S\r\n]{0,2}"  # the spaces LLMs put inside an opener
+_ACTION_OPENER = rf"\[{_S}actions?"
+_EMOTION_OPENER = rf"<{_S}/?{_S}emotions?"
+_ACTION = regex.compile(
+    rf"{_ACTION_OPENER}(?:[^A-Za-z\[\]<\r\n][^\[\]<\r\n]*)?(?:[\r\n]\s*)?\]", regex.IGNORECASE
 )
+_EMOTION = regex.compile(
+    rf"{_EMOTION_OPENER}(?:[^A-Za-z<>\[\r\n][^<>\[\r\n]*)?(?:[\r\n]\s*)?>", regex.IGNORECASE
+)
+# An opener and the character after it: once a candidate has one, it is a tag, closed or
+# not, and is never spoken.
+OPENER = regex.compile(rf"(?:{_ACTION_OPENER}|{_EMOTION_OPENER})(?![A-Za-z])", regex.IGNORECASE)
+_SHORTEST_OPENED = len("[action:")
+# What may follow an opener without deciding anything.
+_BODY = {"[": regex.compile(r"[^\[\]<\r\n]*"), "<": regex.compile(r"[^<>\[\r\n]*")}
+_CLOSING_TAG = regex.compile(rf"<{_S}/")
+_EMOTION_START = regex.compile(rf"<{_S}emotions?", regex.IGNORECASE)
+_ACTION_NAME = regex.compile(rf"{_ACTION_OPENER}[\s:=]*(.*)\]", regex.IGNORECASE | regex.DOTALL)
+_EMOTION_VALUE = regex.compile(r"value\s*[:=]\s*", regex.IGNORECASE)
+_SEPARATOR = regex.compile(r"[\s:=]*")
+_VALUE = regex.compile(r"\"([^\"]*)|'([^']*)|([^/>]*)")
+_CAMEL = regex.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NOT_NAME = regex.compile(r"[^a-z0-9]+")
 # Exactly the characters str.isspace() calls whitespace (\s alone misses \x1c-\x1f).
 _SPACE = regex.compile(r"[\s\x1c-\x1f]+")
 _PLAIN = regex.compile(r"[^\s\x1c-\x1f\[<]+")
 _CLOSING = frozenset(".,!?;:)]}…")
+_MAX_NAME = 64
 
 
 class _Match(Enum):
@@ -67,6 +104,30 @@ class Tag:
     word_index: int  # clean words before the tag
 
 
+def tag_name(raw: str) -> str:
+    """The normalised name inside a whole tag; empty when it has none."""
+    if raw[0] == "[":
+        match = _ACTION_NAME.fullmatch(raw)
+        name = match.group(1) if match else ""
+    elif _CLOSING_TAG.match(raw):
+        return ""
+    else:
+        body = _EMOTION_START.sub("", raw, count=1)
+        start = _EMOTION_VALUE.search(body) or _SEPARATOR.match(body)
+        value = _VALUE.match(body, start.end())
+        name = next((g for g in value.groups() if g is not None), "") if value else ""
+    name = _CAMEL.sub("_", name).lower()
+    return _NOT_NAME.sub("_", name).strip("_")[:_MAX_NAME].rstrip("_")
+
+
+def _opened(candidate: str) -> bool:
+    """Whether the candidate holds an opener and the character that confirms it."""
+    if len(candidate) < _SHORTEST_OPENED:
+        return False
+    match = OPENER.match(candidate)
+    return match is not None and match.end() < len(candidate)
+
+
 @dataclass
 class _Gap:
     """Whitespace, possibly with tags in it, not yet written out."""
@@ -82,13 +143,17 @@ class TagParser:
     emotions: Collection[str]
     keep_emotions: bool = False
     max_hold: int = 64
-    dropped: int = 0  # unterminated fragments dropped at the end
+    unterminated: int = 0  # openers dropped without their closer
+    nameless: int = 0  # whole tags removed without a name to report
 
     _out: list[str] = field(default_factory=list)
     _tags: list[Tag] = field(default_factory=list)
     _gap: _Gap = field(default_factory=_Gap)
     _pending: str = ""
+    _in_body: bool = False  # the candidate is an opener, before any line break
+    _rest_of_word: bool = False  # dropping the word an unterminated opener was cut in
     _clean_chars: int = 0
+    _last_clean: str = ""
     _words: int = 0
     _in_word: bool = False
     _count: int = 0
@@ -99,11 +164,12 @@ class TagParser:
         return self._take()
 
     def close(self) -> tuple[str, list[Tag]]:
-        """End of the text: drop an unterminated tag and the gap around it."""
+        """End of the text: drop a fragment that could still be a tag, and its gap."""
+        self._rest_of_word = False
         if self._pending:
-            self.dropped += 1
             self._pending = ""
-            self._gap.has_tag = True
+            self._in_body = False
+            self._drop_unterminated()
         if not self._gap.has_tag:
             self._write(self._gap.space, clean=True)
         self._write("".join(self._gap.kept), clean=False)
@@ -115,6 +181,11 @@ class TagParser:
     def _scan(self, text: str) -> None:
         i = 0
         while i < len(text):
+            if self._rest_of_word:
+                run = _PLAIN.match(text, i)
+                i = run.end() if run else i
+                self._rest_of_word = i == len(text)
+                continue
             if self._pending:
                 i = self._extend_pending(text, i)
                 continue
@@ -132,41 +203,82 @@ class TagParser:
                 i = run.end()
 
     def _extend_pending(self, text: str, i: int) -> int:
-        """Grow the candidate tag one character; settle it once the text decides."""
+        """Grow the candidate tag; settle it once the text decides."""
+        if self._in_body:
+            # Inside an opened tag, ordinary characters cannot decide anything: take
+            # them at once, up to the hold bound, instead of one pattern match each.
+            limit = min(len(text), i + self.max_hold + 1 - len(self._pending))
+            body = _BODY[self._pending[0]].match(text, i, limit)
+            assert body is not None  # the pattern matches the empty string
+            if body.end() > i:
+                self._pending += body.group()
+                if len(self._pending) > self.max_hold:
+                    self._pending = ""
+                    self._in_body = False
+                    self._drop_unterminated()
+                    self._rest_of_word = True
+                return body.end()
+            if text[i] in "[<":  # another tag starts: this one never closes
+                self._pending = ""
+                self._in_body = False
+                self._drop_unterminated()
+                return i  # scanned again, as the start of a candidate
         self._pending += text[i]
-        state, match = self._classify(self._pending)
-        if state is _Match.PARTIAL and len(self._pending) <= self.max_hold:
+        candidate = self._pending
+        state = self._classify(candidate)
+        if state is _Match.PARTIAL and len(candidate) <= self.max_hold:
+            self._in_body = candidate[-1] not in "\r\n" and (
+                self._in_body or _opened(candidate)
+            )
             return i + 1
-        candidate, self._pending = self._pending, ""
-        if state is _Match.FULL and match is not None:
-            self._tag(candidate, match)
-            return i + 1
-        # Not a tag: its first character is text; the rest is scanned again, since a
-        # tag may start inside it (as in "[[action:x]").
-        self._visible(candidate[0])
-        self._scan(candidate[1:])
+        self._pending = ""
+        self._in_body = False
+        if state is _Match.FULL:
+            self._tag(candidate)
+        elif not _opened(candidate):
+            # Not a tag: its first character is text; the rest is scanned again, since a
+            # tag may start inside it (as in "[[action:x]").
+            self._visible(candidate[0])
+            self._scan(candidate[1:])
+        elif state is _Match.PARTIAL:  # an opener held for max_hold characters
+            self._drop_unterminated()
+            self._rest_of_word = True
+        else:  # an opener broken by a line break or another tag's start
+            self._drop_unterminated()
+            self._scan(candidate[-1])
         return i + 1
 
-    def _classify(self, candidate: str) -> tuple[_Match, regex.Match[str] | None]:
+    def _classify(self, candidate: str) -> _Match:
         pattern = _ACTION if candidate[0] == "[" else _EMOTION
         match = pattern.fullmatch(candidate, partial=True)
         if match is None:
-            return _Match.NONE, None
-        return (_Match.PARTIAL if match.partial else _Match.FULL), match
+            return _Match.NONE
+        return _Match.PARTIAL if match.partial else _Match.FULL
 
     # --- what the text becomes ----------------------------------------------------------
 
-    def _tag(self, raw: str, match: regex.Match[str]) -> None:
+    def _tag(self, raw: str) -> None:
+        self._remove()
+        name = tag_name(raw)
+        if not name:
+            self.nameless += 1
+            return
         is_action = raw[0] == "["
         kind = TagKind.ACTION if is_action else TagKind.EMOTION
-        name = next(g for g in match.groups() if g).lower().replace("-", "_")
         valid = name in (self.actions if is_action else self.emotions)
         self._tags.append(Tag(kind, name, valid, self._count, self._clean_chars, self._words))
         self._count += 1
-        self._gap.has_tag = True
-        self._gap.space = self._gap.space[:1]
         if kind is TagKind.EMOTION and valid and self.keep_emotions:
             self._gap.kept.append(f'<emotion value="{name}"/>')
+
+    def _drop_unterminated(self) -> None:
+        self.unterminated += 1
+        self._remove()
+
+    def _remove(self) -> None:
+        """Something was removed here: the whitespace around it becomes one character."""
+        self._gap.has_tag = True
+        self._gap.space = self._gap.space[:1]
 
     def _add_space(self, space: str) -> None:
         if self._gap.has_tag:
@@ -186,7 +298,9 @@ class TagParser:
         if not gap.has_tag:
             self._write(gap.space, clean=True)
         elif self._clean_chars and before not in _CLOSING:
-            self._write(gap.space or " ", clean=True)
+            # After "[" or "<", a line break: a space could join them and the text after
+            # the removed tag into a new opener ("[[action:x]action: y]").
+            self._write("\n" if self._last_clean in ("[", "<") else gap.space or " ", clean=True)
         self._write("".join(gap.kept), clean=False)
 
     def _write(self, text: str, *, clean: bool) -> None:
@@ -196,6 +310,7 @@ class TagParser:
         if not clean:
             return
         self._clean_chars += len(text)
+        self._last_clean = text[-1]
         for char in text:
             if char.isspace():
                 self._in_word = False
