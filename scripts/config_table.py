@@ -22,6 +22,7 @@ SETTINGS = (
     "avatar_shared.config:NatsSettings",
     "avatar_shared.config:LogSettings",
     "avatar_shared.config:LiveKitSettings",
+    "avatar_shared.config:DeliverySettings",
     "avatar_shared.web.auth:AuthSettings",
     "avatar_shared.web.safety:DeploymentSettings",
     "avatar_token.config:TokenSettings",

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 from avatar_shared.events import (
     ActionDecision,
     AgentState,
     AgentStateChanged,
+    AvatarDelivery,
+    DeliveryDone,
+    DeliveryOutcome,
     DropReason,
     Event,
     Outcome,
@@ -53,5 +59,20 @@ def one_of_each(room: str = "room.1 ✨", avatar_id: str = "ava-1") -> list[Even
             reason=DropReason.INTERRUPTED,
             cause_id="0123abcd",
         ),
-        SessionEnded(**common, seq=7, reason="participant_left"),
+        AvatarDelivery(
+            **speech,
+            seq=1,
+            id=uuid.uuid4().hex,  # the packet's nonce, as hex
+            action="wave_hand",
+            payload='{"type": "AVATAR_UPDATE", "action": "wave_hand"}',
+            deadline=datetime(2030, 1, 1, tzinfo=UTC),
+            cause_id="0123abcd",
+        ),
+        DeliveryDone(
+            **common,
+            seq=7,
+            delivery_id="6f9619ff8b86d011b42d00cf4fc964ff",
+            outcome=DeliveryOutcome.SENT,
+        ),
+        SessionEnded(**common, seq=8, reason="participant_left"),
     ]

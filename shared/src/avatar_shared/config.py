@@ -62,6 +62,19 @@ class LiveKitSettings(BaseSettings):
     api_secret: Secret = Field(description="LiveKit API secret (signs tokens)")
 
 
+class DeliverySettings(BaseSettings):
+    """How ``AVATAR_UPDATE`` packets reach a room; read by the actions service and the
+    agent alike, so one variable switches both (docs/actions.md, "Delivery")."""
+
+    model_config = SettingsConfigDict(env_prefix="ACTIONS_", extra="ignore")
+
+    delivery: Literal["server_api", "agent"] = Field(
+        "server_api",
+        description="server_api: the actions service calls LiveKit's SendData; agent: it "
+        "hands each packet to the room's agent, which publishes it from its participant",
+    )
+
+
 class LogSettings(BaseSettings):
     """Process logging."""
 

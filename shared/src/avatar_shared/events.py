@@ -210,6 +210,44 @@ class ActionDecision(Event):
     cause_id: EventId = Field(description="id of the event that led to this decision")
 
 
+class AvatarDelivery(Event):
+    """A packet for the agent to publish into its room (``ACTIONS_DELIVERY=agent``).
+
+    The actions service decided it; the agent job of ``room`` publishes ``payload`` with
+    ``local_participant.publish_data(reliable=True, topic=..., destination_identities=...)``
+    once per ``id`` (the packet's nonce as hex: the same on every resend, so JetStream
+    stores it once), unless ``deadline`` has passed, and answers with a ``delivery_done``.
+    """
+
+    source: ClassVar[str] = subjects.ACTIONS
+
+    type: Literal["avatar_delivery"] = "avatar_delivery"
+    action: Name
+    payload: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
+        description="The data packet's bytes, as UTF-8 text"
+    )
+    topic: Annotated[str, StringConstraints(max_length=256)] = ""
+    destinations: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=64, description="Participant identities; empty: all"
+    )
+    deadline: AwareDatetime = Field(description="Not published after this instant (UTC)")
+    cause_id: EventId = Field(description="id of the event that led to this packet")
+
+
+class DeliveryOutcome(StrEnum):
+    SENT = "sent"  # publish_data succeeded
+    STALE = "stale"  # the deadline had passed: not published
+    FAILED = "failed"  # publish_data failed until the deadline
+
+
+class DeliveryDone(_AgentEvent):
+    """What the agent did with one ``avatar_delivery``."""
+
+    type: Literal["delivery_done"] = "delivery_done"
+    delivery_id: EventId
+    outcome: DeliveryOutcome
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     model.model_fields["type"].default: model
     for model in (
@@ -222,6 +260,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SessionStarted,
         SessionEnded,
         ActionDecision,
+        AvatarDelivery,
+        DeliveryDone,
     )
 }
 
@@ -234,7 +274,9 @@ AnyEvent = Annotated[
     | UserStateChanged
     | SessionStarted
     | SessionEnded
-    | ActionDecision,
+    | ActionDecision
+    | AvatarDelivery
+    | DeliveryDone,
     Field(discriminator="type"),
 ]
 ANY_EVENT: TypeAdapter[Event] = TypeAdapter(AnyEvent)

@@ -55,6 +55,11 @@ def subject_template(source: str, event_type: str) -> str:
     return f"{PREFIX}.{source}.{event_type}.{ROOM_PLACEHOLDER}"
 
 
+def type_filter(source: str, event_type: str) -> str:
+    """A wildcard subject matching every event of one type, in every room."""
+    return f"{PREFIX}.{source}.{event_type}.*"
+
+
 def room_filter(room: str, source: str = "*") -> str:
     """A wildcard subject matching every event of one room."""
     return f"{PREFIX}.{source}.*.{encode_room(room)}"

@@ -100,6 +100,7 @@ class FakeLiveKit:
         self.refuse = False
         self.lost_answer = False
         self.crash_after_send = False
+        self.announces = False
         self._dedupers: dict[str, PacketDeduper] = {}
 
     async def publish(self, packet: Packet) -> None:

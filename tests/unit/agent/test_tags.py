@@ -79,7 +79,7 @@ MALFORMED = st.builds(
         ["[action", "[Action", "[ ACTION", "[actions", "<emotion", "< Emotion", "</emotion"]
     ),
     st.sampled_from(["", ":", ": ", " : ", "=", " value=", ' value="', " value='", "\t"]),
-    st.sampled_from(["", "wave hand", "Wave-Hand", "waveHand", "nod", "very happy", "happy\""]),
+    st.sampled_from(["", "wave hand", "Wave-Hand", "waveHand", "nod", "very happy", 'happy"']),
     st.sampled_from(["]", ">", "/>", " / >", "", "\n", "]]", "[", "<"]),
 )
 TEXTS = st.lists(st.one_of(PIECES, MALFORMED), max_size=30).map("".join)

@@ -98,7 +98,7 @@ def test_subject_follows_the_event() -> None:
     event = one_of_each(room="a.b")[3]
     assert event.subject == "avatars.v1.agent.tag_parsed.a=2Eb"
     assert event.subject_template == "avatars.v1.agent.tag_parsed.{room}"
-    decision = one_of_each(room="a.b")[-2]
+    decision = next(e for e in one_of_each(room="a.b") if e.type == "action_decision")
     assert decision.subject == "avatars.v1.actions.action_decision.a=2Eb"
 
 

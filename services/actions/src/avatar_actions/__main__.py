@@ -12,7 +12,13 @@ import uvloop
 
 from avatar_actions.bootstrap import VERSION, bootstrap
 from avatar_actions.config import ActionsSettings
-from avatar_shared.config import LiveKitSettings, LogSettings, NatsSettings, load_or_exit
+from avatar_shared.config import (
+    DeliverySettings,
+    LiveKitSettings,
+    LogSettings,
+    NatsSettings,
+    load_or_exit,
+)
 from avatar_shared.logs import configure_logging
 from avatar_shared.telemetry import setup_telemetry
 from avatar_shared.web.service import serve
@@ -21,9 +27,12 @@ log = logging.getLogger(__name__)
 
 
 async def run(
-    settings: ActionsSettings, nats: NatsSettings, livekit: LiveKitSettings | None
+    settings: ActionsSettings,
+    nats: NatsSettings,
+    livekit: LiveKitSettings | None,
+    delivery: DeliverySettings,
 ) -> None:
-    service = await bootstrap(settings, nats, livekit)
+    service = await bootstrap(settings, nats, livekit, delivery=delivery)
     stop = asyncio.Event()
     try:
         consuming = asyncio.create_task(service.run(stop))
@@ -48,12 +57,17 @@ def main() -> int:
     configure_logging("actions", logs.level, logs.format)
     settings = load_or_exit(ActionsSettings)
     nats = load_or_exit(NatsSettings)
-    livekit = load_or_exit(LiveKitSettings) if os.environ.get("LIVEKIT_URL") else None
+    delivery = load_or_exit(DeliverySettings)
+    livekit = (
+        load_or_exit(LiveKitSettings)
+        if os.environ.get("LIVEKIT_URL") and delivery.delivery == "server_api"
+        else None
+    )
     telemetry = setup_telemetry("avatar-actions", VERSION, prometheus=True)
     try:
         # uvloop: this process is a NATS client and an HTTP client in one event loop,
         # and its latency is mostly that loop's I/O (docs/benchmarks.md).
-        uvloop.run(run(settings, nats, livekit))
+        uvloop.run(run(settings, nats, livekit, delivery))
     finally:
         telemetry.shutdown()
     return 0

@@ -2,8 +2,8 @@
 
 ``__main__``, the integration tests and the benchmark all start the service through
 it, so there is one wiring: NATS (the bus, its streams, buckets and feeds), LiveKit
-(or a dry run), the leases, and an :class:`~avatar_actions.engine.Engine` per partition
-this replica acquires.
+(or a dry run) or the room's agent (``ACTIONS_DELIVERY=agent``), the leases, and an
+:class:`~avatar_actions.engine.Engine` per partition this replica acquires.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from opentelemetry import metrics, trace
 
 from avatar_actions import worker
 from avatar_actions.config import ActionsSettings
+from avatar_actions.delivery import AgentDeliveryPublisher
 from avatar_actions.engine import Engine, room_cap
 from avatar_actions.ownership import Ownership, replica_id
 from avatar_actions.partitions import PartitionFeed, WorkStream
@@ -29,7 +30,7 @@ from avatar_actions.rules import RulesConfig
 from avatar_actions.store import KvRoomStore
 from avatar_shared import semconv
 from avatar_shared.bus import Bus, events_stream
-from avatar_shared.config import LiveKitSettings, NatsSettings
+from avatar_shared.config import DeliverySettings, LiveKitSettings, NatsSettings
 from avatar_shared.web.service import Cors, build_app
 
 VERSION = "0.1.0"
@@ -53,6 +54,7 @@ class ActionsService:
     bus: Bus
     ownership: Ownership
     http: aiohttp.ClientSession | None  # LiveKit's server API
+    deliveries: AgentDeliveryPublisher | None  # delivery through the agent
     start_partition: worker.PartitionStarter
     engines: weakref.WeakSet[Engine]
 
@@ -60,6 +62,8 @@ class ActionsService:
         await worker.run(self.ownership, self.start_partition, stop)
 
     async def close(self) -> None:
+        if self.deliveries is not None:
+            await self.deliveries.aclose()
         await self.bus.close()
         if self.http is not None:
             await self.http.close()
@@ -83,6 +87,7 @@ async def bootstrap(
     nats: NatsSettings,
     livekit: LiveKitSettings | None,
     *,
+    delivery: DeliverySettings | None = None,
     me: str | None = None,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
@@ -111,13 +116,22 @@ async def bootstrap(
     except BaseException:
         await bus.close(drain=False)
         raise
-    session = (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=SEND_CONCURRENCY))
-        if livekit
-        else None
-    )
-    publisher: Publisher = (
-        LiveKitPublisher(
+    session: aiohttp.ClientSession | None = None
+    deliveries: AgentDeliveryPublisher | None = None
+    publisher: Publisher
+    if delivery is not None and delivery.delivery == "agent":
+        publisher = deliveries = AgentDeliveryPublisher(
+            bus,
+            topic=settings.topic,
+            destinations=settings.destinations,
+            timeout=settings.send_timeout_seconds,
+            ack_grace=settings.delivery_ack_grace_seconds,
+            meter_provider=meter_provider,
+        )
+        await deliveries.start()
+    elif livekit is not None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=SEND_CONCURRENCY))
+        publisher = LiveKitPublisher(
             livekit.url,
             livekit.api_key,
             livekit.api_secret.get_secret_value(),
@@ -129,9 +143,8 @@ async def bootstrap(
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
-        if livekit and session
-        else DryRunPublisher()
-    )
+    else:
+        publisher = DryRunPublisher()
     ownership = Ownership(
         leases, me or replica_id(), settings.partitions, ttl=settings.lease_ttl_seconds
     )
@@ -163,7 +176,7 @@ async def bootstrap(
             name=f"partition-{partition}",
         )
 
-    return ActionsService(settings, bus, ownership, session, start_partition, engines)
+    return ActionsService(settings, bus, ownership, session, deliveries, start_partition, engines)
 
 
 def _gauges(engines: weakref.WeakSet[Engine], meter_provider: metrics.MeterProvider | None) -> None:

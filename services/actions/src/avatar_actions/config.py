@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 #: What a replica holds besides its rooms, under load (interpreter, libraries, NATS and
 #: HTTP buffers), and what each room kept in memory may cost at most, in MiB: measured
 #: by the soak of ``make bench-actions`` (about 180 MiB and 5 KiB), with a margin.
@@ -83,7 +82,15 @@ class ActionsSettings(BaseSettings):
     destinations: list[str] = Field(
         [], description="Participant identities to send to, JSON list (everyone if empty)"
     )
-    send_timeout_seconds: float = Field(5.0, gt=0, description="Per SendData call")
+    send_timeout_seconds: float = Field(
+        5.0, gt=0, description="Per SendData call (or storing a delivery for the agent)"
+    )
+    delivery_ack_grace_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="ACTIONS_DELIVERY=agent: a delivery the agent has not answered this long "
+        "after its deadline is counted unacknowledged",
+    )
     send_retries: int = Field(
         2, ge=0, le=10, description="Quick retries per SendData; longer outages wait in the outbox"
     )

@@ -381,12 +381,18 @@ class Engine:
             else None
         )
         try:
+            seq = 0
+            if self._publisher.announces:
+                seq, stored.decisions_seq = stored.decisions_seq, stored.decisions_seq + 1
             await self._publisher.publish(
                 Packet(
                     name,
                     item.action,
                     packet_nonce(name, item.cause_id, item.action),
                     item.moment + self._max_lag,
+                    cause_id=item.cause_id,
+                    speech_id=item.speech_id,
+                    seq=seq,
                 )
             )
         except TooLate:

@@ -2,7 +2,8 @@
 
 The engine (:mod:`avatar_actions.engine`) is written against these; the real adapters
 are NATS (``avatar_shared.bus``: the work feed, buckets) and LiveKit
-(:mod:`avatar_actions.publisher`), wired by :func:`avatar_actions.bootstrap.bootstrap`;
+(:mod:`avatar_actions.publisher`) or the room's agent (:mod:`avatar_actions.delivery`),
+wired by :func:`avatar_actions.bootstrap.bootstrap`;
 ``tests/unit/actions/fakes.py`` has in-memory ones, with an injected clock.
 """
 
@@ -66,6 +67,10 @@ class Packet:
     nonce: bytes
     #: Clock time after which the packet is stale: not sent (:class:`TooLate`).
     deadline: float = float("inf")
+    cause_id: str = ""
+    speech_id: str | None = None
+    #: The room's event number, when the publisher puts the packet on the bus as an event.
+    seq: int = 0
 
 
 class PublishError(Exception):
@@ -83,6 +88,10 @@ class TooLate(PublishError):
 
 
 class Publisher(Protocol):
+    #: Whether ``publish`` puts an event on the bus (delivery through the agent): the
+    #: engine then gives the packet the room's next event number, as to its decisions.
+    announces: bool
+
     async def publish(self, packet: Packet) -> None:
         """Deliver the packet, or raise :class:`PublishError`."""
         ...

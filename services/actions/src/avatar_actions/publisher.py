@@ -55,6 +55,8 @@ def reference_payload(action: str) -> bytes:
 class DryRunPublisher:
     """No LiveKit configured: each packet that would be sent is one JSON log line."""
 
+    announces = False
+
     def __init__(self) -> None:
         log.warning("no LiveKit configured: dry run, packets are logged instead of sent")
 
@@ -96,6 +98,8 @@ class AdminTokens:
 
 
 class LiveKitPublisher:
+    announces = False
+
     def __init__(
         self,
         url: str,

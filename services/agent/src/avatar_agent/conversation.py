@@ -21,6 +21,7 @@ from livekit.agents.voice.events import (
 
 from avatar_agent.agent import AvatarAgent
 from avatar_agent.avatars import Avatar
+from avatar_agent.delivery import RoomDeliveries
 from avatar_agent.outbox import EventOutbox
 from avatar_agent.tags import Tag
 from avatar_shared.events import (
@@ -49,9 +50,11 @@ class Conversation:
         agent_name: str,
         tts_keeps_emotions: bool,
         max_hold: int = 64,
+        deliveries: RoomDeliveries | None = None,
     ) -> None:
         self.session = session
         self.outbox = outbox
+        self.deliveries = deliveries
         self.agent_name = agent_name
         self.agent = AvatarAgent(
             avatar, on_tag=self._on_tag, tts_keeps_emotions=tts_keeps_emotions, max_hold=max_hold
@@ -67,6 +70,8 @@ class Conversation:
         """Call right before starting the session: starts publishing, says so on the bus."""
         self.outbox.start()
         self.outbox.emit(SessionStarted, agent_name=self.agent_name)
+        if self.deliveries is not None:
+            self.deliveries.start()
 
     def end(self, reason: str) -> None:
         """The session is over (idempotent: the first reason wins)."""
@@ -77,6 +82,8 @@ class Conversation:
 
     async def finish(self, reason: str, *, flush_timeout: float = 5.0) -> None:
         """End the conversation and publish what is still queued (bounded)."""
+        if self.deliveries is not None:
+            await self.deliveries.aclose()
         self.end(reason)
         await self.outbox.aclose(flush_timeout)
 

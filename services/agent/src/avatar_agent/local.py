@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import uuid
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -50,7 +51,22 @@ async def run(*, pause: float = 1.0) -> None:
 
     room = f"local-{uuid.uuid4().hex[:8]}"
     bus = LazyBus(rt.nats, name=f"{rt.settings.name}:local")
-    conversation = start_conversation(rt, avatar, bus, room=room)
+
+    async def publish_data(payload: bytes, topic: str, destinations: Sequence[str]) -> None:
+        log.info(
+            "would publish_data (no LiveKit in the local run)",
+            extra={
+                "room": room,
+                "payload": payload.decode(),
+                "reliable": True,
+                "topic": topic,
+                "destinations": list(destinations),
+            },
+        )
+
+    conversation = start_conversation(
+        rt, avatar, bus, room=room, job="local", publish_data=publish_data
+    )
     session = conversation.session
     session.output.audio = PacedAudioOutput()
     session.output.transcription = TranscriptOutput(

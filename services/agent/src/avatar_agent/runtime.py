@@ -20,10 +20,11 @@ from livekit.agents import telemetry as lk_telemetry
 from avatar_agent.avatars import Avatar, AvatarCatalog
 from avatar_agent.config import AgentSettings
 from avatar_agent.conversation import Conversation
+from avatar_agent.delivery import PublishData, RoomDeliveries
 from avatar_agent.outbox import EventOutbox
 from avatar_agent.providers import build_models
 from avatar_shared.bus import Bus, events_stream
-from avatar_shared.config import NatsSettings, load
+from avatar_shared.config import DeliverySettings, NatsSettings, load
 from avatar_shared.events import Event
 from avatar_shared.telemetry import Telemetry, setup_telemetry
 
@@ -36,6 +37,7 @@ SERVICE_NAME = "avatar-agent"
 class Runtime:
     settings: AgentSettings
     nats: NatsSettings
+    delivery: DeliverySettings
     catalog: AvatarCatalog
     telemetry: Telemetry
 
@@ -52,7 +54,7 @@ def runtime() -> Runtime:
         lk_telemetry.set_tracer_provider(
             telemetry.tracer_provider, allow_pii=settings.trace_content
         )
-    return Runtime(settings, load(NatsSettings), catalog, telemetry)
+    return Runtime(settings, load(NatsSettings), load(DeliverySettings), catalog, telemetry)
 
 
 class LazyBus:
@@ -110,8 +112,20 @@ def avatar_id_from_metadata(metadata: str) -> str | None:
     return avatar_id if isinstance(avatar_id, str) else None
 
 
-def start_conversation(rt: Runtime, avatar: Avatar, bus: LazyBus, *, room: str) -> Conversation:
-    """Build the session for one call and begin reporting it; the caller starts it."""
+def start_conversation(
+    rt: Runtime,
+    avatar: Avatar,
+    bus: LazyBus,
+    *,
+    room: str,
+    job: str,
+    publish_data: PublishData,
+) -> Conversation:
+    """Build the session for one call and begin reporting it; the caller starts it.
+
+    With ``ACTIONS_DELIVERY=agent`` the conversation also publishes the room's
+    ``AVATAR_UPDATE`` packets through ``publish_data`` (:mod:`avatar_agent.delivery`).
+    """
     settings = rt.settings
     models = build_models(settings, avatar)
     session: AgentSession[None] = (
@@ -126,6 +140,11 @@ def start_conversation(rt: Runtime, avatar: Avatar, bus: LazyBus, *, room: str) 
         max_queue=settings.events_queue,
         max_wait=settings.events_max_wait_seconds,
     )
+    deliveries = (
+        RoomDeliveries(bus, room=room, job=job, publish_data=publish_data, outbox=outbox)
+        if rt.delivery.delivery == "agent"
+        else None
+    )
     conversation = Conversation(
         session,
         avatar,
@@ -133,6 +152,7 @@ def start_conversation(rt: Runtime, avatar: Avatar, bus: LazyBus, *, room: str) 
         agent_name=settings.name,
         tts_keeps_emotions=models.tts_keeps_emotions,
         max_hold=settings.max_tag_hold,
+        deliveries=deliveries,
     )
     conversation.begin()
     return conversation

@@ -37,8 +37,8 @@ Rule: **text that opens as a tag is never spoken.**
   visible characters (the first whitespace character of the run, else a space, so words
   are neither glued nor doubled; a line break right after ``[`` or ``<``, so the removal
   cannot form a new opener), and nothing at the start or end of the text or before
-  closing punctuation. So no opener is ever in the clean text. So the clean text, and every tag's offsets in it, are the same
-  whether emotions are kept or not.
+  closing punctuation. So no opener is ever in the clean text; and the clean text, and
+  every tag's offsets in it, are the same whether emotions are kept or not.
 - Anything else that starts like a tag (``a[0]``, ``x < y``, ``[citation needed]``,
   ``<3``) is text, unchanged.
 
@@ -114,6 +114,7 @@ def tag_name(raw: str) -> str:
     else:
         body = _EMOTION_START.sub("", raw, count=1)
         start = _EMOTION_VALUE.search(body) or _SEPARATOR.match(body)
+        assert start is not None  # the separator matches the empty string
         value = _VALUE.match(body, start.end())
         name = next((g for g in value.groups() if g is not None), "") if value else ""
     name = _CAMEL.sub("_", name).lower()
@@ -227,9 +228,7 @@ class TagParser:
         candidate = self._pending
         state = self._classify(candidate)
         if state is _Match.PARTIAL and len(candidate) <= self.max_hold:
-            self._in_body = candidate[-1] not in "\r\n" and (
-                self._in_body or _opened(candidate)
-            )
+            self._in_body = candidate[-1] not in "\r\n" and (self._in_body or _opened(candidate))
             return i + 1
         self._pending = ""
         self._in_body = False

@@ -13,6 +13,7 @@ import logging
 
 from livekit.agents import AgentServer, JobContext, JobRequest, cli
 
+from avatar_agent.delivery import publish_from
 from avatar_agent.runtime import LazyBus, avatar_id_from_metadata, runtime, start_conversation
 from avatar_shared.config import LiveKitSettings, load
 
@@ -42,7 +43,14 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("unknown avatar")
         return
     bus = LazyBus(rt.nats, name=f"{rt.settings.name}:{ctx.job.id}")
-    conversation = start_conversation(rt, avatar, bus, room=ctx.room.name)
+    conversation = start_conversation(
+        rt,
+        avatar,
+        bus,
+        room=ctx.room.name,
+        job=ctx.job.id,
+        publish_data=publish_from(ctx.room.local_participant),
+    )
 
     async def finish(reason: str) -> None:
         await conversation.finish(reason or "job_shutdown")

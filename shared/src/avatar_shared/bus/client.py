@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.object_store import ObjectStore
@@ -277,6 +278,18 @@ class Bus:
         return await self.processor.process(
             msg, handler, consumer=consumer, subject=subject, ack=ack
         )
+
+    async def subscribe(
+        self, subject: str, handler: Callable[[bytes], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """Core NATS, no JetStream: each message on ``subject`` (a live feed, nothing
+        stored or redelivered) goes to ``handler``; returns the unsubscribe."""
+
+        async def deliver(msg: Msg) -> None:
+            await handler(msg.data)
+
+        subscription = await self._nc.subscribe(subject, cb=deliver)
+        return subscription.unsubscribe
 
     def pull_feed(self, stream: str, consumer: str, *, batch: int) -> PullFeed:
         """A feed of a pull consumer's messages (start it before taking)."""
