@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -113,3 +114,31 @@ async def test_asking_for_a_service_that_does_not_exist_is_a_clear_error() -> No
     out, _ = await proc.communicate()
     assert proc.returncode == 2
     assert "no service named 'nonexistent' exists" in out.decode()
+
+
+async def test_agent_delivery_mode_shows_what_the_agent_would_publish(tmp_path: Path) -> None:
+    """`ACTIONS_DELIVERY=agent make run`: packets go through the agent, whose log says
+    what it would publish from its participant (the local run has no room)."""
+    offset = free_port() - 8100
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "devstack.py"),
+        f"--nats-port={free_port()}",
+        f"--monitor-port={free_port()}",
+        f"--data-dir={tmp_path}",
+        f"--port-offset={offset}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "ACTIONS_DELIVERY": "agent"},
+    )
+    out: list[str] = []
+    try:
+        await _read_until(proc, "would publish_data", out)
+        entry = json.loads(out[-1].split("| ", 1)[1])
+        assert entry["payload"] == '{"type": "AVATAR_UPDATE", "action": "speaking"}'
+        assert entry["reliable"] is True
+        assert not any("dry-run packet" in line for line in out)  # nothing sent by actions
+    finally:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            await proc.communicate()

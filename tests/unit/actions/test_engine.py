@@ -316,3 +316,32 @@ async def test_batches_are_written_while_the_next_ones_are_applied_within_a_boun
             done.set_result(None)
     await running
     await engine.settle()
+
+
+async def test_packets_handed_to_the_bus_take_the_rooms_event_numbers(world: World) -> None:
+    """Delivery through the agent puts each packet on the bus as an event: the engine
+    numbers it in the room's sequence, between its decisions."""
+    world.livekit.announces = True
+    engine = world.replica()
+    turn = Turns(ROOM, world.clock)
+    await engine.cycle(items(turn.opening("s1", "wave_hand")))
+    world.clock.now += 1
+    await engine.cycle(items(turn.closing("s1")))
+    await world.run(engine, 1.0)
+    packets = [p.seq for p in world.livekit.delivered]
+    decisions = [d.seq for d in world.decisions.stored.values()]
+    assert sorted(packets + decisions) == list(range(len(packets) + len(decisions)))
+    assert len(packets) == 2
+    assert all(p.cause_id and p.speech_id == "s1" for p in world.livekit.delivered)
+
+
+async def test_packets_sent_outside_the_bus_leave_the_event_numbers_alone(world: World) -> None:
+    engine = world.replica()
+    turn = Turns(ROOM, world.clock)
+    await engine.cycle(items(turn.opening("s1", "wave_hand")))
+    world.clock.now += 1
+    await engine.cycle(items(turn.closing("s1")))
+    await world.run(engine, 1.0)
+    decisions = sorted(d.seq for d in world.decisions.stored.values())
+    assert decisions == list(range(len(decisions)))
+    assert {p.seq for p in world.livekit.delivered} == {0}
