@@ -8,7 +8,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),.bootstrap/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 RUN := $(UV) run --frozen
 
-.PHONY: help install run run-nats test test-unit test-integration lint format docs bench bench-token bench-bundles bench-parser bench-actions k8s-validate images clean
+.PHONY: help install run run-nats test test-unit test-integration lint format docs bench bench-token bench-bundles bench-parser bench-actions k8s-validate images test-images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_%-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,7 +29,7 @@ run-%: install ## Run one piece of the stack with what it needs, e.g. make run-n
 	$(RUN) python scripts/devstack.py --only $*
 
 test: install ## Run all tests (unit incl. k8s-validate, integration on real NATS, e2e)
-	$(RUN) pytest
+	$(RUN) pytest -m "not images"
 
 test-unit: install ## Run the unit tests only
 	$(RUN) pytest -m unit
@@ -64,13 +64,20 @@ k8s-validate: install ## Render every deploy/k8s overlay, validate it offline, c
 	$(RUN) python scripts/k8s_validate.py
 
 SERVICES := token bundles actions agent
+DOCKER_BUILD_FLAGS ?=
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' services/token/pyproject.toml)
 images: ## Build one image per service (needs a Docker engine and the base images)
 	@command -v docker >/dev/null || { echo "error: docker is not installed"; exit 1; }
 	@for s in $(SERVICES); do \
 		echo "building avatar-backend/$$s:$(IMAGE_TAG)"; \
-		docker build -f services/$$s/Dockerfile -t avatar-backend/$$s:$(IMAGE_TAG) . || exit 1; \
+		docker build $(DOCKER_BUILD_FLAGS) -f services/$$s/Dockerfile -t avatar-backend/$$s:$(IMAGE_TAG) . || exit 1; \
 	done
+
+test-images: install ## Build the images (classic builder; stand-in bases if need be) and run each as deploy/k8s does
+	$(RUN) python -m scripts.images base
+	DOCKER_BUILDKIT=0 $(MAKE) images DOCKER_BUILD_FLAGS="--network host"
+	$(RUN) python -m scripts.images sizes --tag $(IMAGE_TAG)
+	$(RUN) pytest -m images
 
 docs: install ## Regenerate docs/events.schema.json and the README configuration table
 	$(RUN) python -m avatar_shared.schema docs/events.schema.json

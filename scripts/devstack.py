@@ -40,8 +40,8 @@ class Service:
     port: int
     health_path: str = "/healthz"
     needs_nats: bool = True
-    #: Where its Prometheus metrics are served, when not on ``port``.
-    metrics_port: int | None = None
+    #: Its other ports, by setting (``METRICS_PORT``: Prometheus; ``PROBE_PORT``: probes).
+    side_ports: dict[str, int] = field(default_factory=dict)
     #: Defaults for a local run; variables already set in the environment win.
     defaults: dict[str, str] = field(default_factory=dict)
 
@@ -60,14 +60,14 @@ SERVICES = (
         "avatar_token",
         8100,
         needs_nats=False,
-        metrics_port=8101,
+        side_ports={"METRICS_PORT": 8101},
         defaults={**LOCAL_LIVEKIT, **LOCAL_AUTH, "TOKEN_CORS_ORIGINS": LOCAL_ORIGINS},
     ),
     Service(
         "bundles",
         "avatar_bundles",
         8200,
-        metrics_port=8201,
+        side_ports={"METRICS_PORT": 8201},
         defaults={
             **LOCAL_AUTH,
             "BUNDLES_BACKEND": "directory",
@@ -84,6 +84,7 @@ SERVICES = (
         "avatar_agent",
         8400,
         health_path="/",
+        side_ports={"PROBE_PORT": 8401},
         defaults={
             "AGENT_AVATARS_FILE": str(ROOT / "deploy" / "local" / "avatars.toml"),
             "AGENT_LLM": "demo",
@@ -207,8 +208,8 @@ async def run(args: argparse.Namespace) -> int:
             prefix = service.name.upper()
             # Loopback only: the local stack allows things no network should reach.
             env = {"NATS_URL": nats_url, f"{prefix}_HOST": "127.0.0.1", f"{prefix}_PORT": str(port)}
-            if service.metrics_port is not None:
-                env[f"{prefix}_METRICS_PORT"] = str(service.metrics_port + args.port_offset)
+            for setting, side_port in service.side_ports.items():
+                env[f"{prefix}_{setting}"] = str(side_port + args.port_offset)
             argv = [sys.executable, "-m", service.module]
             await stack.start(service.name, argv, env, service.defaults)
             url = f"http://127.0.0.1:{port}{service.health_path}"

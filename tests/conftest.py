@@ -17,7 +17,7 @@ settings.load_profile("repo")
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-_KINDS = ("unit", "integration", "e2e")
+_KINDS = ("unit", "integration", "e2e", "images")
 _ROOT = Path(__file__).parent
 _used: list[str] = []
 
@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kind = Path(item.path).relative_to(_ROOT).parts[0]
         if kind not in _KINDS:
             raise pytest.UsageError(
-                f"{item.nodeid}: tests live under tests/{{unit,integration,e2e}}/"
+                f"{item.nodeid}: tests live under tests/{{unit,integration,e2e,images}}/"
             )
         item.add_marker(getattr(pytest.mark, kind))
 

@@ -79,3 +79,24 @@ def test_only_this_service_is_installed(service: str) -> None:
         rest for keyword, rest in instructions(service) if keyword == "COPY" and "/src/" in rest
     ]
     assert sources == [f"services/{service}/src/ services/{service}/src/"]
+
+
+def dockerignore_includes() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line[1:].rstrip("/") for line in lines if line.startswith("!")]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_copied_path_is_named_in_the_dockerignore(service: str) -> None:
+    """Docker's classic builder drops a directory excluded by ``**`` unless a ``!``
+    pattern starts with its path literally (``!services/*/pyproject.toml`` lets no
+    ``services/bundles/`` in): each COPY source must be under a glob-free ``!`` pattern."""
+    literal = [p for p in dockerignore_includes() if not any(c in p for c in "*?[")]
+    for keyword, args in instructions(service):
+        if keyword != "COPY" or args.startswith("--from"):
+            continue
+        for source in args.split()[:-1]:
+            path = source.rstrip("/")
+            assert any(path == p or path.startswith(p + "/") for p in literal), (
+                f"{service}: COPY {source} is not named in .dockerignore"
+            )

@@ -60,7 +60,12 @@ class AgentSettings(BaseSettings):
         None, validation_alias="CARTESIA_API_KEY", description="Cartesia key"
     )
     host: str = Field("0.0.0.0", description="Address of the health server")  # noqa: S104
-    port: int = Field(8400, gt=0, lt=65536, description="Port of the health server (GET /)")
+    port: int = Field(
+        8400, gt=0, lt=65536, description="Port of livekit-agents' worker health (GET /)"
+    )
+    probe_port: int = Field(
+        8401, gt=0, lt=65536, description="Port of GET /healthz and GET /readyz (NATS, LiveKit)"
+    )
     drain_timeout_seconds: int = Field(
         1800, gt=0, description="On SIGTERM, how long running calls may go on"
     )

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from avatar_agent.local_io import PacedAudioOutput, TranscriptOutput
+from avatar_agent.probes import Probes
 from avatar_agent.runtime import LazyBus, runtime, start_conversation
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ async def run(*, pause: float = 1.0) -> None:
 
     room = f"local-{uuid.uuid4().hex[:8]}"
     bus = LazyBus(rt.nats, name=f"{rt.settings.name}:local")
+    probes = Probes(bus)
+    await probes.start(rt.settings.host, rt.settings.probe_port)
 
     async def publish_data(payload: bytes, topic: str, destinations: Sequence[str]) -> None:
         log.info(
@@ -92,5 +95,6 @@ async def run(*, pause: float = 1.0) -> None:
     finally:
         await session.aclose()
         await conversation.finish("local run stopped")
+        await probes.stop()
         await bus.close()
         await runner.cleanup()

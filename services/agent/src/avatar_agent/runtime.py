@@ -73,11 +73,23 @@ class LazyBus:
     async def publish(self, event: Event) -> object:
         return await (await self.get()).publish(event)
 
-    async def get(self) -> Bus:
+    def connect_in_background(self) -> None:
+        """Start connecting (again, after a failed attempt) without waiting."""
         if self._connecting is None or (
             self._connecting.done() and self._connecting.exception() is not None
         ):
             self._connecting = asyncio.create_task(self._connect(), name="nats-connect")
+
+    @property
+    def connected(self) -> bool:
+        task = self._connecting
+        if task is None or not task.done() or task.cancelled() or task.exception():
+            return False
+        return task.result().connected
+
+    async def get(self) -> Bus:
+        self.connect_in_background()
+        assert self._connecting is not None
         return await asyncio.shield(self._connecting)
 
     async def _connect(self) -> Bus:

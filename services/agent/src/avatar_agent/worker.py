@@ -3,17 +3,21 @@
 The token service dispatches ``AGENT_NAME`` into each new room with
 ``{"avatar_id": ...}`` as dispatch metadata. A request for an avatar the avatars file
 does not know is rejected before joining. The worker's HTTP server answers ``GET /`` on
-``AGENT_PORT`` (health) and ``GET /worker``; on SIGTERM the worker stops taking jobs and
-lets running calls finish for up to ``AGENT_DRAIN_TIMEOUT_SECONDS``.
+``AGENT_PORT`` (health) and ``GET /worker``; ``GET /readyz`` on ``AGENT_PROBE_PORT``
+says whether NATS answers and LiveKit has registered the worker (``probes.py``). On
+SIGTERM the worker stops taking jobs and lets running calls finish for up to
+``AGENT_DRAIN_TIMEOUT_SECONDS``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from livekit.agents import AgentServer, JobContext, JobRequest, cli
 
 from avatar_agent.delivery import publish_from
+from avatar_agent.probes import Probes
 from avatar_agent.runtime import LazyBus, avatar_id_from_metadata, runtime, start_conversation
 from avatar_shared.config import LiveKitSettings, load
 
@@ -65,6 +69,7 @@ async def entrypoint(ctx: JobContext) -> None:
 def build_server() -> AgentServer:
     rt = runtime()
     livekit = load(LiveKitSettings)
+    registered: list[str] = []  # the worker id, once LiveKit has registered the worker
     server = AgentServer(
         ws_url=livekit.url,
         api_key=livekit.api_key,
@@ -74,6 +79,21 @@ def build_server() -> AgentServer:
         drain_timeout=rt.settings.drain_timeout_seconds,
     )
     server.rtc_session(entrypoint, agent_name=rt.settings.name, on_request=on_request)
+    probes = Probes(
+        LazyBus(rt.nats, name=f"{rt.settings.name}:probes"),
+        lambda: None if registered else "not registered with LiveKit",
+    )
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_started() -> None:
+        task = asyncio.get_running_loop().create_task(
+            probes.start(rt.settings.host, rt.settings.probe_port)
+        )
+        tasks.add(task)  # referenced until done
+        task.add_done_callback(tasks.discard)
+
+    server.on("worker_started", on_started)
+    server.on("worker_registered", lambda worker_id, _info: registered.append(worker_id))
     return server
 
 
