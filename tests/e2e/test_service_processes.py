@@ -187,6 +187,7 @@ def test_the_agent_worker_serves_health_and_drains_on_sigterm() -> None:
         "AGENT_TTS": "demo",
         "AGENT_NAME": "concierge",
         "AGENT_PORT": str(port),
+        "AGENT_PROBE_PORT": str(free_port()),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "avatar_agent"],
