@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from avatar_shared.bus import identities
+
 ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT = 40.0
 
@@ -31,6 +33,16 @@ LOCAL_LIVEKIT = {
     "LIVEKIT_API_KEY": "devkey",
     "LIVEKIT_API_SECRET": "avatar-backend-local-development-only-secret",
 }
+
+
+def nats_identities(keys: Path) -> Path:
+    """Each service's NATS identity, as in production (avatar_shared.bus.identities):
+    seeds made once in ``keys`` (``admin.nk`` is yours, for the nats CLI), and a server
+    configuration that gives each its permissions."""
+    identities.write_seeds(keys)
+    config = keys / "nats.conf"
+    config.write_text(identities.authorization(identities.public_keys(keys)))
+    return config
 
 
 @dataclass(frozen=True)
@@ -190,13 +202,15 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stopping.set)
 
     nats_url = f"nats://127.0.0.1:{args.nats_port}"
+    keys = Path(args.data_dir) / "nats-keys"
     try:
         if needs_nats:
             binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
             store = Path(args.data_dir) / "nats"
             store.mkdir(parents=True, exist_ok=True)
-            argv = [binary, "-js", "-a", "127.0.0.1", "-p", str(args.nats_port)]
-            argv += ["-m", str(args.monitor_port), "-sd", str(store)]
+            config = nats_identities(keys)
+            argv = [binary, "-c", str(config), "-js", "-a", "127.0.0.1"]
+            argv += ["-p", str(args.nats_port), "-m", str(args.monitor_port), "-sd", str(store)]
             await stack.start("nats", argv, {}, {})
             health = f"http://127.0.0.1:{args.monitor_port}/healthz?js-enabled-only=true"
             if not await asyncio.to_thread(wait_http, health, 30):
@@ -208,6 +222,8 @@ async def run(args: argparse.Namespace) -> int:
             prefix = service.name.upper()
             # Loopback only: the local stack allows things no network should reach.
             env = {"NATS_URL": nats_url, f"{prefix}_HOST": "127.0.0.1", f"{prefix}_PORT": str(port)}
+            if service.name in identities.IDENTITIES:  # its own NATS identity
+                env["NATS_NKEY_SEED_FILE"] = str(keys / f"{service.name}.nk")
             for setting, side_port in service.side_ports.items():
                 env[f"{prefix}_{setting}"] = str(side_port + args.port_offset)
             argv = [sys.executable, "-m", service.module]

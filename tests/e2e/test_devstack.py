@@ -51,7 +51,11 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
     out: list[str] = []
     try:
         await _read_until(proc, "stack ready", out)
-        bus = await Bus.connect(NatsSettings(url=f"nats://127.0.0.1:{port}"), name="e2e")
+        admin = NatsSettings(
+            url=f"nats://127.0.0.1:{port}",
+            nkey_seed_file=str(tmp_path / "nats-keys" / "admin.nk"),
+        )
+        bus = await Bus.connect(admin, name="e2e")
         await bus.ensure_stream(events_stream())
         ack = await bus.publish(PlayoutStarted(room="devstack", speech_id="s", seq=0))
         assert ack.stream == "AVATAR_EVENTS"
@@ -69,7 +73,7 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
         assert "payload" in bundle.json()
 
         # The actions service runs as a dry run: an agent's reply shows up as logged packets.
-        bus = await Bus.connect(NatsSettings(url=f"nats://127.0.0.1:{port}"), name="e2e-agent")
+        bus = await Bus.connect(admin, name="e2e-agent")
         for event in [
             SpeechCreated(
                 room="demo", speech_id="s1", seq=0, source_kind="say", user_initiated=False

@@ -16,7 +16,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from avatar_shared.bus import Bus, events_stream
-from avatar_shared.config import NatsSettings
 from tests.support.nats_server import NatsServer
 
 
@@ -53,7 +52,7 @@ async def bus(
     nats_server: NatsServer, tracer_provider: TracerProvider, meter_provider: MeterProvider
 ) -> AsyncIterator[Bus]:
     bus = await Bus.connect(
-        NatsSettings(url=nats_server.url),
+        nats_server.admin,
         name="test",
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
@@ -82,7 +81,7 @@ def metric_points(
 @pytest.fixture
 async def nats_client(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
     """A raw connection, for tests to look at and set up what the services' Bus hides."""
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(nats_server.url, nkeys_seed=nats_server.admin.nkey_seed_file)
     yield nc
     await nc.drain()
 

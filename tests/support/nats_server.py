@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avatar_shared.bus import identities
+from avatar_shared.config import NatsSettings
+
 NATS_VERSION = "2.15.1"
 LOCAL_IMAGE = f"avatar-backend-test/nats:{NATS_VERSION}"
 UPSTREAM_IMAGE = f"nats:{NATS_VERSION}"
@@ -69,14 +72,28 @@ def wait_ready(monitor_port: int, timeout: float = READY_TIMEOUT) -> None:
 
 @dataclass
 class NatsServer:
-    """A running server; ``restart()`` keeps its port and its JetStream data."""
+    """A running server; ``restart()`` keeps its port and its JetStream data.
+
+    It runs with the services' identities and permissions
+    (``avatar_shared.bus.identities``): connect as a service with
+    :meth:`settings`, or as the test's own administrator (:attr:`admin`).
+    """
 
     port: int
     monitor_port: int
     how: str
+    keys: Path
     _stop: Any = field(repr=False)
     _restart: Any = field(repr=False)
     _lame_duck: Any = field(repr=False, default=None)
+
+    def settings(self, identity: str, **extra: Any) -> NatsSettings:
+        """Settings of a service connecting as ``identity`` (``admin``: everything)."""
+        return NatsSettings(url=self.url, nkey_seed_file=str(self.keys / f"{identity}.nk"), **extra)
+
+    @property
+    def admin(self) -> NatsSettings:
+        return self.settings(identities.ADMIN)
 
     @property
     def url(self) -> str:
@@ -94,8 +111,29 @@ class NatsServer:
         self._lame_duck()
 
 
-def _server_args(port: int, monitor_port: int, store_dir: str) -> list[str]:
-    return ["-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor_port), "-sd", store_dir]
+def _server_args(port: int, monitor_port: int, store_dir: str, config: Path) -> list[str]:
+    return [
+        "-c",
+        str(config),
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-m",
+        str(monitor_port),
+        "-sd",
+        store_dir,
+    ]
+
+
+def _identities() -> tuple[Path, Path]:
+    """A seed per identity and a server configuration that knows their public keys."""
+    keys = Path(tempfile.mkdtemp(prefix="nats-keys-"))
+    identities.write_seeds(keys)
+    config = keys / "nats.conf"
+    config.write_text(identities.authorization(identities.public_keys(keys)))
+    return keys, config
 
 
 def _docker_answers() -> bool:
@@ -162,9 +200,11 @@ def _start_container(client: Any) -> NatsServer:
 
     image = _ensure_image(client)
     port, monitor_port = free_port(), free_port()
+    keys, config = _identities()
     container = (
         DockerContainer(image)
-        .with_command(_server_args(port, monitor_port, "/data"))
+        .with_command(_server_args(port, monitor_port, "/data", config))
+        .with_volume_mapping(str(config), str(config), "ro")
         .with_kwargs(network_mode="host")
     )
     container.start()
@@ -176,7 +216,7 @@ def _start_container(client: Any) -> NatsServer:
         container.get_wrapped_container().kill(signal="SIGUSR2")
 
     server = NatsServer(
-        port, monitor_port, f"testcontainers ({image})", container.stop, restart, lame_duck
+        port, monitor_port, f"testcontainers ({image})", keys, container.stop, restart, lame_duck
     )
     wait_ready(monitor_port)
     return server
@@ -187,7 +227,8 @@ def start_nats_process() -> NatsServer:
     binary = nats_server_binary()
     port, monitor_port = free_port(), free_port()
     store = tempfile.mkdtemp(prefix="nats-test-")
-    args = [str(binary), *_server_args(port, monitor_port, store)]
+    keys, config = _identities()
+    args = [str(binary), *_server_args(port, monitor_port, store, config)]
     proc: list[subprocess.Popen[bytes]] = []
 
     def launch() -> None:
@@ -208,13 +249,20 @@ def start_nats_process() -> NatsServer:
     def stop_and_clean() -> None:
         stop()
         shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(keys, ignore_errors=True)
 
     def lame_duck() -> None:
         proc[-1].send_signal(signal.SIGUSR2)
 
     launch()
     server = NatsServer(
-        port, monitor_port, f"nats-server binary ({binary})", stop_and_clean, restart, lame_duck
+        port,
+        monitor_port,
+        f"nats-server binary ({binary})",
+        keys,
+        stop_and_clean,
+        restart,
+        lame_duck,
     )
     wait_ready(monitor_port)
     return server

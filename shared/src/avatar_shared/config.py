@@ -39,7 +39,16 @@ class NatsSettings(BaseSettings):
         "nats://127.0.0.1:4222",
         description="Comma-separated NATS server URLs; every node of the cluster, ideally",
     )
-    creds_file: str | None = Field(None, description="Path to a NATS .creds file, if required")
+    creds_file: str | None = Field(
+        None, description="Path to a NATS .creds file (JWT/operator mode), if the server uses one"
+    )
+    nkey_seed_file: str | None = Field(
+        None,
+        description="Path to this service's NKey seed (its NATS identity; docs/bus-security.md)",
+    )
+    tls_ca_file: str | None = Field(
+        None, description="CA bundle that signs the NATS servers' certificates (tls:// URLs)"
+    )
     connect_timeout: float = Field(2.0, gt=0, description="Seconds to wait for each connect")
     drain_timeout: float = Field(30.0, gt=0, description="Seconds allowed to drain on shutdown")
     stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of the events stream")

@@ -30,7 +30,7 @@ from avatar_agent.delivery import RoomDeliveries, publish_from
 from avatar_agent.outbox import EventOutbox
 from avatar_shared import semconv
 from avatar_shared.bus import Bus
-from avatar_shared.config import DeliverySettings, NatsSettings
+from avatar_shared.config import DeliverySettings
 from avatar_shared.events import AvatarDelivery, decode_event
 from tests.integration.actions.test_engine import (  # noqa: F401  (fixtures)
     Turns,
@@ -144,7 +144,7 @@ async def start_actions(
     async def launch() -> tuple[ActionsService, Callable[[], Any]]:
         service = await bootstrap(
             agent_settings,
-            NatsSettings(url=nats_server.url),
+            nats_server.settings("actions"),
             None,  # no LiveKit: the agent publishes
             delivery=AGENT_MODE,
             tracer_provider=tracer_provider,
@@ -176,18 +176,28 @@ async def start_actions(
 
 
 @pytest.fixture
-async def agents(bus: Bus, tracer_provider: TracerProvider) -> AsyncIterator[Callable[[str], Any]]:
-    started: list[Agent] = []
+async def agents(
+    nats_server: NatsServer, tracer_provider: TracerProvider
+) -> AsyncIterator[Callable[[str], Any]]:
+    """Agent jobs, each on a connection with the agent's NATS identity."""
+    started: list[tuple[Agent, Bus]] = []
 
     async def join(room: str, job: str = "job-1") -> Agent:
+        bus = await Bus.connect(
+            nats_server.settings("agent"),
+            name=f"agent:{job}",
+            identity="agent",
+            tracer_provider=tracer_provider,
+        )
         agent = Agent(bus, room, job, tracer_provider)
         await agent.start()
-        started.append(agent)
+        started.append((agent, bus))
         return agent
 
     yield join
-    for agent in started:
+    for agent, bus in started:
         await agent.stop()
+        await bus.close()
 
 
 async def reply(bus: Bus, agent: Agent, turns: Turns, speech: str, *gestures: str) -> None:

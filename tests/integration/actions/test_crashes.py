@@ -18,7 +18,13 @@ import pytest
 
 from avatar_shared.bus import Bus
 from avatar_shared.events import Event, utc_now
-from tests.integration.actions.test_engine import KEY, SECRET, Turns
+from tests.integration.actions.test_engine import (  # noqa: F401  (fixtures)
+    KEY,
+    SECRET,
+    Turns,
+    cleanup,
+    settings,
+)
 from tests.support.livekit_server import LiveKitDouble, running_livekit
 from tests.support.nats_server import NatsServer, free_port
 
@@ -38,14 +44,12 @@ class Replicas:
         tag = uuid.uuid4().hex[:8]
         self.env = dict(os.environ) | {
             "NATS_URL": nats.url,
+            "NATS_NKEY_SEED_FILE": str(nats.settings("actions").nkey_seed_file),
             "LIVEKIT_URL": livekit.url,
             "LIVEKIT_API_KEY": KEY,
             "LIVEKIT_API_SECRET": SECRET,
             "ACTIONS_HOST": "127.0.0.1",
             "ACTIONS_CONSUMER": f"crash-{tag}",
-            "ACTIONS_WORK_STREAM": f"CRASH_{tag}",
-            "ACTIONS_LEASE_BUCKET": f"crash_leases_{tag}",
-            "ACTIONS_STATE_BUCKET": f"crash_rooms_{tag}",
             "ACTIONS_PARTITIONS": "4",
             "ACTIONS_LEASE_TTL_SECONDS": "2",
             "ACTIONS_ALLOWED_ACTIONS": '["speaking", "wave_hand", "nod"]',
@@ -126,7 +130,11 @@ async def converse(bus: Bus, livekit: LiveKitDouble, turns: list[Turns], speech:
 
 
 async def test_sigkilled_replicas_lose_nothing_and_deliver_nothing_twice(
-    bus: Bus, nats_server: NatsServer, livekit: LiveKitDouble, room: str
+    bus: Bus,
+    nats_server: NatsServer,
+    livekit: LiveKitDouble,
+    room: str,
+    cleanup: None,  # noqa: F811
 ) -> None:
     replicas = Replicas(nats_server, livekit)
     turns = [Turns(f"{room}-{i}") for i in range(ROOMS)]

@@ -23,7 +23,7 @@ from avatar_actions.bootstrap import ActionsService, bootstrap
 from avatar_actions.config import ActionsSettings
 from avatar_actions.ownership import Ownership
 from avatar_shared.bus import Bus
-from avatar_shared.config import LiveKitSettings, NatsSettings
+from avatar_shared.config import LiveKitSettings
 from avatar_shared.events import (
     AgentState,
     AgentStateChanged,
@@ -107,29 +107,32 @@ async def livekit() -> AsyncIterator[LiveKitDouble]:
 
 @pytest.fixture
 def settings() -> ActionsSettings:
-    """Names of its own for each test: its work stream, consumers and buckets."""
-    tag = uuid.uuid4().hex[:8]
+    """The service's own stream and bucket names (its NATS identity may use only those:
+    ``avatar_shared.bus.identities``), emptied before and after each test; consumers of
+    its own."""
     return SETTINGS.model_copy(
         update={
-            "consumer": f"actions-{tag}",
-            "work_stream": f"WORK_{tag}",
-            "lease_bucket": f"leases_{tag}",
-            "state_bucket": f"rooms_{tag}",
+            "consumer": f"actions-{uuid.uuid4().hex[:8]}",
             "lease_ttl_seconds": 2.0,
             "partitions": 4,
         }
     )
 
 
-@pytest.fixture
-async def cleanup(bus: Bus, settings: ActionsSettings) -> AsyncIterator[None]:
-    """The test's streams and buckets are removed afterwards."""
-    yield
+async def _remove_streams(bus: Bus, settings: ActionsSettings) -> None:
     for bucket in (settings.state_bucket, settings.lease_bucket):
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await bus.delete_kv(bucket)
     with contextlib.suppress(nats.js.errors.NotFoundError):
         await bus.delete_stream(settings.work_stream)
+
+
+@pytest.fixture
+async def cleanup(bus: Bus, settings: ActionsSettings) -> AsyncIterator[None]:
+    """The service's streams and buckets start absent and are removed afterwards."""
+    await _remove_streams(bus, settings)
+    yield
+    await _remove_streams(bus, settings)
 
 
 @pytest.fixture
@@ -149,7 +152,7 @@ async def start(
         """Returns once the replica owns ``owning`` partitions (default: all of them)."""
         service = await bootstrap(
             settings,
-            NatsSettings(url=nats_server.url),
+            nats_server.settings("actions"),
             LiveKitSettings(url=livekit.url, api_key=KEY, api_secret=SECRET),
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,

@@ -14,7 +14,7 @@ from tests.support.nats_server import NatsServer, free_port
 
 async def test_ready_once_nats_answers_and_every_check_passes(nats_server: NatsServer) -> None:
     registered: list[str] = []
-    bus = LazyBus(NatsSettings(url=nats_server.url), name="probe-test")
+    bus = LazyBus(nats_server.settings("agent"), name="probe-test")
     probes = Probes(bus, lambda: None if registered else "not registered with LiveKit")
     port = free_port()
     await probes.start("127.0.0.1", port)

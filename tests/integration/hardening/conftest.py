@@ -19,8 +19,9 @@ MAX_GROWTH_MIB = 40.0
 
 
 def bundles_env(
-    zeroweight: ZeroWeightDouble, nats_url: str, port: int, policy: Path
+    zeroweight: ZeroWeightDouble, nats: NatsServer, port: int, policy: Path
 ) -> dict[str, str]:
+    nats_url, nkey_seed_file = nats.url, str(nats.settings("bundles").nkey_seed_file)
     return {
         "BUNDLES_HOST": "127.0.0.1",
         "BUNDLES_PORT": str(port),
@@ -38,6 +39,7 @@ def bundles_env(
         "BUNDLES_HEADER_TIMEOUT_SECONDS": "1",
         "AUTH_POLICY_FILE": str(policy),
         "NATS_URL": nats_url,
+        "NATS_NKEY_SEED_FILE": nkey_seed_file,
         "OTEL_SDK_DISABLED": "true",
     }
 
@@ -70,7 +72,7 @@ async def bundles(
     zeroweight: ZeroWeightDouble, nats_server: NatsServer, policy_file: Path
 ) -> AsyncIterator[ServiceProcess]:
     port = free_port()
-    env = bundles_env(zeroweight, nats_server.url, port, policy_file)
+    env = bundles_env(zeroweight, nats_server, port, policy_file)
     async with running_service("avatar_bundles", env, f"http://127.0.0.1:{port}") as service:
         yield service
 

@@ -142,7 +142,7 @@ async def test_without_nats_a_miss_costs_no_extra_time_and_the_service_stays_rea
 ) -> None:
     nats = start_nats_process()
     port = free_port()
-    env = bundles_env(zeroweight, nats.url, port, policy_file) | {"OTEL_SDK_DISABLED": "false"}
+    env = bundles_env(zeroweight, nats, port, policy_file) | {"OTEL_SDK_DISABLED": "false"}
     try:
         async with running_service("avatar_bundles", env, f"http://127.0.0.1:{port}") as service:
             assert (await get(service, fresh_avatar(zeroweight))).status_code == 200

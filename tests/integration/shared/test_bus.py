@@ -186,9 +186,8 @@ async def test_consumer_provisioning_is_idempotent(
 
 
 async def test_close_drains_pending_publishes(nats_server, room: str, js: JetStreamContext) -> None:  # type: ignore[no-untyped-def]
-    from avatar_shared.config import NatsSettings
 
-    settings = NatsSettings(url=nats_server.url)
+    settings = nats_server.admin
     publisher = await Bus.connect(settings, name="publisher")
     event = PlayoutStarted(room=room, speech_id="s1", seq=0)
     await publisher.publish(event)
@@ -206,9 +205,8 @@ async def test_close_drains_pending_publishes(nats_server, room: str, js: JetStr
 async def test_publishing_resumes_after_nats_restarts_and_keeps_stored_events(
     nats_server, room: str, js: JetStreamContext
 ) -> None:  # type: ignore[no-untyped-def]
-    from avatar_shared.config import NatsSettings
 
-    bus = await Bus.connect(NatsSettings(url=nats_server.url), name="restart")
+    bus = await Bus.connect(nats_server.admin, name="restart")
     try:
         await bus.ensure_stream(events_stream())
         before = PlayoutStarted(room=room, speech_id="s1", seq=0)
@@ -248,11 +246,10 @@ async def test_lame_duck_notices_are_logged_and_counted(
     metric_reader: InMemoryMetricReader,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from avatar_shared.config import NatsSettings
     from tests.support.nats_server import start_nats_process
 
     server = start_nats_process()  # its own server: lame duck ends in a shutdown
-    bus = await Bus.connect(NatsSettings(url=server.url), name="ldm", meter_provider=meter_provider)
+    bus = await Bus.connect(server.admin, name="ldm", meter_provider=meter_provider)
     try:
         server.lame_duck()
         async with asyncio.timeout(10):

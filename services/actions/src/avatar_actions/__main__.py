@@ -7,11 +7,13 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 import uvloop
 
 from avatar_actions.bootstrap import VERSION, bootstrap
 from avatar_actions.config import ActionsSettings
+from avatar_shared.bus import BusAuthError
 from avatar_shared.config import (
     DeliverySettings,
     LiveKitSettings,
@@ -68,6 +70,9 @@ def main() -> int:
         # uvloop: this process is a NATS client and an HTTP client in one event loop,
         # and its latency is mostly that loop's I/O (docs/benchmarks.md).
         uvloop.run(run(settings, nats, livekit, delivery))
+    except BusAuthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         telemetry.shutdown()
     return 0

@@ -94,7 +94,11 @@ async def bootstrap(
 ) -> ActionsService:
     """Connect, provision what the service uses (idempotent), and wire a replica."""
     bus = await Bus.connect(
-        nats, name="avatar-actions", tracer_provider=tracer_provider, meter_provider=meter_provider
+        nats,
+        name="avatar-actions",
+        identity="actions",
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
     )
     try:
         replicas = nats.stream_replicas

@@ -29,10 +29,12 @@ def main() -> None:
         configure_logging("avatar-agent", logs.level, logs.format)
 
     from avatar_agent import local, worker
-    from avatar_agent.runtime import runtime
+    from avatar_agent.runtime import AGENT_IDENTITY, runtime
+    from avatar_shared.bus import check_credentials
 
     try:
-        runtime()  # fail fast in the parent, before any job process starts
+        rt = runtime()  # fail fast in the parent, before any job process starts
+        asyncio.run(check_credentials(rt.nats, identity=AGENT_IDENTITY))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

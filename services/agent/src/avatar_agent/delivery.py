@@ -109,6 +109,9 @@ class RoomDeliveries:
 
     def config(self) -> api.ConsumerConfig:
         return api.ConsumerConfig(
+            # A name (not only a durable name) puts the filter in the API subject, which
+            # the agent's NATS permissions require to be a delivery subject.
+            name=self._name,
             durable_name=self._name,
             filter_subject=subjects.subject_for(
                 subjects.ACTIONS, AvatarDelivery.model_fields["type"].default, self._room

@@ -23,7 +23,7 @@ from avatar_agent.conversation import Conversation
 from avatar_agent.delivery import PublishData, RoomDeliveries
 from avatar_agent.outbox import EventOutbox
 from avatar_agent.providers import build_models
-from avatar_shared.bus import Bus, events_stream
+from avatar_shared.bus import Bus
 from avatar_shared.config import DeliverySettings, NatsSettings, load
 from avatar_shared.events import Event
 from avatar_shared.telemetry import Telemetry, setup_telemetry
@@ -31,6 +31,7 @@ from avatar_shared.telemetry import Telemetry, setup_telemetry
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "avatar-agent"
+AGENT_IDENTITY = "agent"
 
 
 @dataclass(frozen=True)
@@ -93,13 +94,9 @@ class LazyBus:
         return await asyncio.shield(self._connecting)
 
     async def _connect(self) -> Bus:
-        bus = await Bus.connect(self._settings, name=self._name)
-        try:
-            await bus.ensure_stream(events_stream(self._settings.stream_replicas))
-        except BaseException:
-            await bus.close(drain=False)
-            raise
-        return bus
+        # No provisioning: the actions service creates the events stream; the agent's
+        # identity may only publish into it (avatar_shared.bus.identities).
+        return await Bus.connect(self._settings, name=self._name, identity=AGENT_IDENTITY)
 
     async def close(self) -> None:
         task, self._connecting = self._connecting, None

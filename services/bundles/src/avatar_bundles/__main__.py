@@ -22,7 +22,7 @@ from avatar_shared.web.service import serve
 async def run(
     settings: BundlesSettings, auth: AuthSettings, policy: Policy, nats: NatsSettings
 ) -> None:
-    bus = await Bus.connect(nats, name="avatar-bundles")
+    bus = await Bus.connect(nats, name="avatar-bundles", identity="bundles")
     try:
         store = await bus.ensure_object_store(
             BUCKET,

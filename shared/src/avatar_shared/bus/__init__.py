@@ -7,7 +7,7 @@
 - :mod:`.streams`: the streams this project declares.
 """
 
-from avatar_shared.bus.client import MSG_ID_HEADER, Bus
+from avatar_shared.bus.client import MSG_ID_HEADER, Bus, BusAuthError, check_credentials
 from avatar_shared.bus.feed import Delivered, PullFeed
 from avatar_shared.bus.kv import Bucket
 from avatar_shared.bus.processing import (
@@ -24,6 +24,7 @@ __all__ = [
     "NAK_DELAY_SECONDS",
     "Bucket",
     "Bus",
+    "BusAuthError",
     "Delivered",
     "Delivery",
     "EventProcessor",
@@ -31,5 +32,6 @@ __all__ = [
     "Processed",
     "PullFeed",
     "StreamSpec",
+    "check_credentials",
     "events_stream",
 ]

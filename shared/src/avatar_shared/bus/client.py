@@ -16,9 +16,12 @@ connection.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -30,6 +33,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
 
 from avatar_shared import semconv
+from avatar_shared.bus import identities
 from avatar_shared.bus.feed import PullFeed
 from avatar_shared.bus.kv import Bucket
 from avatar_shared.bus.processing import (
@@ -40,7 +44,7 @@ from avatar_shared.bus.processing import (
     event_attributes,
 )
 from avatar_shared.bus.streams import StreamSpec
-from avatar_shared.config import NatsSettings
+from avatar_shared.config import ConfigError, NatsSettings
 from avatar_shared.events import Event
 from avatar_shared.telemetry import inject_context, tally
 
@@ -48,6 +52,31 @@ log = logging.getLogger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 _STREAM_NAME_IN_USE = 10058
+
+
+class BusAuthError(ConfigError):
+    """The NATS server refused the connection's credentials (or their absence)."""
+
+
+async def check_credentials(settings: NatsSettings, *, identity: str, wait: float = 5.0) -> None:
+    """Raise :class:`BusAuthError` if NATS refuses these credentials. A NATS that does not
+    answer within ``wait`` seconds is not an error here: it may come up later."""
+    try:
+        async with asyncio.timeout(wait):
+            bus = await Bus.connect(
+                settings, name=f"{identity}-credentials-check", identity=identity
+            )
+    except TimeoutError:
+        log.warning("NATS did not answer in %.0fs: credentials not checked at start", wait)
+        return
+    await bus.close(drain=False)
+
+
+def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """TLS to NATS, verifying servers against ``NATS_TLS_CA_FILE`` (else the system's)."""
+    if settings.tls_ca_file is None and not any(u.startswith("tls://") for u in settings.servers):
+        return None
+    return ssl.create_default_context(cafile=settings.tls_ca_file)
 
 
 class Bus:
@@ -77,10 +106,15 @@ class Bus:
         settings: NatsSettings,
         *,
         name: str,
+        identity: str | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> Bus:
-        """Connect to NATS; keeps reconnecting for as long as the process lives."""
+        """Connect to NATS; keeps reconnecting for as long as the process lives.
+
+        ``identity`` is the service's NATS identity (``avatar_shared.bus.identities``):
+        its replies come to its own inbox prefix. Credentials the server refuses raise
+        :class:`BusAuthError` at once instead of retrying for ever."""
         meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME, meter_provider=meter_provider)
         connection_events = meter.create_counter(
             semconv.METRIC_BUS_CONNECTION_EVENTS, description="NATS connection state changes"
@@ -102,25 +136,48 @@ class Bus:
 
             return _log
 
+        refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
         async def _error(exc: Exception) -> None:
             connection_events.add(1, {"event": "error"})
-            log.warning("nats error: %s", exc, extra={"nats_event": "error"})
+            message = str(exc)
+            if "authorization violation" in message.lower() and not refused.done():
+                refused.set_result(message)
+            level = logging.ERROR if "permissions violation" in message.lower() else logging.WARNING
+            log.log(level, "nats error: %s", message, extra={"nats_event": "error"})
 
-        nc = await nats.connect(
-            servers=settings.servers,
-            name=name,
-            user_credentials=settings.creds_file,
-            connect_timeout=settings.connect_timeout,
-            drain_timeout=int(settings.drain_timeout),
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            disconnected_cb=_callback("disconnected", logging.WARNING),
-            reconnected_cb=_callback("reconnected", logging.INFO),
-            closed_cb=_callback("closed", logging.INFO),
-            lame_duck_mode_cb=_callback("lame_duck", logging.WARNING),
-            error_cb=_error,
+        connecting: asyncio.Future[NatsClient] = asyncio.ensure_future(
+            nats.connect(
+                servers=settings.servers,
+                name=name,
+                user_credentials=settings.creds_file,
+                nkeys_seed=settings.nkey_seed_file,
+                inbox_prefix=identities.inbox(identity) if identity else "_INBOX",
+                tls=tls_context(settings),
+                connect_timeout=settings.connect_timeout,
+                drain_timeout=int(settings.drain_timeout),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                disconnected_cb=_callback("disconnected", logging.WARNING),
+                reconnected_cb=_callback("reconnected", logging.INFO),
+                closed_cb=_callback("closed", logging.INFO),
+                lame_duck_mode_cb=_callback("lame_duck", logging.WARNING),
+                error_cb=_error,
+            )
         )
+        waits: list[asyncio.Future[Any]] = [connecting, refused]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if refused.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            raise BusAuthError(
+                f"NATS refused this service's credentials ({refused.result()}): set "
+                "NATS_NKEY_SEED_FILE (or NATS_CREDS_FILE) to its identity's "
+                f"(currently {settings.nkey_seed_file or settings.creds_file or 'none'})"
+            )
+        nc = connecting.result()
         client.append(nc)
         return cls(nc, tracer_provider=tracer_provider, meter_provider=meter_provider)
 
