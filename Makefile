@@ -61,7 +61,7 @@ bench-actions: install ## Actions event-to-SendData latency at 1/100/1000 rooms,
 	$(RUN) python -m scripts.bench.bench_actions
 
 k8s-validate: install ## Render every deploy/k8s overlay, validate it offline, check our policies
-	$(RUN) python scripts/k8s_validate.py
+	$(RUN) python -m scripts.k8s_validate
 
 SERVICES := token bundles actions agent
 DOCKER_BUILD_FLAGS ?=
@@ -79,9 +79,10 @@ test-images: install ## Build the images (classic builder; stand-in bases if nee
 	$(RUN) python -m scripts.images sizes --tag $(IMAGE_TAG)
 	$(RUN) pytest -m images
 
-docs: install ## Regenerate docs/events.schema.json and the README configuration table
+docs: install ## Regenerate docs/events.schema.json, the README configuration table, the dev NATS permissions
 	$(RUN) python -m avatar_shared.schema docs/events.schema.json
 	$(RUN) python scripts/config_table.py README.md
+	$(RUN) python -m scripts.nats_keys deployed deploy/k8s/overlays/dev/nats.conf
 
 clean: ## Remove the virtualenvs, caches and local NATS data
 	rm -rf .venv .bootstrap .data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -22,7 +22,8 @@ Policy, for every Deployment/StatefulSet:
 - an Ingress routes only to Services of the namespace, by a port they have, and never to
   a port named ``metrics`` (Prometheus scrapes those; the public must not);
 - the actions service's memory limit holds its memory bound, derived from
-  ``ACTIONS_MAX_ROOMS`` (``avatar_actions.config.memory_bound_mib``).
+  ``ACTIONS_MAX_ROOMS`` (``avatar_actions.config.memory_bound_mib``);
+- the bus's security: identities, seeds, permissions and TLS (``scripts/k8s_nats.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from typing import Any
 
 import kubernetes_validate
 import yaml
+
+from scripts import k8s_nats
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES_VERSION = "1.32.0"
@@ -295,7 +298,7 @@ def check_overlay(overlay: Path) -> list[str]:
     except RenderError as exc:
         return [f"kustomize failed: {exc}"]
     problems = [p for obj in objects for p in schema_problems(obj)]
-    return problems + list(policy_problems(objects))
+    return problems + list(policy_problems(objects)) + list(k8s_nats.overlay_problems(objects))
 
 
 def main(argv: list[str]) -> int:
@@ -304,7 +307,11 @@ def main(argv: list[str]) -> int:
     if not overlays:
         print(f"error: no overlays under {base / 'overlays'}")
         return 1
-    failed = False
+    values = list(k8s_nats.values_problems(base / "dependencies" / "nats-values.yaml"))
+    print(f"nats-values: {'ok' if not values else f'{len(values)} problem(s)'}")
+    for problem in values:
+        print(f"  - {problem}")
+    failed = bool(values)
     for overlay in overlays:
         problems = check_overlay(overlay)
         print(f"{overlay.name}: {'ok' if not problems else f'{len(problems)} problem(s)'}")

@@ -5,15 +5,17 @@ reads a Deployment's pod: :func:`docker_run_args` turns its first container into
 ``docker run`` options that keep what the kubelet would enforce and a single machine can:
 the user and groups (``runAsUser``, ``runAsGroup``, ``fsGroup``), a read-only root
 filesystem, no capabilities, no privilege escalation, Docker's default seccomp profile
-(``RuntimeDefault``), ``emptyDir`` volumes as size-limited tmpfs, ConfigMap volumes as
-read-only files, and the environment of its ``envFrom`` ConfigMaps and ``env`` entries
-(secrets supplied by the caller). What it cannot keep: the pod network (containers use
+(``RuntimeDefault``), ``emptyDir`` volumes as size-limited tmpfs, ConfigMap and projected
+volumes as read-only files owned by the pod's group (Secrets' contents supplied by the
+caller), and the environment of its ``envFrom`` ConfigMaps and ``env`` entries (secret
+values supplied by the caller). What it cannot keep: the pod network (containers use
 host networking on loopback), Services and DNS, resource limits' scheduling, network
 policies and autoscaling.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
@@ -69,6 +71,7 @@ def docker_run_args(
     secrets: dict[str, str],
     overrides: dict[str, str],
     files_dir: Path,
+    secrets_files: dict[str, dict[str, bytes]] | None = None,
 ) -> Pod:
     pod = manifests.pod(deployment)
     container = pod["containers"][0]
@@ -91,13 +94,11 @@ def docker_run_args(
             size = _bytes(volume["emptyDir"].get("sizeLimit", "64Mi"))
             group = pod_security.get("fsGroup", security["runAsGroup"])
             args += ["--tmpfs", f"{mount['mountPath']}:rw,size={size},mode=1770,gid={group}"]
-        elif "configMap" in volume:
-            source = files_dir / volume["configMap"]["name"]
+        elif "configMap" in volume or "projected" in volume:
+            source = files_dir / deployment / mount["name"]
             source.mkdir(parents=True, exist_ok=True)
-            for key, value in manifests.get("ConfigMap", volume["configMap"]["name"])[
-                "data"
-            ].items():
-                (source / key).write_text(value)
+            group = pod_security.get("fsGroup", security["runAsGroup"])
+            _project(manifests, volume, secrets_files, source, group)
             args += ["-v", f"{source}:{mount['mountPath']}:ro"]
         else:
             raise ValueError(f"{deployment}: volume {mount['name']} of a kind not handled")
@@ -127,6 +128,45 @@ def docker_run_args(
         grace=int(pod.get("terminationGracePeriodSeconds", 30)),
         env=env,
     )
+
+
+def _project(
+    manifests: Manifests,
+    volume: dict[str, Any],
+    secrets_files: dict[str, dict[str, bytes]] | None,
+    into: Path,
+    group: int,
+) -> None:
+    """Write a ConfigMap or projected volume's files as the kubelet would: owned by the
+    pod's fsGroup, with the volume's mode (the Secrets' contents come from the caller)."""
+    if "configMap" in volume:
+        sources, mode = [{"configMap": volume["configMap"]}], 0o644
+    else:
+        sources = volume["projected"]["sources"]
+        mode = volume["projected"].get("defaultMode", 0o644)
+    for source in sources:
+        kind = "secret" if "secret" in source else "configMap"
+        spec = source[kind]
+        if kind == "secret":
+            data = (secrets_files or {}).get(spec["name"])
+        else:
+            try:
+                data = {
+                    k: v.encode()
+                    for k, v in manifests.get("ConfigMap", spec["name"])["data"].items()
+                }
+            except KeyError:
+                data = None
+        if data is None:
+            if spec.get("optional"):
+                continue
+            raise ValueError(f"no {kind} {spec['name']} to mount")
+        items = spec.get("items") or [{"key": key, "path": key} for key in data]
+        for item in items:
+            path = into / item["path"]
+            path.write_bytes(data[item["key"]])
+            os.chown(path, 0, group)
+            path.chmod(mode)
 
 
 def _port(port: int | str, named: dict[str, int]) -> int:

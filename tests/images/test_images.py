@@ -15,8 +15,7 @@ import httpx
 import pytest
 from livekit import api
 
-from avatar_shared.bus import Bus, events_stream
-from avatar_shared.config import NatsSettings
+from avatar_shared.bus import Bus, events_stream, identities
 from tests.images.pods import Container, Manifests, Pod, docker_run_args
 from tests.integration.actions.test_engine import Turns
 from tests.support.livekit_server import LiveKitDouble, running_livekit
@@ -42,6 +41,12 @@ Run = Callable[..., Container]  # deployment, command..., entrypoint=, env overr
 def pod_for(manifests: Manifests, nats_server: NatsServer, tmp_path: Path) -> Iterator[Run]:
     started: list[Container] = []
 
+    # Each service's NATS seed, from the test server's identities.
+    seeds = {
+        f"avatar-nats-{name}": {"seed.nk": (nats_server.keys / f"{name}.nk").read_bytes()}
+        for name in identities.IDENTITIES
+    }
+
     def pod(deployment: str, **overrides: str) -> Pod:
         return docker_run_args(
             manifests,
@@ -53,6 +58,7 @@ def pod_for(manifests: Manifests, nats_server: NatsServer, tmp_path: Path) -> It
                 **overrides,
             },
             files_dir=tmp_path,
+            secrets_files=seeds,
         )
 
     def run(deployment: str, *command: str, entrypoint: str | None = None, **env: str) -> Container:
@@ -136,7 +142,7 @@ async def test_actions_and_agent_images_deliver_a_conversation(
     actions = pod_for("avatar-actions", LIVEKIT_URL=livekit.url)
     await ready(actions)
     # A scripted room, as an agent would report it: its packets reach LiveKit.
-    bus = await Bus.connect(NatsSettings(url=nats_server.url), name="images-test")
+    bus = await Bus.connect(nats_server.admin, name="images-test")
     await bus.ensure_stream(events_stream())
     turn = Turns("images-scripted").reply("s1", "wave_hand")
     for event in turn[:-2]:

@@ -77,6 +77,10 @@ class ZeroWeightDouble:
         self._window[client] = window
         remaining = max(0, self.limit - len(window))
         headers = {"X-RateLimit-Remaining": str(remaining)}
+        # what this call answers is decided as it arrives: a delayed call that wakes up
+        # later (its client long gone) must not take a failure meant for a later call
+        injected = self.fail_with.pop(0) if self.fail_with else None
+        fault = self.fault
         if self.delay:
             await asyncio.sleep(self.delay)
         if len(window) > self.limit:
@@ -87,12 +91,11 @@ class ZeroWeightDouble:
             )
         if request.headers.get("x-zw-api-key") != API_KEY:
             return JSONResponse({"detail": "Invalid API key"}, 401, headers=headers)
-        if self.fail_with:
-            status = self.fail_with.pop(0)
-            extra = {"Retry-After": self.retry_after} if status in (429, 503) else {}
-            return JSONResponse({"detail": "upstream trouble"}, status, headers=headers | extra)
-        if self.fault is not None:
-            return self._faulty(self.fault, headers)
+        if injected is not None:
+            extra = {"Retry-After": self.retry_after} if injected in (429, 503) else {}
+            return JSONResponse({"detail": "upstream trouble"}, injected, headers=headers | extra)
+        if fault is not None:
+            return self._faulty(fault, headers)
         if avatar_id in self.private:
             return JSONResponse({"detail": "Forbidden"}, 403, headers=headers)
         if avatar_id not in self.bundles:

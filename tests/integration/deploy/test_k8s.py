@@ -12,12 +12,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
-SCRIPT = ROOT / "scripts" / "k8s_validate.py"
 
 
 def validate(tree: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), str(tree)],
+        [sys.executable, "-m", "scripts.k8s_validate", str(tree)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -146,6 +146,30 @@ BREAKAGES = {
             "base/kustomization.yaml", "  - agent.yaml\n", "  - agent.yaml\n  - missing.yaml\n"
         ),
         "kustomize failed",
+    ),
+    "no NATS seed": (
+        _replace("base/actions.yaml", "  NATS_NKEY_SEED_FILE: /etc/avatar/nats/seed.nk\n", ""),
+        "avatar-actions: NATS_NKEY_SEED_FILE is not set",
+    ),
+    "seed from another service's secret": (
+        _replace("base/agent.yaml", "name: avatar-nats-agent", "name: avatar-nats-actions"),
+        "is not mounted read-only from its Secret avatar-nats-agent",
+    ),
+    "wider NATS permissions": (
+        _replace("dependencies/nats-values.yaml", '"_INBOX.agent.>"', '"_INBOX.>"'),
+        "agent's permissions differ from avatar_shared.bus.identities",
+    ),
+    "no client TLS": (
+        _replace(
+            "dependencies/nats-values.yaml",
+            "    tls:\n      enabled: true\n      secretName: nats-server-tls",
+            "    tls:\n      enabled: false\n      secretName: nats-server-tls",
+        ),
+        "client TLS is off",
+    ),
+    "dev NATS without permissions": (
+        _replace("overlays/dev/nats.yaml", '            - "--config=/etc/nats/nats.conf"\n', ""),
+        "nats: runs without the services' permissions",
     ),
 }
 

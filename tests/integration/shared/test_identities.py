@@ -17,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from avatar_shared.bus import Bus, BusAuthError, identities
 from avatar_shared.config import NatsSettings
-from tests.support.nats_server import NatsServer
+from tests.support.nats_server import NatsServer, free_port, nats_server_binary, wait_ready
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -149,7 +149,7 @@ async def test_bad_credentials_fail_at_once_naming_the_setting(
             await Bus.connect(settings, name="stranger", identity="actions")
 
 
-@pytest.mark.parametrize("module", ["avatar_actions", "avatar_agent"])
+@pytest.mark.parametrize("module", ["avatar_actions", "avatar_agent", "avatar_bundles"])
 def test_a_service_without_credentials_stops_at_start_naming_the_setting(
     nats_server: NatsServer, module: str
 ) -> None:
@@ -158,6 +158,9 @@ def test_a_service_without_credentials_stops_at_start_naming_the_setting(
     } | {
         "NATS_URL": nats_server.url,
         "ACTIONS_HOST": "127.0.0.1",
+        "BUNDLES_HOST": "127.0.0.1",
+        "AUTH_POLICY_FILE": str(ROOT / "deploy" / "local" / "policy.toml"),
+        "AVATAR_DEV_MODE": "true",
         "AGENT_AVATARS_FILE": str(ROOT / "deploy" / "local" / "avatars.toml"),
         "AGENT_LLM": "demo",
         "AGENT_TTS": "demo",
@@ -168,3 +171,47 @@ def test_a_service_without_credentials_stops_at_start_naming_the_setting(
     assert done.returncode == 2, done.stdout + done.stderr
     assert "NATS_NKEY_SEED_FILE" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_deployed_configuration_takes_its_keys_from_the_environment(tmp_path: Path) -> None:
+    """What deploy/k8s runs: the generated block, public keys from the environment that the
+    ConfigMap ``avatar-nats-identities`` (``scripts.nats_keys env``) fills."""
+    keys = tmp_path / "keys"
+    run = [sys.executable, "-m", "scripts.nats_keys"]
+    subprocess.run([*run, "keys", str(keys)], cwd=ROOT, check=True, capture_output=True)
+    printed = subprocess.run(
+        [*run, "env", str(keys)], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+    environment = dict(line.split("=", 1) for line in printed.splitlines())
+    config = ROOT / "deploy" / "k8s" / "overlays" / "dev" / "nats.conf"
+    port, monitor = free_port(), free_port()
+    server = subprocess.Popen(
+        [
+            *(str(nats_server_binary()), "-c", str(config), "-a", "127.0.0.1", "-p", str(port)),
+            *("-m", str(monitor), "-js", "-sd", str(tmp_path / "store")),
+        ],
+        env={"PATH": os.environ.get("PATH", "")} | environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deployed = NatsServer(port, monitor, "deployed config", keys, server.terminate, None)
+    try:
+        wait_ready(monitor)
+
+        async def check() -> None:
+            agent = await Connection().open(deployed, "agent")
+            stranger = NatsSettings(url=deployed.url, nkey_seed_file=str(tmp_path / "x.nk"))
+            (tmp_path / "x.nk").write_bytes(identities.new_seed())
+            try:
+                assert not await agent.refused(publish("avatars.v1.agent.tag_parsed.room"))
+                assert await agent.refused(publish("avatars.v1.actions.action_decision.room"))
+                with pytest.raises(BusAuthError):
+                    await Bus.connect(stranger, name="stranger", identity="agent")
+            finally:
+                assert agent.nc is not None
+                await agent.nc.close()
+
+        asyncio.run(check())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -74,9 +74,9 @@ async def check_credentials(settings: NatsSettings, *, identity: str, wait: floa
 
 def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     """TLS to NATS, verifying servers against ``NATS_TLS_CA_FILE`` (else the system's)."""
-    if settings.tls_ca_file is None and not any(u.startswith("tls://") for u in settings.servers):
+    if not settings.tls_ca_file and not any(u.startswith("tls://") for u in settings.servers):
         return None
-    return ssl.create_default_context(cafile=settings.tls_ca_file)
+    return ssl.create_default_context(cafile=settings.tls_ca_file or None)
 
 
 class Bus:
