@@ -99,6 +99,7 @@ class DropReason(StrEnum):
     EXPIRED = "expired"
     SEND_FAILED = "send_failed"
     STALE = "stale"
+    REPLY_FAILED = "reply_failed"
 
 
 class Event(BaseModel):
@@ -166,10 +167,16 @@ class PlayoutStarted(_SpeechEvent):
 
 
 class SpeechDone(_SpeechEvent):
-    """A speech finished playing, or was interrupted."""
+    """A speech finished playing, was interrupted, or failed."""
 
     type: Literal["speech_done"] = "speech_done"
     interrupted: bool
+    failure: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")] | None = Field(
+        None,
+        description="Set when a provider failed the reply (it ended early or never started): "
+        "<stage>_<kind>, e.g. llm_rate_limited, llm_timeout, tts_connection. An open set: "
+        "consumers treat a value they do not know as opaque.",
+    )
 
 
 class AgentStateChanged(_AgentEvent):

@@ -123,6 +123,10 @@ class Tally:
         key = tuple(sorted(attributes.items()))
         self._counts[key] = self._counts.get(key, 0) + amount
 
+    def totals(self) -> dict[tuple[tuple[str, str | bool | int], ...], int]:
+        """The counts so far, by sorted attributes."""
+        return dict(self._counts)
+
     def _observe(self, _: metrics.CallbackOptions) -> list[metrics.Observation]:
         return [metrics.Observation(count, dict(key)) for key, count in self._counts.items()]
 

@@ -62,8 +62,10 @@ def playout(speech: str) -> PlayoutStarted:
     return PlayoutStarted(room=ROOM, speech_id=speech, seq=next(_seq))
 
 
-def done(speech: str, *, interrupted: bool = False) -> SpeechDone:
-    return SpeechDone(room=ROOM, speech_id=speech, seq=next(_seq), interrupted=interrupted)
+def done(speech: str, *, interrupted: bool = False, failure: str | None = None) -> SpeechDone:
+    return SpeechDone(
+        room=ROOM, speech_id=speech, seq=next(_seq), interrupted=interrupted, failure=failure
+    )
 
 
 def agent(state: AgentState) -> AgentStateChanged:
@@ -160,6 +162,16 @@ def test_rule3_interrupted_speech_drops_its_gestures() -> None:
         (5, None),
     )
     assert dropped(out) == [("wave_hand", DropReason.INTERRUPTED)]
+    assert published(out) == [(0.1, "speaking")]
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_rule3_a_failed_reply_drops_its_gestures(interrupted: bool) -> None:
+    seq = RoomSequencer(CONFIG)
+    steps = [(0.0, created("s1")), (0.0, tag("s1", "wave_hand")), (0.1, playout("s1"))]
+    failed = done("s1", interrupted=interrupted, failure="llm_connection")
+    out = run(seq, *steps, (1.0, failed), (1.0, agent(AgentState.LISTENING)), (5, None))
+    assert dropped(out) == [("wave_hand", DropReason.REPLY_FAILED)]
     assert published(out) == [(0.1, "speaking")]
 
 

@@ -107,24 +107,66 @@ def agent_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+def problems(env: pytest.MonkeyPatch, *, hears_user: bool, **values: str) -> list[str]:
+    for name, value in values.items():
+        env.setenv(name, value)
+    return load(AgentSettings).problems(hears_user=hears_user)
+
+
 def test_the_default_providers_need_both_keys(agent_env: pytest.MonkeyPatch) -> None:
+    settings = load(AgentSettings)
     with pytest.raises(ConfigError) as err:
-        load(AgentSettings)
-    assert "OPENAI_API_KEY (needed by AGENT_LLM=realtime)" in str(err.value)
-    assert "CARTESIA_API_KEY (needed by AGENT_TTS=cartesia)" in str(err.value)
-    agent_env.setenv("OPENAI_API_KEY", "sk-test")
-    agent_env.setenv("CARTESIA_API_KEY", "ck-test")
-    assert load(AgentSettings).llm == "realtime"
+        settings.check(hears_user=True)
+    assert "OPENAI_API_KEY (AGENT_LLM=realtime runs on OpenAI)" in str(err.value)
+    assert "CARTESIA_API_KEY (AGENT_TTS=cartesia)" in str(err.value)
+    assert "AGENT_LLM=demo AGENT_TTS=demo" in str(err.value)
+    keys = {"OPENAI_API_KEY": "sk-test", "CARTESIA_API_KEY": "ck-test"}
+    assert problems(agent_env, hears_user=True, **keys) == []
 
 
-def test_a_self_hosted_openai_compatible_llm_needs_no_key(agent_env: pytest.MonkeyPatch) -> None:
-    agent_env.setenv("AGENT_LLM", "openai-compatible")
-    agent_env.setenv("AGENT_TTS", "demo")
-    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
-        load(AgentSettings)  # STT and LLM default to OpenAI itself
+OWN_LLM = {
+    "AGENT_LLM": "openai-compatible",
+    "AGENT_LLM_BASE_URL": "http://127.0.0.1:11434/v1",
+    "AGENT_LLM_MODEL": "llama3.1:8b",
+    "AGENT_TTS": "demo",
+}
+
+
+def test_the_local_run_with_its_own_llm_needs_no_key_and_no_stt(
+    agent_env: pytest.MonkeyPatch,
+) -> None:
+    assert problems(agent_env, hears_user=False, **OWN_LLM) == []
+
+
+def test_a_job_with_its_own_llm_needs_speech_to_text_and_says_how(
+    agent_env: pytest.MonkeyPatch,
+) -> None:
+    missing = problems(agent_env, hears_user=True, **OWN_LLM)
+    assert len(missing) == 1 and "AGENT_STT_BASE_URL" in missing[0], missing
+    stt = {"AGENT_STT_BASE_URL": "http://127.0.0.1:8000/v1"}
+    assert ["AGENT_STT_MODEL" in m for m in problems(agent_env, hears_user=True, **stt)] == [True]
+    assert problems(agent_env, hears_user=True, AGENT_STT_MODEL="whisper-large-v3") == []
+
+
+def test_a_base_url_needs_a_model_name_the_server_serves(agent_env: pytest.MonkeyPatch) -> None:
     agent_env.setenv("AGENT_LLM_BASE_URL", "http://127.0.0.1:11434/v1")
-    agent_env.setenv("AGENT_STT_BASE_URL", "http://127.0.0.1:8000/v1")
-    assert load(AgentSettings).llm_base_url == "http://127.0.0.1:11434/v1"
+    missing = problems(agent_env, hears_user=False, AGENT_LLM="openai-compatible", AGENT_TTS="demo")
+    assert len(missing) == 1 and missing[0].startswith("AGENT_LLM_MODEL"), missing
+    settings = load(AgentSettings)
+    assert settings.chat_model == "gpt-4.1-mini"  # only what OpenAI itself would get
+
+
+def test_openai_itself_needs_its_key_and_every_missing_setting_is_named_at_once(
+    agent_env: pytest.MonkeyPatch,
+) -> None:
+    values = {"AGENT_LLM": "openai-compatible", "AGENT_TTS": "cartesia"}
+    missing = problems(agent_env, hears_user=True, **values)
+    assert [m.split(" ")[0] for m in missing] == [
+        "OPENAI_API_KEY",  # the LLM
+        "OPENAI_API_KEY",  # speech-to-text
+        "CARTESIA_API_KEY",
+    ]
+    assert problems(agent_env, hears_user=False, OPENAI_API_KEY="sk", CARTESIA_API_KEY="ck") == []
 
 
 def test_demo_providers_need_nothing_and_bad_names_are_refused(

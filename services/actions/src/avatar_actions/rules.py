@@ -10,8 +10,8 @@ the service can keep it durable. Every rule is a row in ``docs/actions.md``:
 2. Gestures belong to the speech whose text held their tag; they are released in tag
    order once that speech is done and not interrupted, the agent is listening or idle
    and the user is not speaking, after ``debounce`` seconds.
-3. An interrupted speech, the user starting to speak, or the session ending drops the
-   gestures held for it.
+3. An interrupted speech, a reply a provider failed, the user starting to speak, or the
+   session ending drops the gestures held for it.
 4. A held gesture expires ``ttl`` seconds after its tag was parsed.
 5. An action the avatar does not allow is dropped; a repeated gesture within a speech is
    coalesced (dropped as a duplicate); past ``cap_per_speech`` gestures are dropped.
@@ -125,7 +125,9 @@ class RoomSequencer:
             case SpeechDone():
                 speech = self._speech(event.speech_id)
                 speech.done_at = now
-                if event.interrupted:
+                if event.failure:  # what the broken reply held is not what the user heard
+                    decisions += self._drop_held(event.speech_id, DropReason.REPLY_FAILED)
+                elif event.interrupted:
                     decisions += self._drop_held(event.speech_id, DropReason.INTERRUPTED)
             case AgentStateChanged():
                 self.state.agent = event.new_state

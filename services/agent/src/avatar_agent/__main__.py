@@ -34,6 +34,7 @@ def main() -> None:
 
     try:
         rt = runtime()  # fail fast in the parent, before any job process starts
+        rt.settings.check(hears_user=mode == "start")  # the local run types the user's turns
         asyncio.run(check_credentials(rt.nats, identity=AGENT_IDENTITY))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

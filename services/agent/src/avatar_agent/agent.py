@@ -6,6 +6,9 @@ the same text, so both strip action tags identically; only text bound for Cartes
 the allowed emotion tags. Both parsers find the same tags in the same order, and
 :class:`SpeechTags` reports each (speech, tag index) once, whichever node sees it first:
 tags reach the bus even when one of the two outputs is disabled.
+
+``llm_node`` and ``tts_node`` also record a provider failure of the speech they serve
+(:class:`~avatar_agent.failures.ReplyFailures`) before the framework sees it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import Agent, ModelSettings
+from livekit.agents import Agent, FlushSentinel, ModelSettings, llm
 from livekit.agents.voice.agent_activity import _SpeechHandleContextVar
 from opentelemetry import metrics
 
 from avatar_agent.avatars import Avatar
+from avatar_agent.failures import ReplyFailures
 from avatar_agent.prompt import build_instructions
 from avatar_agent.tags import Tag, TagParser
 from avatar_shared import semconv
@@ -115,6 +119,7 @@ class AvatarAgent(Agent):
         super().__init__(instructions=build_instructions(avatar), **kwargs)
         self.avatar = avatar
         self.speech_tags = SpeechTags(self._count_and_forward(on_tag))
+        self.failures = ReplyFailures()
         self._tts_keeps_emotions = tts_keeps_emotions
         self._max_hold = max_hold
 
@@ -156,15 +161,38 @@ class AvatarAgent(Agent):
 
         return strip_tags(text, self._parser(keep_emotions=keep_emotions), on_tags, on_end)
 
+    async def llm_node(
+        self,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool],
+        model_settings: ModelSettings,
+    ) -> AsyncIterator[llm.ChatChunk | str | FlushSentinel]:
+        speech_id = current_speech_id()
+        try:
+            async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
+                yield chunk
+        except Exception as exc:
+            self.failures.record(speech_id, "llm", _provider(self.session.llm), exc)
+            raise
+
     async def tts_node(
         self, text: AsyncIterable[str], model_settings: ModelSettings
     ) -> AsyncIterator[rtc.AudioFrame]:
+        speech_id = current_speech_id()
         clean = self._clean(text, keep_emotions=self._tts_keeps_emotions)
-        async for frame in Agent.default.tts_node(self, clean, model_settings):
-            yield frame
+        try:
+            async for frame in Agent.default.tts_node(self, clean, model_settings):
+                yield frame
+        except Exception as exc:
+            self.failures.record(speech_id, "tts", _provider(self.session.tts), exc)
+            raise
 
     async def transcription_node(
         self, text: AsyncIterable[Any], model_settings: ModelSettings
     ) -> AsyncIterator[str]:
         async for chunk in self._clean(text, keep_emotions=False):
             yield chunk
+
+
+def _provider(model: object) -> str:
+    return str(getattr(model, "provider", None) or "unknown")

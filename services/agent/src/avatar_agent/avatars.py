@@ -23,6 +23,8 @@ TagName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]
 DEFAULT_EMOTIONS = ("neutral", "happy", "angry", "excited", "content", "sad", "scared")
 #: Cartesia's sample voice used by the seed agent.
 DEFAULT_VOICE = "9626c31c-bec5-4cca-baa8-f8ba9e84c8bc"
+#: Said when a provider failed a reply before any of it was heard ("" says nothing).
+DEFAULT_FALLBACK_LINE = "Sorry, I lost my train of thought. Could you say that again?"
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful voice assistant. Keep answers concise, friendly, and useful."
 )
@@ -38,6 +40,7 @@ class Defaults(_Strict):
     emotions: tuple[TagName, ...] = DEFAULT_EMOTIONS
     actions: dict[TagName, Annotated[str, StringConstraints(max_length=500)]] = {}
     greeting: str | None = Field(None, max_length=2_000)
+    fallback_line: str = Field(DEFAULT_FALLBACK_LINE, max_length=500)
 
 
 class _AvatarEntry(_Strict):
@@ -49,6 +52,7 @@ class _AvatarEntry(_Strict):
     emotions: tuple[TagName, ...] | None = None
     actions: dict[TagName, Annotated[str, StringConstraints(max_length=500)]] | None = None
     greeting: str | None = Field(None, max_length=2_000)
+    fallback_line: str | None = Field(None, max_length=500)
 
 
 class _File(_Strict):
@@ -68,6 +72,8 @@ class Avatar(_Strict):
     actions: dict[TagName, str]
     #: what the agent is asked to say first, if anything
     greeting: str | None
+    #: what the agent says when a provider failed a reply before any of it was heard
+    fallback_line: str
 
 
 class AvatarCatalog:
@@ -104,6 +110,9 @@ class AvatarCatalog:
                     emotions=entry.emotions if entry.emotions is not None else d.emotions,
                     actions=entry.actions if entry.actions is not None else d.actions,
                     greeting=entry.greeting if entry.greeting is not None else d.greeting,
+                    fallback_line=(
+                        entry.fallback_line if entry.fallback_line is not None else d.fallback_line
+                    ),
                 )
                 for avatar_id, entry in parsed.avatars.items()
             }

@@ -1,8 +1,10 @@
 """Settings of the agent (``AGENT_*``), and the providers' standard key variables.
 
 Provider keys keep the names their SDKs and users know (``OPENAI_API_KEY``,
-``CARTESIA_API_KEY``). A key is required only by the provider that uses it, and a missing
-one stops the process at start with the variable's name.
+``CARTESIA_API_KEY``). What a run needs depends on its providers and on whether it hears
+the user (a LiveKit job does; the local scripted run types the user's turns, so it needs
+no speech-to-text): :meth:`AgentSettings.check` names every missing setting at once, each
+with the way to fix it, and the process stops at start.
 """
 
 from __future__ import annotations
@@ -10,8 +12,14 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from avatar_shared.config import ConfigError
+
+#: OpenAI's models, used when the provider is OpenAI itself (no base URL).
+OPENAI_CHAT_MODEL = "gpt-4.1-mini"
+OPENAI_STT_MODEL = "gpt-4o-mini-transcribe"
 
 
 class LLMProvider(StrEnum):
@@ -40,17 +48,33 @@ class AgentSettings(BaseSettings):
     )
     tts: TTSProvider = Field(TTSProvider.CARTESIA, description="cartesia or demo")
     realtime_model: str = Field("gpt-realtime-mini", description="OpenAI realtime model")
-    llm_model: str = Field("gpt-4.1-mini", description="Model name for openai-compatible")
+    llm_model: str | None = Field(
+        None,
+        description=f"Model name for openai-compatible ({OPENAI_CHAT_MODEL} on OpenAI; "
+        "required with a base URL)",
+    )
     llm_base_url: str | None = Field(
         None, description="Chat-completions base URL for openai-compatible (OpenAI if unset)"
     )
-    stt_model: str = Field(
-        "gpt-4o-mini-transcribe", description="Streaming STT model for openai-compatible"
+    stt_model: str | None = Field(
+        None,
+        description=f"Streaming STT model for openai-compatible ({OPENAI_STT_MODEL} on OpenAI; "
+        "required with a base URL)",
     )
     stt_base_url: str | None = Field(
         None, description="OpenAI-compatible realtime transcription base URL (OpenAI if unset)"
     )
     tts_model: str = Field("sonic-3", description="Cartesia model")
+    tts_base_url: str = Field("https://api.cartesia.ai", description="Cartesia API base URL")
+    provider_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="Per LLM/TTS attempt, a stalled stream included"
+    )
+    provider_retries: int = Field(
+        2, ge=0, le=10, description="Retries of a failed LLM/TTS request before any text came"
+    )
+    provider_max_retry_after_seconds: float = Field(
+        10.0, ge=0, le=300, description="Longest Retry-After from a provider that is honoured"
+    )
     openai_api_key: SecretStr | None = Field(
         None,
         validation_alias="OPENAI_API_KEY",
@@ -81,24 +105,50 @@ class AgentSettings(BaseSettings):
         False, description="Record conversation text in the framework's spans"
     )
 
-    @model_validator(mode="after")
-    def _keys_for_providers(self) -> AgentSettings:
+    @property
+    def chat_model(self) -> str:
+        return self.llm_model or OPENAI_CHAT_MODEL
+
+    @property
+    def transcription_model(self) -> str:
+        return self.stt_model or OPENAI_STT_MODEL
+
+    def problems(self, *, hears_user: bool) -> list[str]:
+        """What this run is missing, each with the way to fix it."""
         missing = []
-        needs_openai = self.llm is LLMProvider.REALTIME or (
-            self.llm is LLMProvider.OPENAI_COMPATIBLE
-            and not (self.llm_base_url and self.stt_base_url)
-        )
-        if needs_openai and not _set(self.openai_api_key):
-            missing.append(f"OPENAI_API_KEY (needed by AGENT_LLM={self.llm.value})")
+        openai_key = _set(self.openai_api_key)
+        if self.llm is LLMProvider.REALTIME and not openai_key:
+            missing.append("OPENAI_API_KEY (AGENT_LLM=realtime runs on OpenAI)")
+        if self.llm is LLMProvider.OPENAI_COMPATIBLE:
+            if self.llm_base_url is None and not openai_key:
+                missing.append(
+                    "OPENAI_API_KEY (AGENT_LLM=openai-compatible calls OpenAI unless "
+                    "AGENT_LLM_BASE_URL names your server)"
+                )
+            if self.llm_base_url is not None and not self.llm_model:
+                missing.append(
+                    "AGENT_LLM_MODEL (the model your server at AGENT_LLM_BASE_URL serves, "
+                    "as its GET /models lists it)"
+                )
+            if hears_user and self.stt_base_url is None and not openai_key:
+                missing.append(
+                    "OPENAI_API_KEY (speech-to-text calls OpenAI unless AGENT_STT_BASE_URL "
+                    "and AGENT_STT_MODEL name your own transcription server)"
+                )
+            if hears_user and self.stt_base_url is not None and not self.stt_model:
+                missing.append(
+                    "AGENT_STT_MODEL (the transcription model your server at "
+                    "AGENT_STT_BASE_URL serves)"
+                )
         if self.tts is TTSProvider.CARTESIA and not _set(self.cartesia_api_key):
-            missing.append("CARTESIA_API_KEY (needed by AGENT_TTS=cartesia)")
-        if missing:
-            raise ValueError(
-                "missing "
-                + ", ".join(missing)
-                + "; or run offline with AGENT_LLM=demo AGENT_TTS=demo"
-            )
-        return self
+            missing.append("CARTESIA_API_KEY (AGENT_TTS=cartesia)")
+        return missing
+
+    def check(self, *, hears_user: bool) -> None:
+        """Raise ConfigError naming everything this run is missing."""
+        if missing := self.problems(hears_user=hears_user):
+            offline = "or run offline with AGENT_LLM=demo AGENT_TTS=demo"
+            raise ConfigError("missing " + "; ".join(missing) + "; " + offline)
 
 
 def _set(secret: SecretStr | None) -> bool:

@@ -23,6 +23,7 @@ from avatar_agent.agent import AvatarAgent
 from avatar_agent.avatars import Avatar
 from avatar_agent.delivery import RoomDeliveries
 from avatar_agent.outbox import EventOutbox
+from avatar_agent.providers import Models
 from avatar_agent.tags import Tag
 from avatar_shared.events import (
     AgentState,
@@ -51,8 +52,10 @@ class Conversation:
         tts_keeps_emotions: bool,
         max_hold: int = 64,
         deliveries: RoomDeliveries | None = None,
+        models: Models | None = None,
     ) -> None:
         self.session = session
+        self.models = models
         self.outbox = outbox
         self.deliveries = deliveries
         self.agent_name = agent_name
@@ -60,6 +63,7 @@ class Conversation:
             avatar, on_tag=self._on_tag, tts_keeps_emotions=tts_keeps_emotions, max_hold=max_hold
         )
         self._playing: set[str] = set()  # speeches whose playout started and is not done
+        self._fallbacks: set[str] = set()  # speeches saying the fallback line
         self._ended = False
         session.on("speech_created", self._on_speech_created)
         session.on("agent_state_changed", self._on_agent_state)
@@ -86,6 +90,8 @@ class Conversation:
             await self.deliveries.aclose()
         self.end(reason)
         await self.outbox.aclose(flush_timeout)
+        if self.models is not None:
+            await self.models.aclose()
 
     # --- livekit-agents callbacks (synchronous, never raise into the framework) ------
 
@@ -101,11 +107,33 @@ class Conversation:
 
     def _speech_done_callback(self) -> Callable[[SpeechHandle], None]:
         def done(handle: SpeechHandle) -> None:
+            heard = handle.id in self._playing
             self._playing.discard(handle.id)
             self.agent.speech_tags.forget(handle.id)
-            self.outbox.emit(SpeechDone, speech_id=handle.id, interrupted=handle.interrupted)
+            failure = self.agent.failures.pop(handle.id)
+            self.outbox.emit(
+                SpeechDone, speech_id=handle.id, interrupted=handle.interrupted, failure=failure
+            )
+            was_fallback = handle.id in self._fallbacks
+            self._fallbacks.discard(handle.id)
+            # a line through a TTS that just failed would fail too: only after the LLM's
+            if failure and failure.startswith("llm_") and not heard and not was_fallback:
+                self._say_fallback()
 
         return done
+
+    def _say_fallback(self) -> None:
+        """The user heard nothing of a reply the LLM failed: say so, once (never for a
+        failed fallback line)."""
+        line = self.agent.avatar.fallback_line
+        if not line or self._ended:
+            return
+        try:
+            handle = self.session.say(line, add_to_chat_ctx=False)
+        except RuntimeError as exc:  # the session is closing
+            log.info("fallback line not said", extra={"reason": str(exc)[:200]})
+            return
+        self._fallbacks.add(handle.id)
 
     def _on_tag(self, speech_id: str, tag: Tag) -> None:
         self.outbox.emit(

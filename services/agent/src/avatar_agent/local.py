@@ -1,7 +1,9 @@
 """Run one scripted conversation in this process, without LiveKit: ``make run``'s agent.
 
 The session is a real ``AgentSession`` with the configured providers (the demo ones when
-there are no keys), talking to a paced speaker instead of a room and fed typed user turns.
+there are no keys), talking to a paced speaker instead of a room and fed typed user turns,
+so it needs no speech-to-text. It runs inside livekit-agents' HTTP context, as a job does,
+which the Cartesia and OpenAI plugins take their HTTP session from.
 The clean transcript is logged, and every event goes to NATS as in a room, so the actions
 service (dry run) logs the packets it would send. Afterwards the process stays up, healthy,
 until SIGTERM.
@@ -16,10 +18,13 @@ import uuid
 from collections.abc import Sequence
 
 from aiohttp import web
+from livekit.agents.utils import http_context
 
+from avatar_agent.avatars import Avatar
+from avatar_agent.delivery import PublishData
 from avatar_agent.local_io import PacedAudioOutput, TranscriptOutput
 from avatar_agent.probes import Probes
-from avatar_agent.runtime import LazyBus, runtime, start_conversation
+from avatar_agent.runtime import LazyBus, Runtime, runtime, start_conversation
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +72,26 @@ async def run(*, pause: float = 1.0) -> None:
             },
         )
 
+    try:
+        async with http_context.open():
+            await _converse(rt, avatar, bus, room, publish_data, stop, pause)
+    finally:
+        await probes.stop()
+        await bus.close()
+        await runner.cleanup()
+
+
+async def _converse(
+    rt: Runtime,
+    avatar: Avatar,
+    bus: LazyBus,
+    room: str,
+    publish_data: PublishData,
+    stop: asyncio.Event,
+    pause: float,
+) -> None:
     conversation = start_conversation(
-        rt, avatar, bus, room=room, job="local", publish_data=publish_data
+        rt, avatar, bus, room=room, job="local", publish_data=publish_data, hears_user=False
     )
     session = conversation.session
     session.output.audio = PacedAudioOutput()
@@ -95,6 +118,3 @@ async def run(*, pause: float = 1.0) -> None:
     finally:
         await session.aclose()
         await conversation.finish("local run stopped")
-        await probes.stop()
-        await bus.close()
-        await runner.cleanup()

@@ -22,7 +22,7 @@ from avatar_agent.config import AgentSettings
 from avatar_agent.conversation import Conversation
 from avatar_agent.delivery import PublishData, RoomDeliveries
 from avatar_agent.outbox import EventOutbox
-from avatar_agent.providers import build_models
+from avatar_agent.providers import build_models, connect_options
 from avatar_shared.bus import Bus
 from avatar_shared.config import DeliverySettings, NatsSettings, load
 from avatar_shared.events import Event
@@ -129,18 +129,21 @@ def start_conversation(
     room: str,
     job: str,
     publish_data: PublishData,
+    hears_user: bool = True,
 ) -> Conversation:
     """Build the session for one call and begin reporting it; the caller starts it.
 
-    With ``ACTIONS_DELIVERY=agent`` the conversation also publishes the room's
+    Call it inside livekit-agents' HTTP context (a job's, or the local run's). With
+    ``ACTIONS_DELIVERY=agent`` the conversation also publishes the room's
     ``AVATAR_UPDATE`` packets through ``publish_data`` (:mod:`avatar_agent.delivery`).
     """
     settings = rt.settings
-    models = build_models(settings, avatar)
+    models = build_models(settings, avatar, hears_user=hears_user)
+    options = connect_options(settings)
     session: AgentSession[None] = (
-        AgentSession(llm=models.llm, tts=models.tts, stt=models.stt)
+        AgentSession(llm=models.llm, tts=models.tts, stt=models.stt, conn_options=options)
         if models.stt is not None  # a chat LLM needs to hear the user
-        else AgentSession(llm=models.llm, tts=models.tts)
+        else AgentSession(llm=models.llm, tts=models.tts, conn_options=options)
     )
     outbox = EventOutbox(
         bus,
@@ -162,6 +165,7 @@ def start_conversation(
         tts_keeps_emotions=models.tts_keeps_emotions,
         max_hold=settings.max_tag_hold,
         deliveries=deliveries,
+        models=models,
     )
     conversation.begin()
     return conversation

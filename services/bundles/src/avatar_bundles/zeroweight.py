@@ -29,12 +29,8 @@ from opentelemetry import propagate, trace
 
 from avatar_bundles.sources import SourceError, not_found, payload_of, too_large
 from avatar_shared.retry import backoff
-from avatar_shared.web.fetch import (
-    ACCEPT_ENCODING,
-    UpstreamBodyError,
-    read_limited,
-    retry_after_seconds,
-)
+from avatar_shared.retry_after import retry_after_seconds
+from avatar_shared.web.fetch import ACCEPT_ENCODING, UpstreamBodyError, read_limited
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-ZW-Api-Key"

@@ -5,15 +5,11 @@
   bytes: a small gzip body that inflates a thousandfold is refused after ``limit`` bytes,
   not after it filled memory (httpx's own decoder inflates a whole network chunk at once).
   Only the encodings we ask for are accepted (:data:`ACCEPT_ENCODING`).
-- :func:`retry_after_seconds` reads ``Retry-After`` in both of its forms (seconds, or an
-  HTTP date) and caps what it honours, so no value can close a gate for ever.
 """
 
 from __future__ import annotations
 
-import math
 import zlib
-from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -66,21 +62,3 @@ async def read_limited(response: httpx.Response, limit: int) -> bytes:
     if not decoder.eof:
         raise UpstreamBodyError("undecodable", "compressed body ends early")
     return bytes(body)
-
-
-def retry_after_seconds(value: str | None, *, now: float, cap: float) -> float | None:
-    """Seconds to wait from ``Retry-After`` (delta-seconds or HTTP-date), within
-    ``[0, cap]``; None when absent or not a finite, valid value."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        seconds = min(cap, float(value))  # a very long number is inf: capped too
-    else:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - now
-        except (TypeError, ValueError, OverflowError, IndexError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return min(cap, max(0.0, seconds))

@@ -7,7 +7,8 @@ import zlib
 
 import pytest
 
-from avatar_shared.web.fetch import UpstreamBodyError, read_limited, retry_after_seconds
+from avatar_shared.retry_after import retry_after_seconds
+from avatar_shared.web.fetch import UpstreamBodyError, read_limited
 from tests.support.oidc import streamed
 
 

@@ -1,0 +1,120 @@
+"""What kind of failure a provider error is, and when the next request may go."""
+
+from __future__ import annotations
+
+import asyncio
+from email.utils import formatdate
+
+import httpx2 as httpx
+import pytest
+from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
+
+from avatar_agent.failures import ReplyFailures, failure_kind
+from avatar_agent.provider_http import RetryAfterGate
+
+
+def wrapped(cause: Exception) -> Exception:
+    """How livekit-agents reports an exhausted retry loop."""
+    try:
+        raise APIConnectionError("failed after 3 attempts") from cause
+    except APIConnectionError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (APIStatusError("x", status_code=429), "rate_limited"),
+        (APIStatusError("x", status_code=500), "server_error"),
+        (APIStatusError("x", status_code=503), "server_error"),
+        (APIStatusError("x", status_code=-1), "server_error"),  # a websocket closed on us
+        (APIStatusError("x", status_code=404), "client_error"),
+        (APIStatusError("x", status_code=401), "client_error"),
+        (APITimeoutError(), "timeout"),
+        (APIConnectionError(), "connection"),
+        (APIError("x"), "error"),
+        (RuntimeError("x"), "error"),
+        (wrapped(APIStatusError("x", status_code=500)), "server_error"),
+        (wrapped(APIStatusError("x", status_code=429)), "rate_limited"),
+        (wrapped(APITimeoutError()), "timeout"),
+        (wrapped(RuntimeError("not an API error")), "connection"),
+    ],
+)
+def test_the_kind_is_the_providers_own_error_under_any_wrapping(
+    error: Exception, kind: str
+) -> None:
+    assert failure_kind(error) == kind
+
+
+def test_the_first_failure_of_a_speech_is_reported_once_and_all_are_counted() -> None:
+    failures = ReplyFailures()
+    failures.record("s1", "tts", "Cartesia", APITimeoutError())
+    failures.record("s1", "llm", "openai", APIConnectionError())
+    failures.record(None, "llm", "openai", APIConnectionError())
+    assert failures.pop("s1") == "tts_timeout"
+    assert failures.pop("s1") is None
+    counted = failures.counter.totals()
+    assert sum(counted.values()) == 3
+    assert (("avatar.provider", "Cartesia"), ("avatar.stage", "tts"), ("kind", "timeout")) in {
+        tuple(sorted(key)) for key in counted
+    }
+
+
+def test_pending_failures_are_bounded() -> None:
+    failures = ReplyFailures()
+    for n in range(1000):
+        failures.record(f"s{n}", "llm", "openai", APIConnectionError())
+    assert failures.pop("s0") is None
+    assert failures.pop("s999") == "llm_connection"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def response(status: int, **headers: str) -> httpx.Response:
+    return httpx.Response(status, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "wait"),
+    [
+        (429, {"Retry-After": "3"}, 3.0),
+        (503, {"Retry-After": "3"}, 3.0),
+        (429, {"Retry-After": "3", "retry-after-ms": "1500"}, 1.5),  # OpenAI's, finer
+        (429, {"Retry-After": "600"}, 10.0),  # capped
+        (429, {"retry-after-ms": "inf"}, 0.0),
+        (429, {"Retry-After": "-5"}, 0.0),
+        (429, {"Retry-After": "soon"}, 0.0),
+        (429, {}, 0.0),
+        (500, {"Retry-After": "3"}, 0.0),  # only 429 and 503 ask to wait
+        (200, {"Retry-After": "3"}, 0.0),
+    ],
+)
+def test_the_gate_honours_retry_after_within_its_cap(
+    status: int, headers: dict[str, str], wait: float
+) -> None:
+    clock = Clock()
+    gate = RetryAfterGate(10.0, clock=clock, wall_clock=lambda: 1_700_000_000.0)
+    asyncio.run(gate.note(response(status, **headers)))
+    assert gate.wait_seconds() == pytest.approx(wait)
+    clock.now += wait
+    assert gate.wait_seconds() == 0
+
+
+def test_an_http_date_is_read_against_the_wall_clock() -> None:
+    wall = 1_700_000_000.0
+    gate = RetryAfterGate(10.0, clock=Clock(), wall_clock=lambda: wall)
+    asyncio.run(gate.note(response(429, **{"Retry-After": formatdate(wall + 4, usegmt=True)})))
+    assert gate.wait_seconds() == pytest.approx(4.0)
+
+
+def test_a_shorter_retry_after_never_shortens_the_wait() -> None:
+    gate = RetryAfterGate(10.0, clock=Clock())
+    asyncio.run(gate.note(response(429, **{"Retry-After": "5"})))
+    asyncio.run(gate.note(response(429, **{"Retry-After": "1"})))
+    assert gate.wait_seconds() == pytest.approx(5.0)
