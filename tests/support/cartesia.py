@@ -79,7 +79,8 @@ class CartesiaDouble:
         self, ws: web.WebSocketResponse, generation: dict[str, object], context: str, text: str
     ) -> None:
         output = generation["output_format"]
-        assert isinstance(output, dict) and output["encoding"] == "pcm_s16le", output
+        assert isinstance(output, dict), output
+        assert output["encoding"] == "pcm_s16le", output
         samples = int(len(text.strip()) * SECONDS_PER_CHAR * int(output["sample_rate"]))
         if samples == 0:
             return

@@ -23,7 +23,7 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,10 +169,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--model", default=MODEL)
     args = parser.parse_args()
-    try:
+    with suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.port, args.model))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -142,7 +142,8 @@ def test_a_job_with_its_own_llm_needs_speech_to_text_and_says_how(
     agent_env: pytest.MonkeyPatch,
 ) -> None:
     missing = problems(agent_env, hears_user=True, **OWN_LLM)
-    assert len(missing) == 1 and "AGENT_STT_BASE_URL" in missing[0], missing
+    assert len(missing) == 1, missing
+    assert "AGENT_STT_BASE_URL" in missing[0]
     stt = {"AGENT_STT_BASE_URL": "http://127.0.0.1:8000/v1"}
     assert ["AGENT_STT_MODEL" in m for m in problems(agent_env, hears_user=True, **stt)] == [True]
     assert problems(agent_env, hears_user=True, AGENT_STT_MODEL="whisper-large-v3") == []
@@ -151,7 +152,8 @@ def test_a_job_with_its_own_llm_needs_speech_to_text_and_says_how(
 def test_a_base_url_needs_a_model_name_the_server_serves(agent_env: pytest.MonkeyPatch) -> None:
     agent_env.setenv("AGENT_LLM_BASE_URL", "http://127.0.0.1:11434/v1")
     missing = problems(agent_env, hears_user=False, AGENT_LLM="openai-compatible", AGENT_TTS="demo")
-    assert len(missing) == 1 and missing[0].startswith("AGENT_LLM_MODEL"), missing
+    assert len(missing) == 1, missing
+    assert missing[0].startswith("AGENT_LLM_MODEL")
     settings = load(AgentSettings)
     assert settings.chat_model == "gpt-4.1-mini"  # only what OpenAI itself would get
 
