@@ -2,8 +2,9 @@
 
 Each process's output is prefixed with its name. Ctrl-C (or SIGTERM) stops the services
 in reverse start order with SIGTERM, so they drain as they would in Kubernetes, then
-NATS. If any process exits on its own, the whole stack is stopped and the exit status is
-non-zero. ``--only NAME`` starts one service and what it depends on.
+NATS. If any process exits on its own, during start-up or later, that is reported at
+once with its exit status and its last lines, the whole stack is stopped and the exit
+status is non-zero. ``--only NAME`` starts one service and what it depends on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from avatar_shared.bus import identities
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT = 40.0
+LAST_LINES = 15  # of a process that exits, shown again
 
 
 #: Local-only LiveKit credentials; start a LiveKit dev server with the same pair
@@ -117,35 +120,38 @@ def available(services: tuple[Service, ...]) -> list[Service]:
     return found
 
 
-def wait_http(url: str, timeout: float) -> bool:
-    """Poll ``url`` until it answers 200 (blocking; run in a thread)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
-                if response.status == 200:
-                    return True
-        except urllib.error.HTTPError as exc:  # not ready yet (e.g. 503)
-            exc.close()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
+def answers(url: str) -> bool:
+    """One probe: ``url`` answers 200 (blocking; run in a thread)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
+            return bool(response.status == 200)
+    except urllib.error.HTTPError as exc:  # not ready yet (e.g. 503)
+        exc.close()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        pass
     return False
 
 
-async def pipe(name: str, stream: asyncio.StreamReader) -> None:
+async def wait_http(url: str) -> None:
+    """Poll ``url`` until it answers 200."""
+    while not await asyncio.to_thread(answers, url):
+        await asyncio.sleep(0.1)
+
+
+async def pipe(name: str, stream: asyncio.StreamReader, last: deque[str]) -> None:
     width = max(len(s.name) for s in SERVICES)
     while line := await stream.readline():
-        sys.stdout.write(f"{name:<{width}} | {line.decode(errors='replace')}")
+        text = line.decode(errors="replace")
+        last.append(text)
+        sys.stdout.write(f"{name:<{width}} | {text}")
         sys.stdout.flush()
 
 
 class Stack:
     def __init__(self) -> None:
         self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
-        self.pipes: list[asyncio.Task[None]] = []
+        self.pipes: dict[str, asyncio.Task[None]] = {}
+        self.last: dict[str, deque[str]] = {}
 
     async def start(
         self, name: str, argv: list[str], env: dict[str, str], defaults: dict[str, str]
@@ -159,7 +165,36 @@ class Stack:
         )
         assert proc.stdout is not None
         self.procs.append((name, proc))
-        self.pipes.append(asyncio.create_task(pipe(name, proc.stdout)))
+        self.last[name] = deque(maxlen=LAST_LINES)
+        self.pipes[name] = asyncio.create_task(pipe(name, proc.stdout, self.last[name]))
+
+    async def ready(self, name: str, url: str, wait: float, stopping: asyncio.Event) -> bool:
+        """Wait until ``name`` answers at ``url``; False (reported) if it exits first, does
+        not answer within ``wait`` seconds, or the stack is being stopped."""
+        proc = dict(self.procs)[name]
+        waits = {
+            asyncio.create_task(wait_http(url)): "answered",
+            asyncio.create_task(proc.wait()): "exited",
+            asyncio.create_task(stopping.wait()): "stopping",
+        }
+        done, pending = await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        first = waits[done.pop()] if done else "timed out"
+        if first == "exited":
+            await self.report_exit(name, "during start-up")
+        elif first == "timed out":
+            print(f"error: {name} did not become healthy at {url} in {wait:.0f}s", flush=True)
+        return first == "answered"
+
+    async def report_exit(self, name: str, when: str) -> None:
+        """Say that ``name`` exited, with its status and its last lines."""
+        proc = dict(self.procs)[name]
+        await asyncio.gather(self.pipes[name], return_exceptions=True)  # its output, all read
+        print(f"error: {name} exited with status {proc.returncode} {when}", flush=True)
+        if self.last[name]:
+            print(f"its last lines:\n{''.join(self.last[name])}", end="", flush=True)
 
     async def first_exit(self) -> str:
         waits = {asyncio.create_task(p.wait()): n for n, p in self.procs}
@@ -180,7 +215,7 @@ class Stack:
                 print(f"{name} did not stop in {STOP_TIMEOUT:.0f}s; killing it", flush=True)
                 proc.kill()
                 await proc.wait()
-        await asyncio.gather(*self.pipes, return_exceptions=True)
+        await asyncio.gather(*self.pipes.values(), return_exceptions=True)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -213,9 +248,8 @@ async def run(args: argparse.Namespace) -> int:
             argv += ["-p", str(args.nats_port), "-m", str(args.monitor_port), "-sd", str(store)]
             await stack.start("nats", argv, {}, {})
             health = f"http://127.0.0.1:{args.monitor_port}/healthz?js-enabled-only=true"
-            if not await asyncio.to_thread(wait_http, health, 30):
-                print("error: nats-server did not become ready", flush=True)
-                return 1
+            if not await stack.ready("nats", health, 30, stopping):
+                return 0 if stopping.is_set() else 1
             print(f"nats ready at {nats_url} (JetStream data in {store})", flush=True)
         for service in services:
             port = service.port + args.port_offset
@@ -229,9 +263,8 @@ async def run(args: argparse.Namespace) -> int:
             argv = [sys.executable, "-m", service.module]
             await stack.start(service.name, argv, env, service.defaults)
             url = f"http://127.0.0.1:{port}{service.health_path}"
-            if not await asyncio.to_thread(wait_http, url, 60):
-                print(f"error: {service.name} did not become healthy at {url}", flush=True)
-                return 1
+            if not await stack.ready(service.name, url, 60, stopping):
+                return 0 if stopping.is_set() else 1
             print(f"{service.name} ready on http://127.0.0.1:{port}", flush=True)
         missing = [s.name for s in SERVICES if s not in available(SERVICES)]
         if missing and not args.only:
@@ -242,7 +275,7 @@ async def run(args: argparse.Namespace) -> int:
         stop = asyncio.create_task(stopping.wait())
         await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
         if exited.done():
-            print(f"error: {exited.result()} exited unexpectedly; stopping the stack", flush=True)
+            await stack.report_exit(exited.result(), "unexpectedly; stopping the stack")
             return 1
         exited.cancel()
         return 0

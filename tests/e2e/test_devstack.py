@@ -16,6 +16,7 @@ import pytest
 from avatar_shared.bus import Bus, events_stream
 from avatar_shared.config import NatsSettings
 from avatar_shared.events import PlayoutStarted, SpeechCreated
+from tests.support import cartesia
 from tests.support.nats_server import free_port
 
 ROOT = Path(__file__).parents[2]
@@ -146,3 +147,90 @@ async def test_agent_delivery_mode_shows_what_the_agent_would_publish(tmp_path: 
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
             await proc.communicate()
+
+
+async def _devstack(
+    tmp_path: Path, env: dict[str, str], *args: str
+) -> tuple[asyncio.subprocess.Process, int]:
+    offset = free_port() - 8100
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "devstack.py"),
+        f"--nats-port={free_port()}",
+        f"--monitor-port={free_port()}",
+        f"--data-dir={tmp_path}",
+        f"--port-offset={offset}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
+    return proc, offset
+
+
+async def test_a_service_that_exits_during_start_up_is_reported_at_once(tmp_path: Path) -> None:
+    """A setting missing for the chosen providers: the agent exits with status 2 and the
+    runner says so with its last lines, without waiting for a health check."""
+    env = {
+        "AGENT_LLM": "openai-compatible",
+        "AGENT_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+        "AGENT_TTS": "demo",
+    }
+    proc, _ = await _devstack(tmp_path, env, "--only=agent")
+    async with asyncio.timeout(30):  # the health check alone would wait 60 s
+        out, _ = await proc.communicate()
+    log = out.decode()
+    assert proc.returncode == 1, log
+    assert "error: agent exited with status 2 during start-up" in log
+    tail = log[log.index("its last lines:") :]
+    assert "AGENT_LLM_MODEL (the model your server at AGENT_LLM_BASE_URL serves" in tail
+    assert "stopping nats" in log
+    assert "stack stopped" in log
+
+
+async def test_make_run_with_your_own_llm_and_cartesia(tmp_path: Path) -> None:
+    """docs/agent.md, "Bring your own model": the local run against an OpenAI-compatible
+    server (the double, as a process, as the docs start it) and a Cartesia double: the
+    reply is streamed from the one, spoken through the other, and its gesture reaches
+    the actions service; no error is logged."""
+    llm_port = free_port()
+    llm = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.openai_compatible",
+        f"--port={llm_port}",
+        "--model=local-model",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert llm.stdout is not None
+    async with asyncio.timeout(30):
+        await llm.stdout.readline()  # "OpenAI-compatible double on ..."
+    async with cartesia.running(cartesia.CartesiaDouble()) as voice:
+        env = {
+            "AGENT_LLM": "openai-compatible",
+            "AGENT_LLM_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
+            "AGENT_LLM_MODEL": "local-model",
+            "AGENT_TTS": "cartesia",
+            "AGENT_TTS_BASE_URL": voice.base_url,
+            "CARTESIA_API_KEY": voice.api_key,
+        }
+        proc, _ = await _devstack(tmp_path, env)
+        out: list[str] = []
+        try:
+            await _read_until(proc, "agent: Hello from your own model!", out)
+            await _read_until(proc, 'AVATAR_UPDATE\\", \\"action\\": \\"wave_hand', out)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            async with asyncio.timeout(60):
+                rest, _ = await proc.communicate()
+            llm.terminate()
+            await llm.wait()
+    log = "".join(out) + rest.decode()
+    assert proc.returncode == 0, log
+    assert any("Hello from your own model!" in said for said in voice.spoken())
+    assert voice.audio_bytes > 0
+    errors = [line for line in log.splitlines() if '"level": "ERROR"' in line]
+    assert errors == [], "\n".join(errors)
+    assert "outside of a job context" not in log
+    assert "Traceback" not in log
