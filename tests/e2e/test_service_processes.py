@@ -142,7 +142,7 @@ def test_bundle_service_needs_the_zeroweight_key_for_the_zeroweight_backend() ->
         ({}, "AGENT_AVATARS_FILE: Field required"),
         (
             {"AGENT_AVATARS_FILE": str(ROOT / "deploy" / "local" / "avatars.toml")},
-            "missing OPENAI_API_KEY (needed by AGENT_LLM=realtime), CARTESIA_API_KEY",
+            "missing OPENAI_API_KEY (AGENT_LLM=realtime runs on OpenAI); CARTESIA_API_KEY",
         ),
         (
             {
