@@ -104,6 +104,8 @@ SERVICES = (
             "AGENT_AVATARS_FILE": str(ROOT / "deploy" / "local" / "avatars.toml"),
             "AGENT_LLM": "demo",
             "AGENT_TTS": "demo",
+            # the scripted user falls silent after its turns: the session ends as inactive
+            "AGENT_INACTIVITY_TIMEOUT_SECONDS": "15",
         },
     ),
 )

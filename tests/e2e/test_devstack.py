@@ -92,6 +92,11 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
         # service: its greeting's wave is released once the reply is done.
         await _read_until(proc, "agent: Hi there, I am the demo avatar.", out)
         await _read_until(proc, 'AVATAR_UPDATE\\", \\"action\\": \\"wave_hand', out)
+        # the scripted user falls silent: the session ends as inactive, after a goodbye
+        await _read_until(proc, "session ended", out)
+        assert json.loads(out[-1].split("| ", 1)[1])["reason"] == "inactive"
+        assert any("I have to end our conversation here" in line for line in out)
+        await _read_until(proc, "would delete the room", out)
     finally:
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):

@@ -1,10 +1,11 @@
-"""A LiveKit server double for RoomService.SendData, on a real loopback HTTP port.
+"""A LiveKit server double for RoomService.SendData and DeleteRoom, on a loopback port.
 
-It speaks what livekit-api sends: ``POST /twirp/livekit.RoomService/SendData`` with a
-protobuf (``application/protobuf``) or JSON body, decoded with the real
-``livekit-protocol`` messages, and checks the bearer token as livekit-server does:
-HS256 signed with the secret of the key named in ``iss``, ``nbf``/``exp`` in force, a
-video grant with ``roomAdmin`` for the request's room. Failures answer in Twirp's JSON
+It speaks what livekit-api sends: ``POST /twirp/livekit.RoomService/SendData`` (and
+``.../DeleteRoom``) with a protobuf (``application/protobuf``) or JSON body, decoded with
+the real ``livekit-protocol`` messages, and checks the bearer token as livekit-server
+does: HS256 signed with the secret of the key named in ``iss``, ``nbf``/``exp`` in force,
+a video grant with ``roomAdmin`` for the request's room (SendData) or ``roomCreate``
+(DeleteRoom, as livekit-server's ``EnsureCreatePermission``). Failures answer in Twirp's JSON
 error format: 401 ``unauthenticated``, 403 ``permission_denied``, 400 ``malformed``.
 Packets are de-duplicated per room by their nonce as livekit-server does
 (:mod:`tests.support.livekit_dedup`): a duplicate is answered 200 and not delivered.
@@ -27,7 +28,7 @@ import jwt
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from livekit.protocol.room import SendDataRequest
+from livekit.protocol.room import DeleteRoomRequest, SendDataRequest
 
 from tests.support.livekit_dedup import PacketDeduper
 
@@ -43,6 +44,7 @@ class Received:
 class LiveKitDouble:
     keys: dict[str, str]  # API key -> secret
     received: list[Received] = field(default_factory=list)  # delivered to the room
+    deleted_rooms: list[str] = field(default_factory=list)
     duplicates: list[Received] = field(default_factory=list)  # dropped by the nonce check
     stall_after_accepting: float = 0.0  # seconds to hold the answer after delivering
     fail_with: list[int] = field(default_factory=list)  # statuses for the next calls
@@ -60,7 +62,7 @@ class LiveKitDouble:
     def _error(self, status: int, code: str, msg: str) -> web.Response:
         return web.json_response({"code": code, "msg": msg}, status=status)
 
-    def _authorize(self, header: str | None, room: str) -> web.Response | None:
+    def _claims(self, header: str | None) -> dict[str, object] | web.Response:
         if not header or not header.startswith("Bearer "):
             return self._error(401, "unauthenticated", "no authorization")
         token = header.removeprefix("Bearer ")
@@ -74,10 +76,37 @@ class LiveKitDouble:
             )
         except jwt.PyJWTError as exc:
             return self._error(401, "unauthenticated", f"invalid token: {exc}")
+        return dict(claims)
+
+    def _authorize(self, header: str | None, room: str) -> web.Response | None:
+        claims = self._claims(header)
+        if isinstance(claims, web.Response):
+            return claims
         video = claims.get("video") or {}
+        assert isinstance(video, dict)
         if not video.get("roomAdmin") or video.get("room") != room:
             return self._error(403, "permission_denied", "requires roomAdmin for this room")
         return None
+
+    async def _delete_room(self, request: web.Request) -> web.Response:
+        message = DeleteRoomRequest()
+        try:
+            body = await request.read()
+            if request.headers.get("content-type", "").startswith("application/json"):
+                json_format.Parse(body, message)
+            else:
+                message.ParseFromString(body)
+        except (DecodeError, json_format.ParseError):
+            return self._error(400, "malformed", "cannot decode DeleteRoomRequest")
+        claims = self._claims(request.headers.get("authorization"))
+        if isinstance(claims, web.Response):
+            return claims
+        video = claims.get("video") or {}
+        assert isinstance(video, dict)
+        if not video.get("roomCreate"):
+            return self._error(403, "permission_denied", "requires roomCreate")
+        self.deleted_rooms.append(message.room)
+        return web.Response(body=b"", content_type="application/protobuf")
 
     async def _send_data(self, request: web.Request) -> web.Response:
         arrived_at = time.perf_counter()  # when the call reached us, before our own checks
@@ -120,6 +149,7 @@ class LiveKitDouble:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/twirp/livekit.RoomService/SendData", self._send_data)
+        app.router.add_post("/twirp/livekit.RoomService/DeleteRoom", self._delete_room)
         return app
 
 

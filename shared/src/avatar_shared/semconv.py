@@ -66,5 +66,7 @@ METRIC_AGENT_EVENTS_QUEUED: Final = "avatar.agent.events.queued"
 METRIC_AGENT_TAGS: Final = "avatar.agent.tags"
 METRIC_AGENT_TAGS_DISCARDED: Final = "avatar.agent.tags.discarded"
 METRIC_AGENT_REPLIES_FAILED: Final = "avatar.agent.replies.failed"
+METRIC_AGENT_SESSIONS_ACTIVE: Final = "avatar.agent.sessions.active"
+METRIC_AGENT_SESSIONS_ENDED: Final = "avatar.agent.sessions.ended"
 
 INSTRUMENTATION_NAME: Final = "avatar_shared"

@@ -51,5 +51,5 @@ async def test_states_and_the_end_of_a_session_become_events() -> None:
     assert isinstance(agent, AgentStateChanged)
     assert agent.new_state == "thinking"
     assert isinstance(ended, SessionEnded)
-    assert ended.reason == "participant_disconnected"
+    assert ended.reason == "user_left"
     assert [e.seq for e in bus.events] == [0, 1, 2, 3]

@@ -62,7 +62,14 @@ async def test_avatar_session_token_for_anonymous_caller(client: httpx.AsyncClie
     dispatch = claims["roomConfig"]["agents"]
     assert len(dispatch) == 1
     assert dispatch[0]["agentName"] == "avatar-agent"
-    assert json.loads(dispatch[0]["metadata"]) == {"avatar_id": "demo-avatar"}
+    assert json.loads(dispatch[0]["metadata"]) == {
+        "avatar_id": "demo-avatar",
+        "max_session_seconds": 1800,
+        "inactivity_timeout_seconds": 300,
+    }
+    # the room closes when left or never joined; only the user and the agent get in
+    room_config = {k: v for k, v in claims["roomConfig"].items() if k != "agents"}
+    assert room_config == {"emptyTimeout": 300, "departureTimeout": 10, "maxParticipants": 2}
 
 
 async def test_every_session_gets_a_fresh_room(client: httpx.AsyncClient) -> None:
@@ -100,7 +107,7 @@ async def test_dispatch_of_the_configured_agent_may_be_asked_for(client: httpx.A
     response = await client.post(PATH, json=body)
     assert response.status_code == 201
     agents = claims_of(response.json()["participant_token"])["roomConfig"]["agents"]
-    assert json.loads(agents[0]["metadata"]) == {"avatar_id": "demo-avatar"}
+    assert json.loads(agents[0]["metadata"])["avatar_id"] == "demo-avatar"
 
 
 @pytest.mark.parametrize(

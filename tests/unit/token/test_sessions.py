@@ -1,8 +1,10 @@
 """Policy decisions, without HTTP."""
 
+import json
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from avatar_shared.web.errors import ApiError
 from avatar_shared.web.policy import Policy
@@ -23,7 +25,12 @@ def test_server_generates_the_room_and_dispatches_the_agent() -> None:
     session = decide(policy, anonymous, SessionRequest("demo-avatar"), make_room=fixed_room)
     assert session.room == "avatar-demo-avatar-fixed"
     assert session.agent_name == "avatar-agent"
-    assert session.dispatch_metadata == '{"avatar_id":"demo-avatar"}'
+    assert json.loads(session.dispatch_metadata) == {
+        "avatar_id": "demo-avatar",
+        "max_session_seconds": 1800,
+        "inactivity_timeout_seconds": 300,
+    }
+    assert session.room_limits == (300, 10, 2)
     assert session.identity == "anon-1"
     assert session.ttl_seconds == 120
     assert session.can_publish_sources == ("microphone",)
@@ -113,3 +120,55 @@ def test_refusals_name_the_field(request_: SessionRequest, field: str) -> None:
         decide(policy, anonymous, request_)
     assert refused.value.status == 403
     assert refused.value.body.field == field
+
+
+def test_a_rule_sets_its_own_session_limits_and_the_defaults_fill_the_rest() -> None:
+    strict = Policy.model_validate(
+        {
+            "defaults": {"max_session_seconds": 600, "max_sessions": 50},
+            "rules": [
+                {
+                    "principals": ["anonymous"],
+                    "avatars": ["*"],
+                    "max_session_seconds": 180,
+                    "inactivity_timeout_seconds": 45,
+                    "max_sessions_per_principal": 2,
+                },
+                {"principals": ["api_key:web-backend"], "avatars": ["*"], "custom_rooms": True},
+            ],
+        }
+    )
+    session = decide(strict, anonymous, SessionRequest("demo-avatar"))
+    assert session.principal == "anonymous"
+    assert (
+        session.lifecycle.max_session_seconds,
+        session.lifecycle.inactivity_timeout_seconds,
+    ) == (
+        180,
+        45,
+    )
+    assert session.lifecycle.max_sessions_per_principal == 2
+    assert session.lifecycle.max_sessions == 50
+    assert json.loads(session.dispatch_metadata)["max_session_seconds"] == 180
+    assert session.room_limits == (45, 10, 2)
+    other = decide(strict, backend, SessionRequest("demo-avatar", room="shared-room"))
+    assert other.principal == "api_key:web-backend"
+    assert other.lifecycle.max_session_seconds == 600
+    assert other.lifecycle.max_sessions_per_principal is None
+    assert other.room_limits == (300, 10, 0)  # a room the caller names may be shared
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"max_session_seconds": 10},  # shorter than any conversation
+        {"max_session_seconds": 86_401},
+        {"inactivity_timeout_seconds": 5},
+        {"max_sessions_per_principal": 0},
+        {"max_sessions_per_avatar": -1},
+        {"max_sessions": 3},  # deployment-wide: [defaults] only
+    ],
+)
+def test_session_limits_out_of_bounds_are_refused(rule: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Policy.model_validate({"rules": [{"principals": ["anonymous"], "avatars": ["*"], **rule}]})

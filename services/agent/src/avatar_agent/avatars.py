@@ -25,6 +25,8 @@ DEFAULT_EMOTIONS = ("neutral", "happy", "angry", "excited", "content", "sad", "s
 DEFAULT_VOICE = "9626c31c-bec5-4cca-baa8-f8ba9e84c8bc"
 #: Said when a provider failed a reply before any of it was heard ("" says nothing).
 DEFAULT_FALLBACK_LINE = "Sorry, I lost my train of thought. Could you say that again?"
+#: Said when the session reaches its maximum length or the user went away ("": nothing).
+DEFAULT_CLOSING_LINE = "I have to end our conversation here. Thank you, and goodbye!"
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful voice assistant. Keep answers concise, friendly, and useful."
 )
@@ -41,6 +43,7 @@ class Defaults(_Strict):
     actions: dict[TagName, Annotated[str, StringConstraints(max_length=500)]] = {}
     greeting: str | None = Field(None, max_length=2_000)
     fallback_line: str = Field(DEFAULT_FALLBACK_LINE, max_length=500)
+    closing_line: str = Field(DEFAULT_CLOSING_LINE, max_length=500)
 
 
 class _AvatarEntry(_Strict):
@@ -53,6 +56,7 @@ class _AvatarEntry(_Strict):
     actions: dict[TagName, Annotated[str, StringConstraints(max_length=500)]] | None = None
     greeting: str | None = Field(None, max_length=2_000)
     fallback_line: str | None = Field(None, max_length=500)
+    closing_line: str | None = Field(None, max_length=500)
 
 
 class _File(_Strict):
@@ -74,6 +78,8 @@ class Avatar(_Strict):
     greeting: str | None
     #: what the agent says when a provider failed a reply before any of it was heard
     fallback_line: str
+    #: what the agent says when the session reaches a limit (length, inactivity)
+    closing_line: str
 
 
 class AvatarCatalog:
@@ -112,6 +118,9 @@ class AvatarCatalog:
                     greeting=entry.greeting if entry.greeting is not None else d.greeting,
                     fallback_line=(
                         entry.fallback_line if entry.fallback_line is not None else d.fallback_line
+                    ),
+                    closing_line=(
+                        entry.closing_line if entry.closing_line is not None else d.closing_line
                     ),
                 )
                 for avatar_id, entry in parsed.avatars.items()

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from avatar_agent.lifecycle import SessionLimits
 from avatar_shared.config import ConfigError
 
 #: OpenAI's models, used when the provider is OpenAI itself (no base URL).
@@ -98,12 +99,25 @@ class AgentSettings(BaseSettings):
     events_max_wait_seconds: float = Field(
         30.0, gt=0, description="How long an event may wait for NATS before it is dropped"
     )
+    max_session_seconds: float = Field(
+        1800, ge=30, le=86_400, description="Session length when the dispatch sets none (local run)"
+    )
+    inactivity_timeout_seconds: float = Field(
+        300,
+        ge=5,
+        le=86_400,
+        description="User inactivity that ends a session when the dispatch sets none (local run)",
+    )
     local_avatar: str | None = Field(
         None, description="Avatar of the local scripted run (default: the file's first)"
     )
     trace_content: bool = Field(
         False, description="Record conversation text in the framework's spans"
     )
+
+    @property
+    def session_limits(self) -> SessionLimits:
+        return SessionLimits(self.max_session_seconds, self.inactivity_timeout_seconds)
 
     @property
     def chat_model(self) -> str:

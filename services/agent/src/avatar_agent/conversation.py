@@ -7,24 +7,31 @@ use it, so what the bus sees does not depend on how the agent was started.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from livekit.agents import AgentSession
 from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.events import (
     AgentStateChangedEvent,
     CloseEvent,
+    CloseReason,
+    ConversationItemAddedEvent,
     SpeechCreatedEvent,
+    UserInputTranscribedEvent,
     UserStateChangedEvent,
 )
+from opentelemetry import metrics
 
 from avatar_agent.agent import AvatarAgent
 from avatar_agent.avatars import Avatar
 from avatar_agent.delivery import RoomDeliveries
+from avatar_agent.lifecycle import Lifecycle, SessionLimits
 from avatar_agent.outbox import EventOutbox
 from avatar_agent.providers import Models
 from avatar_agent.tags import Tag
+from avatar_shared import semconv
 from avatar_shared.events import (
     AgentState,
     AgentStateChanged,
@@ -40,6 +47,21 @@ from avatar_shared.events import (
 
 log = logging.getLogger(__name__)
 
+#: How livekit-agents' close reasons read in ``session_ended``; others pass as they are.
+END_REASONS = {
+    CloseReason.PARTICIPANT_DISCONNECTED.value: "user_left",
+    CloseReason.ERROR.value: "agent_error",
+}
+#: How long the closing line may take before the room is ended anyway.
+CLOSING_LINE_SECONDS = 15.0
+_meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME)
+_active = _meter.create_up_down_counter(
+    semconv.METRIC_AGENT_SESSIONS_ACTIVE, description="Sessions running, by avatar"
+)
+_ended = _meter.create_counter(
+    semconv.METRIC_AGENT_SESSIONS_ENDED, description="Sessions ended, by avatar and reason"
+)
+
 
 class Conversation:
     def __init__(
@@ -53,9 +75,13 @@ class Conversation:
         max_hold: int = 64,
         deliveries: RoomDeliveries | None = None,
         models: Models | None = None,
+        limits: SessionLimits | None = None,
+        end_room: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.session = session
         self.models = models
+        self.lifecycle = Lifecycle(limits, self.close_for) if limits is not None else None
+        self._end_room = end_room
         self.outbox = outbox
         self.deliveries = deliveries
         self.agent_name = agent_name
@@ -68,24 +94,56 @@ class Conversation:
         session.on("speech_created", self._on_speech_created)
         session.on("agent_state_changed", self._on_agent_state)
         session.on("user_state_changed", self._on_user_state)
+        session.on("user_input_transcribed", self._on_user_input)
+        session.on("conversation_item_added", self._on_item)
         session.on("close", self._on_close)
 
     def begin(self) -> None:
         """Call right before starting the session: starts publishing, says so on the bus."""
         self.outbox.start()
         self.outbox.emit(SessionStarted, agent_name=self.agent_name)
+        _active.add(1, {semconv.AVATAR_ID: self.agent.avatar.id})
         if self.deliveries is not None:
             self.deliveries.start()
+        if self.lifecycle is not None:
+            self.lifecycle.start()
 
     def end(self, reason: str) -> None:
         """The session is over (idempotent: the first reason wins)."""
         if self._ended:
             return
         self._ended = True
-        self.outbox.emit(SessionEnded, reason=reason[:128] or "unknown")
+        reason = END_REASONS.get(reason, reason)[:128] or "unknown"
+        self.outbox.emit(SessionEnded, reason=reason)
+        avatar = {semconv.AVATAR_ID: self.agent.avatar.id}
+        _active.add(-1, avatar)
+        _ended.add(1, avatar | {semconv.REASON: reason})
+        log.info("session ended", extra={"reason": reason})
+
+    def user_active(self) -> None:
+        """A sign of life from the user outside the voice pipeline (data from the room)."""
+        if self.lifecycle is not None:
+            self.lifecycle.user_active()
+
+    async def close_for(self, reason: str) -> None:
+        """End the session at a limit: the closing line (bounded), ``session_ended``, then
+        the room, so the participant is disconnected and nothing keeps running."""
+        line = self.agent.avatar.closing_line
+        if line and not self._ended:
+            try:
+                handle = self.session.say(line, allow_interruptions=False, add_to_chat_ctx=False)
+                async with asyncio.timeout(CLOSING_LINE_SECONDS):
+                    await handle.wait_for_playout()
+            except (RuntimeError, TimeoutError) as exc:  # closing, or a stuck voice
+                log.info("closing line not finished", extra={"error": str(exc)[:200]})
+        self.end(reason)
+        if self._end_room is not None:
+            await self._end_room()
 
     async def finish(self, reason: str, *, flush_timeout: float = 5.0) -> None:
         """End the conversation and publish what is still queued (bounded)."""
+        if self.lifecycle is not None:
+            await self.lifecycle.aclose()
         if self.deliveries is not None:
             await self.deliveries.aclose()
         self.end(reason)
@@ -155,6 +213,8 @@ class Conversation:
         )
         # The agent turns "speaking" on the first audio frame (or text, without audio) of
         # a speech and leaves that state when its playout ends: one transition per speech.
+        if self.lifecycle is not None:
+            self.lifecycle.agent_busy(ev.new_state in ("thinking", "speaking"))
         speech = self.session.current_speech
         if ev.new_state == "speaking" and speech is not None and speech.id not in self._playing:
             self._playing.add(speech.id)
@@ -164,6 +224,15 @@ class Conversation:
         self.outbox.emit(
             UserStateChanged, old_state=UserState(ev.old_state), new_state=UserState(ev.new_state)
         )
+        if ev.new_state == "speaking":
+            self.user_active()
+
+    def _on_user_input(self, _: UserInputTranscribedEvent) -> None:
+        self.user_active()
+
+    def _on_item(self, ev: ConversationItemAddedEvent) -> None:
+        if getattr(ev.item, "role", None) == "user":  # spoken or typed
+            self.user_active()
 
     def _on_close(self, ev: CloseEvent) -> None:
         self.end(ev.reason.value)

@@ -90,8 +90,18 @@ async def _converse(
     stop: asyncio.Event,
     pause: float,
 ) -> None:
+    async def end_room() -> None:
+        log.info("would delete the room (no LiveKit in the local run)", extra={"room": room})
+
     conversation = start_conversation(
-        rt, avatar, bus, room=room, job="local", publish_data=publish_data, hears_user=False
+        rt,
+        avatar,
+        bus,
+        room=room,
+        job="local",
+        publish_data=publish_data,
+        hears_user=False,
+        end_room=end_room,
     )
     session = conversation.session
     session.output.audio = PacedAudioOutput()

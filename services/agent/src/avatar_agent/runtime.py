@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from livekit.agents import AgentSession
@@ -130,10 +131,14 @@ def start_conversation(
     job: str,
     publish_data: PublishData,
     hears_user: bool = True,
+    dispatch_metadata: str = "",
+    end_room: Callable[[], Awaitable[None]] | None = None,
 ) -> Conversation:
     """Build the session for one call and begin reporting it; the caller starts it.
 
-    Call it inside livekit-agents' HTTP context (a job's, or the local run's). With
+    Call it inside livekit-agents' HTTP context (a job's, or the local run's). The session's
+    limits come from the dispatch metadata (the agent's settings where it has none); at
+    a limit the conversation ends and calls ``end_room``. With
     ``ACTIONS_DELIVERY=agent`` the conversation also publishes the room's
     ``AVATAR_UPDATE`` packets through ``publish_data`` (:mod:`avatar_agent.delivery`).
     """
@@ -166,6 +171,8 @@ def start_conversation(
         max_hold=settings.max_tag_hold,
         deliveries=deliveries,
         models=models,
+        limits=settings.session_limits.from_metadata(dispatch_metadata),
+        end_room=end_room,
     )
     conversation.begin()
     return conversation

@@ -47,6 +47,12 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("unknown avatar")
         return
     bus = LazyBus(rt.nats, name=f"{rt.settings.name}:{ctx.job.id}")
+
+    async def end_room() -> None:
+        """At a session limit: delete the room (every participant is disconnected)."""
+        await asyncio.shield(ctx.delete_room())
+        ctx.shutdown("session limit")
+
     conversation = start_conversation(
         rt,
         avatar,
@@ -54,7 +60,10 @@ async def entrypoint(ctx: JobContext) -> None:
         room=ctx.room.name,
         job=ctx.job.id,
         publish_data=publish_from(ctx.room.local_participant),
+        dispatch_metadata=ctx.job.metadata,
+        end_room=end_room,
     )
+    ctx.room.on("data_received", lambda _packet: conversation.user_active())
 
     async def finish(reason: str) -> None:
         await conversation.finish(reason or "job_shutdown")

@@ -53,11 +53,15 @@ def _grants(session: Session, room: str) -> VideoGrants:
     )
 
 
-def _room_config(session: Session) -> RoomConfiguration:
+def _room_config(
+    agent_name: str, dispatch_metadata: str, limits: tuple[int, int, int]
+) -> RoomConfiguration:
+    empty_timeout, departure_timeout, max_participants = limits
     return RoomConfiguration(
-        agents=[
-            RoomAgentDispatch(agent_name=session.agent_name, metadata=session.dispatch_metadata)
-        ]
+        agents=[RoomAgentDispatch(agent_name=agent_name, metadata=dispatch_metadata)],
+        empty_timeout=empty_timeout,
+        departure_timeout=departure_timeout,
+        max_participants=max_participants,
     )
 
 
@@ -70,9 +74,11 @@ def _video_claims(sources: tuple[str, ...], can_publish_data: bool) -> dict[str,
 
 
 @functools.lru_cache(maxsize=4096)
-def _room_config_claims(agent_name: str, dispatch_metadata: str) -> dict[str, Any]:
-    probe = Session("a", _ROOM, "i", None, 60, False, (), agent_name, dispatch_metadata)
-    claims: dict[str, Any] = Claims(room_config=_room_config(probe)).asdict()
+def _room_config_claims(
+    agent_name: str, dispatch_metadata: str, limits: tuple[int, int, int]
+) -> dict[str, Any]:
+    config = _room_config(agent_name, dispatch_metadata, limits)
+    claims: dict[str, Any] = Claims(room_config=config).asdict()
     return dict(claims["roomConfig"])
 
 
@@ -97,7 +103,9 @@ class Minter:
         if session.attributes:
             claims["attributes"] = dict(session.attributes)
         # Shared, never mutated: it is only serialised.
-        claims["roomConfig"] = _room_config_claims(session.agent_name, session.dispatch_metadata)
+        claims["roomConfig"] = _room_config_claims(
+            session.agent_name, session.dispatch_metadata, session.room_limits
+        )
         claims["sub"] = session.identity
         claims["iss"] = self._api_key
         claims["nbf"] = now
@@ -115,7 +123,9 @@ class Minter:
             .with_identity(session.identity)
             .with_ttl(timedelta(seconds=session.ttl_seconds))
             .with_grants(_grants(session, session.room))
-            .with_room_config(_room_config(session))
+            .with_room_config(
+                _room_config(session.agent_name, session.dispatch_metadata, session.room_limits)
+            )
         )
         if session.name:
             token = token.with_name(session.name)

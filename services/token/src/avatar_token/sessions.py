@@ -14,7 +14,11 @@ Pure: the principal, the policy and the request in; a :class:`Session` or an
   custom room never takes a name from the generated namespace (``<room_prefix>-``);
 - the TTL is the rule's, capped by the policy's maximum;
 - grants are least privilege: join this one room, publish only the rule's track sources;
-- every token dispatches the configured agent with the avatar id in its metadata.
+- every token dispatches the configured agent with the avatar id and the session's limits
+  (maximum length, user inactivity timeout) in its metadata; the agent enforces them;
+- the room closes soon after it is left (``departure_timeout``) or if nobody joins it
+  (``empty_timeout``, the inactivity timeout), and a generated room admits the user and
+  the agent only (``max_participants`` 2).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from avatar_shared.web.errors import ApiError
-from avatar_shared.web.policy import Policy, Rule
+from avatar_shared.web.policy import Lifecycle, Policy, Rule
 from avatar_shared.web.principal import Principal
 
 T = TypeVar("T")
@@ -36,6 +40,12 @@ T = TypeVar("T")
 AGENT_IDENTITY_PREFIX = "agent-"
 #: Participant attributes LiveKit and livekit-agents set (``lk.agent.state``, ...).
 RESERVED_ATTRIBUTE_PREFIX = "lk."
+#: Seconds a room stays open after its last participant left (a reconnect resumes it).
+DEPARTURE_TIMEOUT_SECONDS = 10
+#: A generated room's participants: the user and the agent.
+GENERATED_ROOM_PARTICIPANTS = 2
+#: A policy's lifecycle when nothing in it says otherwise.
+DEFAULT_LIFECYCLE = Policy().lifecycle(Rule(principals=["anonymous"], avatars=["*"]))
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,15 @@ class Session:
     dispatch_metadata: str
     metadata: str | None = None
     attributes: dict[str, str] | None = None
+    principal: str = ""  # who asked (``api_key:<name>``, ``user:<id>``, ``anonymous``)
+    lifecycle: Lifecycle = DEFAULT_LIFECYCLE
+    max_participants: int = 0  # 0: LiveKit's default (no cap)
+
+    @property
+    def room_limits(self) -> tuple[int, int, int]:
+        """``empty_timeout``, ``departure_timeout`` and ``max_participants`` of the room."""
+        empty = self.lifecycle.inactivity_timeout_seconds
+        return empty, DEPARTURE_TIMEOUT_SECONDS, self.max_participants
 
 
 def forbidden(field_name: str, message: str) -> ApiError:
@@ -87,6 +106,12 @@ def decide(
     rule = policy.rule_for(principal, request.avatar_id)
     if rule is None:
         raise ApiError(403, "forbidden_avatar", "not allowed to use this avatar", field="avatar_id")
+    lifecycle = policy.lifecycle(rule)
+    dispatch = {
+        "avatar_id": request.avatar_id,
+        "max_session_seconds": lifecycle.max_session_seconds,
+        "inactivity_timeout_seconds": lifecycle.inactivity_timeout_seconds,
+    }
     return Session(
         avatar_id=request.avatar_id,
         room=_room(policy, rule, request, make_room),
@@ -96,9 +121,12 @@ def decide(
         can_publish_data=rule.can_publish_data,
         can_publish_sources=tuple(rule.can_publish_sources),
         agent_name=_agent(policy, request),
-        dispatch_metadata=json.dumps({"avatar_id": request.avatar_id}, separators=(",", ":")),
+        dispatch_metadata=json.dumps(dispatch, separators=(",", ":")),
         metadata=_client_metadata(rule, "participant_metadata", request.metadata),
         attributes=_attributes(rule, request.attributes),
+        principal=principal.ref,
+        lifecycle=lifecycle,
+        max_participants=GENERATED_ROOM_PARTICIPANTS if request.room is None else 0,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -53,11 +54,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Longest session any policy may allow (a day), and the inactivity bounds.
+MAX_SESSION_SECONDS = 86_400
+SessionSeconds = Annotated[int, Field(ge=30, le=MAX_SESSION_SECONDS)]
+InactivitySeconds = Annotated[int, Field(ge=10, le=MAX_SESSION_SECONDS)]
+Quota = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
 class Defaults(_Strict):
     ttl_seconds: int = Field(600, ge=30, description="Token lifetime unless a rule says less")
     max_ttl_seconds: int = Field(3600, ge=30, le=86400, description="Hard cap on any TTL")
     room_prefix: str = Field("avatar", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     agent_name: str = Field("avatar-agent", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    max_session_seconds: SessionSeconds = 1800
+    inactivity_timeout_seconds: InactivitySeconds = 300
+    max_sessions: Quota | None = None  # the whole deployment's
+    max_sessions_per_principal: Quota | None = None
+    max_sessions_per_avatar: Quota | None = None
 
 
 class ApiKey(_Strict):
@@ -76,6 +89,10 @@ class Rule(_Strict):
     client_metadata: bool = False
     can_publish_data: bool = True
     can_publish_sources: list[TrackSource] = Field(default_factory=_microphone_only)
+    max_session_seconds: SessionSeconds | None = None
+    inactivity_timeout_seconds: InactivitySeconds | None = None
+    max_sessions_per_principal: Quota | None = None
+    max_sessions_per_avatar: Quota | None = None
 
     def matches(self, principal: Principal, avatar_id: str) -> bool:
         return bool(principal.refs.intersection(self.principals)) and (
@@ -94,6 +111,32 @@ class Policy(_Strict):
 
     def ttl_seconds(self, rule: Rule) -> int:
         return min(rule.ttl_seconds or self.defaults.ttl_seconds, self.defaults.max_ttl_seconds)
+
+    def lifecycle(self, rule: Rule) -> Lifecycle:
+        """The session limits of ``rule``, the defaults filling what it leaves out."""
+        d = self.defaults
+        return Lifecycle(
+            max_session_seconds=rule.max_session_seconds or d.max_session_seconds,
+            inactivity_timeout_seconds=(
+                rule.inactivity_timeout_seconds or d.inactivity_timeout_seconds
+            ),
+            max_sessions=d.max_sessions,
+            max_sessions_per_principal=(
+                rule.max_sessions_per_principal or d.max_sessions_per_principal
+            ),
+            max_sessions_per_avatar=rule.max_sessions_per_avatar or d.max_sessions_per_avatar,
+        )
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """How long a session may last and how many may run at once (None: no cap)."""
+
+    max_session_seconds: int
+    inactivity_timeout_seconds: int
+    max_sessions: int | None = None
+    max_sessions_per_principal: int | None = None
+    max_sessions_per_avatar: int | None = None
 
 
 def load_policy(path: Path) -> Policy:

@@ -13,6 +13,12 @@ class Principal:
     groups: frozenset[str] = field(default_factory=frozenset)
 
     @property
+    def ref(self) -> str:
+        """The one name quotas and the audit trail use: ``api_key:<name>``,
+        ``user:<id>``, or ``anonymous`` (every anonymous caller together)."""
+        return "anonymous" if self.kind == "anonymous" else f"{self.kind}:{self.id}"
+
+    @property
     def refs(self) -> frozenset[str]:
         """``anonymous``, ``api_key:<name>``, or ``user:<id>``, ``user:*``, ``group:<g>``."""
         if self.kind == "anonymous":

@@ -1,0 +1,64 @@
+"""Session limits from the dispatch metadata, and which limit comes next."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avatar_agent.lifecycle import INACTIVE, MAX_DURATION, Lifecycle, SessionLimits
+
+AGENT = SessionLimits(1800.0, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        (json.dumps({"max_session_seconds": 180, "inactivity_timeout_seconds": 45}), (180, 45)),
+        (json.dumps({"max_session_seconds": 180}), (180, 300)),
+        ('{"avatar_id": "a"}', (1800, 300)),  # a dispatch without limits
+        ("", (1800, 300)),
+        ("not json", (1800, 300)),
+        ("[180]", (1800, 300)),
+        (json.dumps({"max_session_seconds": "180"}), (1800, 300)),
+        (json.dumps({"max_session_seconds": True}), (1800, 300)),
+        (json.dumps({"max_session_seconds": 0}), (1800, 300)),
+        (json.dumps({"max_session_seconds": -5}), (1800, 300)),
+        ('{"max_session_seconds": NaN}', (1800, 300)),
+        ('{"max_session_seconds": Infinity}', (86_400, 300)),
+        (json.dumps({"max_session_seconds": 10**12}), (86_400, 300)),
+    ],
+)
+def test_the_dispatch_sets_the_limits_within_bounds(
+    metadata: str, expected: tuple[float, float]
+) -> None:
+    limits = AGENT.from_metadata(metadata)
+    assert (limits.max_session_seconds, limits.inactivity_timeout_seconds) == expected
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def never(_: str) -> None:
+    raise AssertionError("not in these tests")
+
+
+def test_inactivity_counts_from_the_last_sign_or_the_end_of_the_agents_turn() -> None:
+    clock = Clock()
+    lifecycle = Lifecycle(SessionLimits(60.0, 10.0), never, clock=clock)
+    assert lifecycle.next_limit() == (110.0, INACTIVE)
+    clock.now = 105.0
+    lifecycle.user_active()
+    assert lifecycle.next_limit() == (115.0, INACTIVE)
+    lifecycle.agent_busy(True)  # while the agent thinks or speaks, only the length counts
+    assert lifecycle.next_limit() == (160.0, MAX_DURATION)
+    clock.now = 140.0
+    lifecycle.agent_busy(False)
+    assert lifecycle.next_limit() == (150.0, INACTIVE)
+    clock.now = 155.0
+    lifecycle.user_active()
+    assert lifecycle.next_limit() == (160.0, MAX_DURATION)  # the length comes first
