@@ -8,7 +8,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),.bootstrap/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 RUN := $(UV) run --frozen
 
-.PHONY: help install run run-nats test test-unit test-integration lint format docs bench bench-token bench-bundles bench-parser bench-actions k8s-validate images test-images clean
+.PHONY: help install run run-nats audit test test-unit test-integration lint format docs bench bench-token bench-bundles bench-parser bench-actions k8s-validate images test-images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_%-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,6 +27,9 @@ run: install ## Run the whole local stack (NATS + every service); Ctrl-C stops i
 
 run-%: install ## Run one piece of the stack with what it needs, e.g. make run-nats
 	$(RUN) python scripts/devstack.py --only $*
+
+audit: install ## List the audit trail of `make run` as JSON lines (ARGS="--since 1h ...")
+	NATS_NKEY_SEED_FILE=$${NATS_NKEY_SEED_FILE:-.data/nats-keys/admin.nk} $(RUN) python -m avatar_shared.audit $(ARGS)
 
 test: install ## Run all tests (unit incl. k8s-validate, integration on real NATS, e2e)
 	$(RUN) pytest -m "not images"

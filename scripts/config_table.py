@@ -25,6 +25,7 @@ SETTINGS = (
     "avatar_shared.config:DeliverySettings",
     "avatar_shared.web.auth:AuthSettings",
     "avatar_shared.web.safety:DeploymentSettings",
+    "avatar_shared.audit:AuditSettings",
     "avatar_token.config:TokenSettings",
     "avatar_bundles.config:BundlesSettings",
     "avatar_actions.config:ActionsSettings",

@@ -74,7 +74,6 @@ SERVICES = (
         "token",
         "avatar_token",
         8100,
-        needs_nats=False,
         side_ports={"METRICS_PORT": 8101},
         defaults={**LOCAL_LIVEKIT, **LOCAL_AUTH, "TOKEN_CORS_ORIGINS": LOCAL_ORIGINS},
     ),

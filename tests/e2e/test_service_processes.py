@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.nats_server import free_port
+from tests.support.nats_server import NatsServer, free_port
 
 ROOT = Path(__file__).parents[2]
 GOOD = {
@@ -80,7 +80,9 @@ def test_bad_configuration_stops_the_process_naming_the_variable(
     assert message in done.stderr
 
 
-def test_development_mode_lets_unsafe_settings_through_with_a_warning() -> None:
+def test_development_mode_lets_unsafe_settings_through_with_a_warning(
+    nats_server: NatsServer,
+) -> None:
     port, metrics_port = free_port(), free_port()
     clean = {
         k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "AUTH_", "TOKEN_"))
@@ -94,6 +96,8 @@ def test_development_mode_lets_unsafe_settings_through_with_a_warning() -> None:
             "TOKEN_METRICS_PORT": str(metrics_port),
             "TOKEN_CORS_ORIGINS": '["*"]',
             "AVATAR_DEV_MODE": "true",
+            "NATS_URL": nats_server.url,
+            "NATS_NKEY_SEED_FILE": str(nats_server.settings("token").nkey_seed_file),
         }
     )
     proc = subprocess.Popen(

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from avatar_shared import subjects
+from avatar_shared.audit import AUDIT_EVENT, AUDIT_TYPES
+from avatar_shared.bus.identities import AUDIT_PREFIX, AUDIT_STREAM
 from avatar_shared.events import ANY_EVENT, EVENT_TYPES, SCHEMA_VERSION
 
 
@@ -34,8 +36,20 @@ def build_schema() -> dict[str, Any]:
             "name": subjects.EVENTS_STREAM,
             "subjects": list(subjects.EVENTS_STREAM_SUBJECTS),
         },
+        "x-audit": _audit_schema(),
     }
     return document
+
+
+def _audit_schema() -> dict[str, Any]:
+    """The audit trail's events (docs/audit.md): their own stream, subjects and schema."""
+    schema = AUDIT_EVENT.json_schema(mode="serialization", ref_template="#/x-audit/$defs/{model}")
+    return {
+        "description": "Audit events, one of these JSON objects chosen by 'type'.",
+        **schema,
+        "x-subjects": {name: f"{AUDIT_PREFIX}.{name}" for name in AUDIT_TYPES},
+        "x-stream": {"name": AUDIT_STREAM, "subjects": [f"{AUDIT_PREFIX}.>"]},
+    }
 
 
 def render() -> str:

@@ -77,8 +77,10 @@ async def bundles(
         yield service
 
 
-def token_env(port: int) -> dict[str, str]:
+def token_env(port: int, nats: NatsServer) -> dict[str, str]:
     return {
+        "NATS_URL": nats.url,
+        "NATS_NKEY_SEED_FILE": str(nats.settings("token").nkey_seed_file),
         "TOKEN_HOST": "127.0.0.1",
         "TOKEN_PORT": str(port),
         "TOKEN_METRICS_PORT": str(free_port()),
@@ -94,9 +96,9 @@ def token_env(port: int) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-async def token() -> AsyncIterator[ServiceProcess]:
+async def token(nats_server: NatsServer) -> AsyncIterator[ServiceProcess]:
     port = free_port()
     async with running_service(
-        "avatar_token", token_env(port), f"http://127.0.0.1:{port}"
+        "avatar_token", token_env(port, nats_server), f"http://127.0.0.1:{port}"
     ) as service:
         yield service

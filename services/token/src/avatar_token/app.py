@@ -6,6 +6,7 @@ import httpx
 from fastapi import FastAPI
 from opentelemetry import metrics, trace
 
+from avatar_shared.audit import AuditSettings, AuditTrail
 from avatar_shared.config import LiveKitSettings
 from avatar_shared.web.auth import Authenticator, AuthSettings, security_requirements
 from avatar_shared.web.clientip import ClientAddress
@@ -22,7 +23,7 @@ from avatar_shared.web.safety import (
 from avatar_shared.web.service import Cors, build_app
 from avatar_token.api import token_router
 from avatar_token.config import TokenSettings
-from avatar_token.issuer import TokenIssuer
+from avatar_token.issuer import Admission, TokenIssuer
 from avatar_token.minting import Minter
 from avatar_token.protocol import StandardTokenRequest
 
@@ -53,6 +54,9 @@ def create_app(
     policy: Policy,
     *,
     http: httpx.AsyncClient | None = None,
+    admission: Admission | None = None,
+    audit: AuditTrail | None = None,
+    audit_settings: AuditSettings | None = None,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
 ) -> FastAPI:
@@ -66,6 +70,9 @@ def create_app(
             RateLimiter(settings.rate_per_principal),
             what="token requests",
         ),
+        admission=admission,
+        audit=audit,
+        audit_settings=audit_settings,
         meter_provider=meter_provider,
     )
     router = token_router(

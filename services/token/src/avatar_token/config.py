@@ -39,6 +39,15 @@ class TokenSettings(BaseSettings):
         1000, ge=1, description="Connections served at once; more are answered 503"
     )
     api_docs: bool = Field(False, description="Serve the interactive /docs page (loads a CDN)")
+    session_start_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="How long an issued token holds a quota slot before its session starts",
+    )
+    quota_timeout_seconds: float = Field(
+        1.0, gt=0, le=10, description="Longest wait for the session count; then 503"
+    )
 
     @property
     def limits(self) -> ServerLimits:

@@ -1,9 +1,11 @@
-"""One token request, start to end: limit, read, authenticate, limit, decide, mint, count.
+"""One token request, start to end: limit, read, authenticate, limit, decide, admit
+(session quotas), mint, count, audit.
 
 The per-address limit applies before anything else, the request's body and the caller's
 credentials included, so junk bodies and key guessing are throttled too; the per-caller
 limit applies after authentication. Every refusal is counted by reason; every answer,
-refusal or not, tells the caller how many requests it has left.
+refusal or not, tells the caller how many requests it has left. Every token issued or
+refused becomes an audit event (avatar_shared.audit), the token itself never.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import metrics, trace
 
 from avatar_shared import semconv
+from avatar_shared.audit import AuditSettings, AuditTrail, TokenIssued, TokenRefused
 from avatar_shared.telemetry import tally
 from avatar_shared.web.auth import Authenticator
 from avatar_shared.web.errors import ApiError
@@ -23,6 +26,11 @@ from avatar_shared.web.limits import REMAINING_HEADER, RequestLimits
 from avatar_shared.web.policy import Policy
 from avatar_token.minting import Minter
 from avatar_token.sessions import Session, SessionRequest, decide
+
+
+class Admission(Protocol):
+    async def admit(self, session: Session) -> None:
+        """Take a slot for the session, or raise ApiError (429 past a quota)."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +49,15 @@ class TokenIssuer:
         minter: Minter,
         limits: RequestLimits,
         *,
+        admission: Admission | None = None,
+        audit: AuditTrail | None = None,
+        audit_settings: AuditSettings | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self._policy = policy
+        self._admission = admission
+        self._audit = audit
+        self._audit_settings = audit_settings or AuditSettings()
         self._auth = authenticator
         self._minter = minter
         self._limits = limits
@@ -63,22 +77,55 @@ class TokenIssuer:
         runs once the caller's address is within its limit."""
         span = trace.get_current_span()
         remaining = 0
+        avatar_id: str | None = None
+        who: str | None = None
         try:
             remaining = self._limits.check_address(client_ip)
             request = await read_request()
+            avatar_id = request.avatar_id
             span.set_attribute(semconv.AVATAR_ID, request.avatar_id)
             principal = await self._auth.authenticate(headers)
+            who = principal.ref
             span.set_attribute(semconv.PRINCIPAL_KIND, principal.kind)
             remaining = self._limits.check_caller(principal, remaining)
             session = decide(self._policy, principal, request)
+            if self._admission is not None:
+                await self._admission.admit(session)
             token, expires_at = self._minter.mint(session)
         except ApiError as exc:
             exc.headers.setdefault(REMAINING_HEADER, str(remaining))
-            self._refuse(exc.body.error)
+            self._refuse(exc, who, avatar_id, client_ip)
             raise
         self._minted.add(1, {semconv.PRINCIPAL_KIND: principal.kind})
+        if self._audit is not None:
+            self._audit.record(
+                TokenIssued(
+                    principal=session.principal,
+                    avatar_id=session.avatar_id,
+                    room=session.room,
+                    identity=session.identity,
+                    name=session.name if self._audit_settings.record_names else None,
+                    client_ip=self._address(client_ip),
+                    ttl_seconds=session.ttl_seconds,
+                )
+            )
         return Issued(session, token, expires_at, remaining)
 
-    def _refuse(self, reason: str) -> None:
-        self._refused.add(1, {semconv.REASON: reason})
+    def _address(self, client_ip: str) -> str | None:
+        return client_ip[:64] if self._audit_settings.record_addresses else None
+
+    def _refuse(
+        self, exc: ApiError, principal: str | None, avatar_id: str | None, client_ip: str
+    ) -> None:
+        self._refused.add(1, {semconv.REASON: exc.body.error})
         trace.get_current_span().set_attribute(semconv.OUTCOME, "refused")
+        if self._audit is not None:
+            self._audit.record(
+                TokenRefused(
+                    principal=principal,
+                    avatar_id=avatar_id,
+                    status=exc.status,
+                    reason=exc.body.error,
+                    client_ip=self._address(client_ip),
+                )
+            )

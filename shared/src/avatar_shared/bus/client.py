@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import nats
@@ -321,6 +322,56 @@ class Bus:
             1, {semconv.EVENT_TYPE: event.type, semconv.DUPLICATE: bool(ack.duplicate)}
         )
         return ack
+
+    async def put(
+        self, subject: str, body: bytes, *, ttl_seconds: float | None = None, msg_id: str = ""
+    ) -> api.PubAck:
+        """Store a plain message (not an :class:`Event`): ``ttl_seconds`` is its own time
+        to live (a stream with ``allow_msg_ttl``); ``msg_id`` de-duplicates a retry."""
+        headers = {MSG_ID_HEADER: msg_id} if msg_id else None
+        ttl = max(1, round(ttl_seconds)) if ttl_seconds is not None else None
+        return await self._js.publish(subject, body, headers=headers, msg_ttl=ttl)
+
+    async def subjects_in(self, stream: str, subjects_filter: str) -> dict[str, int]:
+        """Messages per subject matching ``subjects_filter`` that ``stream`` holds now."""
+        info = await self._js.stream_info(stream, subjects_filter=subjects_filter)
+        return dict(info.state.subjects or {})
+
+    async def last_on(self, stream: str, subject: str) -> bytes | None:
+        """The body of the last message ``stream`` holds on ``subject``, if any."""
+        try:
+            return (await self._js.get_last_msg(stream, subject)).data or b""
+        except NotFoundError:
+            return None
+
+    async def read_since(
+        self, stream: str, subjects_filter: str, since: datetime
+    ) -> AsyncIterator[bytes]:
+        """The bodies of ``stream``'s messages on the filter stored since ``since``, in
+        order, up to the last one stored when reading began (an ephemeral consumer)."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=since,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+        )
+        sub = await self._js.pull_subscribe(subjects_filter, stream=stream, config=config)
+        try:
+            while True:
+                try:
+                    messages = await sub.fetch(batch=500, timeout=1.0)
+                except TimeoutError:
+                    return
+                for msg in messages:
+                    yield msg.data
+                if messages and messages[-1].metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def purge_subjects(self, stream: str, subjects_filter: str) -> None:
+        """Remove every message of ``stream`` on subjects matching the filter."""
+        await self._js.purge_stream(stream, subject=subjects_filter)
 
     async def process(
         self,

@@ -36,6 +36,12 @@ from avatar_shared.subjects import EVENTS_STREAM, PREFIX
 ACTIONS_WORK = "ACTIONS_WORK"
 ACTIONS_BUCKETS = ("ACTIONS_ROOMS", "ACTIONS_LEASES")
 BUNDLES_BUCKET = "AVATAR_BUNDLES"
+SESSIONS_STREAM = "AVATAR_SESSIONS"
+SESSIONS_PREFIX = "avatars.sessions.v1"
+AUDIT_STREAM = "AVATAR_AUDIT"
+AUDIT_PREFIX = "avatars.audit.v1"
+#: The token service's consumers of the agents' session events, one per type.
+TOKEN_CONSUMERS = {"token-started": "session_started", "token-ended": "session_ended"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,26 @@ IDENTITIES: dict[str, Permissions] = {
             f"$JS.ACK.{EVENTS_STREAM}.>",
         ),
         subscribe=(f"{inbox('agent')}.>",),
+    ),
+    "token": Permissions(
+        publish=(
+            f"{SESSIONS_PREFIX}.>",  # its session slots (quotas)
+            *_stream(SESSIONS_STREAM),
+            f"$JS.API.STREAM.PURGE.{SESSIONS_STREAM}",  # a session ended: its slot goes
+            f"$JS.API.STREAM.MSG.GET.{SESSIONS_STREAM}",
+            f"{AUDIT_PREFIX}.>",  # the audit trail, which it writes and never reads
+            *_stream(AUDIT_STREAM),
+            f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
+            # The agents' session_started / session_ended, nothing else of the events
+            # stream: each consumer's filter is part of the subject it is created on.
+            *(
+                f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.{name}.{PREFIX}.agent.{kind}.*"
+                for name, kind in TOKEN_CONSUMERS.items()
+            ),
+            *(f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{name}" for name in TOKEN_CONSUMERS),
+            *(f"$JS.ACK.{EVENTS_STREAM}.{name}.>" for name in TOKEN_CONSUMERS),
+        ),
+        subscribe=(f"{inbox('token')}.>",),
     ),
     "bundles": Permissions(
         publish=_object_store(BUNDLES_BUCKET),

@@ -16,6 +16,9 @@ class StreamSpec:
     duplicate_window_seconds: float = 120.0
     max_age_seconds: float = 24 * 3600.0
     replicas: int = 1
+    max_msgs_per_subject: int = -1  # -1: no limit
+    max_bytes: int = -1  # -1: no limit; past it the oldest messages go
+    allow_msg_ttl: bool = False  # messages may carry their own time to live (Nats-TTL)
 
     def config(self) -> api.StreamConfig:
         return api.StreamConfig(
@@ -26,6 +29,9 @@ class StreamSpec:
             duplicate_window=self.duplicate_window_seconds,
             max_age=self.max_age_seconds,
             num_replicas=self.replicas,
+            max_msgs_per_subject=self.max_msgs_per_subject,
+            max_bytes=self.max_bytes,
+            allow_msg_ttl=self.allow_msg_ttl or None,
         )
 
 

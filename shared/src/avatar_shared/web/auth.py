@@ -24,7 +24,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 import jwt
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avatar_shared.web.errors import ApiError
@@ -57,6 +57,17 @@ class AuthSettings(BaseSettings):
     oidc_identity_claim: str = Field("sub", description="Claim that names the user")
     oidc_groups_claim: str = Field("groups", description="Claim listing the user's groups")
     oidc_leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed")
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> AuthSettings:
+        bad = set(self.oidc_algorithms) - _ASYMMETRIC
+        if bad:
+            raise ValueError(f"AUTH_OIDC_ALGORITHMS: not asymmetric: {', '.join(sorted(bad))}")
+        if self.oidc_issuer and not (self.oidc_jwks_url and self.oidc_audience):
+            raise ValueError(
+                "OIDC needs AUTH_OIDC_ISSUER, AUTH_OIDC_AUDIENCE and AUTH_OIDC_JWKS_URL"
+            )
+        return self
 
 
 def security_requirements(settings: AuthSettings, policy: Policy) -> list[dict[str, list[str]]]:
@@ -91,13 +102,6 @@ class Authenticator:
         self._settings = settings
         self._keys = [(name, bytes.fromhex(digest)) for name, digest in api_keys.items()]
         self._jwks = jwks
-        bad = set(settings.oidc_algorithms) - _ASYMMETRIC
-        if bad:
-            raise ValueError(f"AUTH_OIDC_ALGORITHMS: not asymmetric: {', '.join(sorted(bad))}")
-        if settings.oidc_issuer and (jwks is None or not settings.oidc_audience):
-            raise ValueError(
-                "OIDC needs AUTH_OIDC_ISSUER, AUTH_OIDC_AUDIENCE and AUTH_OIDC_JWKS_URL"
-            )
 
     @classmethod
     def from_settings(

@@ -15,6 +15,8 @@ KEYS = {f"key-{i}": hash_api_key(f"secret-{i}") for i in range(5)}
 
 
 def settings(**overrides: object) -> AuthSettings:
+    if "oidc_issuer" in overrides:
+        overrides.setdefault("oidc_jwks_url", oidc.JWKS_URL)
     return AuthSettings(policy_file="p.toml", **overrides)  # type: ignore[arg-type]
 
 
