@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -97,6 +98,18 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
         assert json.loads(out[-1].split("| ", 1)[1])["reason"] == "inactive"
         assert any("I have to end our conversation here" in line for line in out)
         await _read_until(proc, "would delete the room", out)
+
+        # `make audit`: the token asked for above, and how the scripted session ended
+        async with asyncio.timeout(30):
+            trail = _audit(tmp_path, port)
+            while not any(e["type"] == "session_ended" for e in trail):
+                await asyncio.sleep(0.5)
+                trail = _audit(tmp_path, port)
+        issued = [e for e in trail if e["type"] == "token_issued"]
+        assert [(e["principal"], e["avatar_id"]) for e in issued] == [("anonymous", "demo-avatar")]
+        ended = [e for e in trail if e["type"] == "session_ended"]
+        assert [e["reason"] for e in ended] == ["inactive"]
+        assert ended[0]["duration_seconds"] > 0
     finally:
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
@@ -111,6 +124,23 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
     assert "stack stopped" in log
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def _audit(data_dir: Path, nats_port: int) -> list[dict[str, object]]:
+    env = {
+        **os.environ,
+        "NATS_URL": f"nats://127.0.0.1:{nats_port}",
+        "NATS_NKEY_SEED_FILE": str(data_dir / "nats-keys" / "admin.nk"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "avatar_shared.audit", "--since", "10m"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 async def test_asking_for_a_service_that_does_not_exist_is_a_clear_error() -> None:

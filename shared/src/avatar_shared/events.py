@@ -199,6 +199,9 @@ class SessionStarted(_AgentEvent):
 class SessionEnded(_AgentEvent):
     type: Literal["session_ended"] = "session_ended"
     reason: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    duration_seconds: float | None = Field(
+        None, ge=0, description="How long the session ran, from session_started"
+    )
 
 
 class ActionDecision(Event):

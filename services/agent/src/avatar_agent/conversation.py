@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from livekit.agents import AgentSession
@@ -91,6 +92,7 @@ class Conversation:
         self._playing: set[str] = set()  # speeches whose playout started and is not done
         self._fallbacks: set[str] = set()  # speeches saying the fallback line
         self._ended = False
+        self._began_at: float | None = None
         session.on("speech_created", self._on_speech_created)
         session.on("agent_state_changed", self._on_agent_state)
         session.on("user_state_changed", self._on_user_state)
@@ -101,6 +103,7 @@ class Conversation:
     def begin(self) -> None:
         """Call right before starting the session: starts publishing, says so on the bus."""
         self.outbox.start()
+        self._began_at = time.monotonic()
         self.outbox.emit(SessionStarted, agent_name=self.agent_name)
         _active.add(1, {semconv.AVATAR_ID: self.agent.avatar.id})
         if self.deliveries is not None:
@@ -114,7 +117,9 @@ class Conversation:
             return
         self._ended = True
         reason = END_REASONS.get(reason, reason)[:128] or "unknown"
-        self.outbox.emit(SessionEnded, reason=reason)
+        began = self._began_at
+        duration = round(time.monotonic() - began, 3) if began is not None else None
+        self.outbox.emit(SessionEnded, reason=reason, duration_seconds=duration)
         avatar = {semconv.AVATAR_ID: self.agent.avatar.id}
         _active.add(-1, avatar)
         _ended.add(1, avatar | {semconv.REASON: reason})

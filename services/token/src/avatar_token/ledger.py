@@ -194,9 +194,9 @@ class SessionLedger:
         await self._bus.purge_subjects(
             SESSIONS_STREAM, f"{SESSIONS_PREFIX}.{encode_room(event.room)}.>"
         )
-        duration = None
-        if slot is not None and slot.started_at is not None:
-            duration = max(0.0, event.ts.timestamp() - slot.started_at)
+        duration = event.duration_seconds
+        if duration is None and slot is not None and slot.started_at is not None:
+            duration = max(0.0, event.ts.timestamp() - slot.started_at)  # an older agent
         self._record(
             SessionEnded(
                 id=_audit_id(event.id),
@@ -232,7 +232,9 @@ class SessionLedger:
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=30.0,
             max_deliver=10,
-            deliver_policy=api.DeliverPolicy.NEW,
+            # a new consumer starts from what the stream holds (a day): sessions that
+            # started before the token service first ran still end in the trail
+            deliver_policy=api.DeliverPolicy.ALL,
         )
         while True:
             try:
