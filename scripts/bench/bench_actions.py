@@ -59,7 +59,7 @@ from avatar_shared.config import NatsSettings
 from avatar_shared.events import PlayoutStarted, SessionEnded, SpeechCreated
 from scripts.bench.relay import CONSUMER as RELAY_CONSUMER
 from scripts.bench.report import write_section
-from tests.support.nats_server import free_port, start_nats_process
+from tests.support.nats_server import NatsServer, free_port, start_nats_process
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 16
@@ -274,7 +274,9 @@ class Server:
             if self.name == "relay"
             else [(WORK_STREAM, consumer_name("actions", p)) for p in range(PARTITIONS)]
         )
-        nc = await nats.connect(self._env["NATS_URL"])
+        nc = await nats.connect(
+            self._env["NATS_URL"], nkeys_seed=self._env["BENCH_ADMIN_SEED_FILE"]
+        )
         js = nc.jetstream()
         try:
             async with asyncio.timeout(60):
@@ -331,9 +333,9 @@ async def comparison(
     return results, drains
 
 
-async def decisions_by_reason(bus_url: str, room_prefix: str) -> dict[str, int]:
+async def decisions_by_reason(admin: NatsSettings, room_prefix: str) -> dict[str, int]:
     """Count the actions service's decisions on the bus, for rooms of one run."""
-    nc = await nats.connect(bus_url)
+    nc = await nats.connect(admin.url, nkeys_seed=admin.nkey_seed_file)
     js = nc.jetstream()
     sub = await js.pull_subscribe(
         f"{subjects.PREFIX}.{subjects.ACTIONS}.action_decision.>",
@@ -356,7 +358,7 @@ async def decisions_by_reason(bus_url: str, room_prefix: str) -> dict[str, int]:
 
 
 async def overload(
-    bus: Bus, double: RemoteDouble, actions: Server, capacity: float, nats_url: str
+    bus: Bus, double: RemoteDouble, actions: Server, capacity: float, admin: NatsSettings
 ) -> list[str]:
     """Twice the replica's capacity for 10 s; what was sent, shed and left behind."""
     await actions.start(bus)
@@ -390,7 +392,7 @@ async def overload(
     received = await double.received()
     lat = latencies(received, agent)
     sent = len(received)
-    reasons = await decisions_by_reason(nats_url, "over-")
+    reasons = await decisions_by_reason(admin, "over-")
     stale = reasons.get("stale", 0)
     accounted = "all accounted for" if sent + stale == published else "NOT all accounted for"
     return [
@@ -514,8 +516,10 @@ def ratio_rows(
     ]
 
 
-async def measure(args: argparse.Namespace, nats_url: str) -> tuple[str, bool]:
-    bus = await Bus.connect(NatsSettings(url=nats_url), name="bench")
+async def measure(args: argparse.Namespace, nats_server: NatsServer) -> tuple[str, bool]:
+    """Each server runs with its NATS identity (the relay, a bench tool, as the admin)."""
+    nats_url, admin = nats_server.url, nats_server.admin
+    bus = await Bus.connect(admin, name="bench")
     await bus.ensure_stream(events_stream())
     port = free_port()
     double_proc = await asyncio.create_subprocess_exec(
@@ -534,12 +538,15 @@ async def measure(args: argparse.Namespace, nats_url: str) -> tuple[str, bool]:
             "ACTIONS_PARTITIONS": str(PARTITIONS),
             "ACTIONS_MAX_LAG_SECONDS": str(MAX_LAG),
             "LOG_LEVEL": "WARNING",
+            "BENCH_ADMIN_SEED_FILE": str(admin.nkey_seed_file),
         }
-        actions = Server("actions", [sys.executable, "-m", "avatar_actions"], env)
-        relay = Server("relay", [sys.executable, "-m", "scripts.bench.relay"], env)
+        seed = {"NATS_NKEY_SEED_FILE": str(nats_server.settings("actions").nkey_seed_file)}
+        actions = Server("actions", [sys.executable, "-m", "avatar_actions"], env | seed)
+        admin_seed = {"NATS_NKEY_SEED_FILE": str(admin.nkey_seed_file)}
+        relay = Server("relay", [sys.executable, "-m", "scripts.bench.relay"], env | admin_seed)
         results, drains = await comparison(bus, double, [relay, actions], args.rounds)
         rows, targets = ratio_rows(results, drains)
-        over = await overload(bus, double, actions, statistics.mean(drains["actions"]), nats_url)
+        over = await overload(bus, double, actions, statistics.mean(drains["actions"]), admin)
         soak_lines, within = (
             await soak(bus, actions, args.soak_seconds) if args.soak_seconds > 0 else ([], True)
         )
@@ -587,7 +594,7 @@ def main() -> int:
     args = parser.parse_args()
     nats_server = start_nats_process()
     try:
-        body, within = asyncio.run(measure(args, nats_server.url))
+        body, within = asyncio.run(measure(args, nats_server))
     finally:
         nats_server.stop()
     write_section("actions", "make bench-actions", body)

@@ -64,6 +64,7 @@ def main() -> int:
         _wait_http(f"http://127.0.0.1:{zw_port}/_double/stats")
         env = os.environ | {
             "NATS_URL": nats.url,
+            "NATS_NKEY_SEED_FILE": str(nats.settings("bundles").nkey_seed_file),
             "BUNDLES_PORT": str(port),
             "BUNDLES_METRICS_PORT": str(free_port()),
             "BUNDLES_HOST": "127.0.0.1",

@@ -26,6 +26,7 @@ from pathlib import Path
 from avatar_shared.web.auth import hash_api_key
 from scripts.bench import loadgen
 from scripts.bench.report import write_section
+from tests.support.nats_server import start_nats_process
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "bench-key-0123456789abcdef"
@@ -95,6 +96,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
+    nats = start_nats_process()  # the token service's quotas and audit trail live on NATS
     sink_port = _free_port()
     sink = subprocess.Popen(
         [sys.executable, "-m", "scripts.bench.otlp_sink", str(sink_port)], cwd=ROOT
@@ -115,6 +117,8 @@ def main() -> int:
             "TOKEN_RATE_PER_PRINCIPAL": "1000000/second",
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
             "LOG_LEVEL": "WARNING",
+            "NATS_URL": nats.url,
+            "NATS_NKEY_SEED_FILE": str(nats.settings("token").nkey_seed_file),
         },
         f"http://127.0.0.1:{ours_port}/healthz",
     )
@@ -166,6 +170,7 @@ def main() -> int:
             proc.wait(timeout=30)
         sink.terminate()
         sink.wait()
+        nats.stop()
 
     ours_rps = _mean(r.rps for _, n, r in capacity if n.startswith("token"))
     throughput = ours_rps / base_rps

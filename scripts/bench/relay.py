@@ -21,7 +21,7 @@ from nats.js import api as js_api
 
 from avatar_shared import subjects
 from avatar_shared.bus import Bus, Delivered, events_stream
-from avatar_shared.config import NatsSettings
+from avatar_shared.config import NatsSettings, load
 
 CONSUMER = "bench-relay"
 BATCH = 256
@@ -31,7 +31,7 @@ PAYLOAD = json.dumps({"type": "AVATAR_UPDATE", "action": "speaking"}).encode()
 
 
 async def relay(stop: asyncio.Event) -> None:
-    bus = await Bus.connect(NatsSettings(url=os.environ["NATS_URL"]), name="bench-relay")
+    bus = await Bus.connect(load(NatsSettings), name="bench-relay")
     lk = api.LiveKitAPI(
         os.environ["LIVEKIT_URL"], os.environ["LIVEKIT_API_KEY"], os.environ["LIVEKIT_API_SECRET"]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 
@@ -16,9 +17,11 @@ from opentelemetry.trace import SpanKind
 
 from avatar_shared import subjects
 from avatar_shared.bus import Bus, StreamSpec, events_stream
+from avatar_shared.config import NatsSettings
 from avatar_shared.events import Event, PlayoutStarted, SpeechDone
 from tests.integration.conftest import metric_points
 from tests.support.events import one_of_each
+from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -262,3 +265,34 @@ async def test_lame_duck_notices_are_logged_and_counted(
     finally:
         await bus.close()
         server.stop()
+
+
+async def test_a_connection_attempt_given_up_leaves_nothing_running(
+    nats_server: NatsServer,
+) -> None:
+    """A caller that stops waiting for Bus.connect (a call ending while NATS does not
+    answer) must not leave nats-py's connection attempt retrying for ever."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never says INFO: the client waits and retries
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    nobody = NatsSettings(
+        url=f"nats://127.0.0.1:{port}", nkey_seed_file=nats_server.admin.nkey_seed_file
+    )
+    attempt = asyncio.create_task(Bus.connect(nobody, name="given-up"))
+    await asyncio.sleep(0.5)
+    attempt.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await attempt
+    await asyncio.sleep(0.1)
+    lingering = [t for t in asyncio.all_tasks() if not t.done() and _in_nats_py(t)]
+    server.close()
+    assert lingering == []
+
+
+def _in_nats_py(task: asyncio.Task[object]) -> bool:
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and "/nats/" in code.co_filename

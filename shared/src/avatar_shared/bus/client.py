@@ -80,6 +80,14 @@ def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=settings.tls_ca_file or None)
 
 
+async def _abandon(connecting: asyncio.Future[NatsClient]) -> None:
+    """Stop a connection attempt (nats-py retries for ever) and close what it opened."""
+    connecting.cancel()
+    await asyncio.wait([connecting], timeout=5)
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        await connecting.result().close()
+
+
 class Bus:
     def __init__(
         self,
@@ -168,11 +176,13 @@ class Bus:
             )
         )
         waits: list[asyncio.Future[Any]] = [connecting, refused]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller gave up: so does the connection
+            await _abandon(connecting)
+            raise
         if refused.done():
-            connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await connecting
+            await _abandon(connecting)
             raise BusAuthError(
                 f"NATS refused this service's credentials ({refused.result()}): set "
                 "NATS_NKEY_SEED_FILE (or NATS_CREDS_FILE) to its identity's "
