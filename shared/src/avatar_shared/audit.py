@@ -8,9 +8,12 @@ own retention (``AUDIT_RETENTION_DAYS``): compliance keeps months, not the day o
 no secret, token or bearer credential is ever a field, and the personal data they may
 hold (display names, client addresses) is recorded only when configured.
 
-:class:`AuditTrail` publishes them from a bounded queue, in order, retrying each (with
-its id as ``Nats-Msg-Id``, so a retry is stored once) until it is stored or older than
-``max_wait``; what cannot be stored is logged and counted, never blocks a request.
+:class:`AuditTrail` publishes them from a bounded queue in batches (acks awaited
+together), retrying each (with its id as ``Nats-Msg-Id``, so a retry is stored once)
+until it is stored or older than ``max_wait``; what cannot be stored is counted and
+logged, and never blocks a request. Events are stored in the order they happened while
+NATS answers; one retried after a failure may land after later ones (each carries its
+``ts``).
 
 ``python -m avatar_shared.audit`` lists the trail as JSON lines, filtered by time range,
 principal, avatar and room.
@@ -43,6 +46,9 @@ from avatar_shared.events import AvatarId, RoomName
 from avatar_shared.telemetry import tally
 
 log = logging.getLogger(__name__)
+
+#: Audit events published at once (their acks awaited together).
+BATCH = 256
 
 
 Principal = Annotated[str, StringConstraints(min_length=1, max_length=300)]
@@ -152,6 +158,7 @@ class AuditTrail:
         self._empty = asyncio.Event()
         self._empty.set()
         self._task: asyncio.Task[None] | None = None
+        self._last_drop_log: dict[str, float] = {}
         self._dropped = tally(
             metrics.get_meter(semconv.INSTRUMENTATION_NAME),
             semconv.METRIC_AUDIT_DROPPED,
@@ -188,25 +195,49 @@ class AuditTrail:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            queued_at, event = self._queue[0]
-            if time.monotonic() - queued_at > self._max_wait:
-                self._queue.popleft()
+            batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            now = time.monotonic()
+            for _, event in (old for old in batch if now - old[0] > self._max_wait):
                 self._drop(event, "timeout")
-                continue
-            try:
-                async with asyncio.timeout(2.0):
-                    await self._bus.put(
-                        event.subject, event.model_dump_json().encode(), msg_id=event.id
-                    )
-            except Exception as exc:
-                log.warning("audit event not stored yet, retrying", extra={"error": str(exc)})
+            batch = [item for item in batch if now - item[0] <= self._max_wait]
+            failed = await self._put_all(batch)
+            if failed:  # back to the front, in order, after a pause: NATS is away
+                self._queue.extendleft(reversed(failed))
                 await asyncio.sleep(1.0)
-                continue
-            self._queue.popleft()
+
+    async def _put_all(
+        self, batch: list[tuple[float, AuditEvent]]
+    ) -> list[tuple[float, AuditEvent]]:
+        """Publish a batch at once (acks awaited together); what was not stored."""
+
+        async def put(event: AuditEvent) -> None:
+            await self._bus.put(event.subject, event.model_dump_json().encode(), msg_id=event.id)
+
+        try:
+            async with asyncio.timeout(5.0):
+                results = await asyncio.gather(
+                    *(put(event) for _, event in batch), return_exceptions=True
+                )
+        except TimeoutError:
+            results = [TimeoutError()] * len(batch)
+        failed = [item for item, result in zip(batch, results, strict=True) if result is not None]
+        if failed:
+            log.warning(
+                "audit events not stored yet, retrying",
+                extra={"count": len(failed), "error": str(results[0])[:200]},
+            )
+        return failed
 
     def _drop(self, event: AuditEvent, reason: str) -> None:
+        """Counted always; logged at most once a minute per reason (a flood is one line)."""
         self._dropped.add(1, {semconv.REASON: reason})
-        log.error("audit event dropped", extra={"reason": reason, "audit_type": event.type})
+        now = time.monotonic()
+        if now - self._last_drop_log.get(reason, -60.0) >= 60.0:
+            self._last_drop_log[reason] = now
+            log.error(
+                "audit events dropped (avatar.audit.dropped counts them)",
+                extra={"reason": reason, "audit_type": event.type},
+            )
 
 
 # --- python -m avatar_shared.audit ---------------------------------------------------------
@@ -221,6 +252,16 @@ def _time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def with_principal(event: AuditEvent, principals: dict[str, str]) -> AuditEvent:
+    """A session event names the principal of its room's token when it was listed before
+    it (sessions under a quota carry it themselves)."""
+    if isinstance(event, TokenIssued) and event.room and event.principal:
+        principals[event.room] = event.principal
+    elif event.principal is None and event.room in principals:
+        return event.model_copy(update={"principal": principals[event.room]})
+    return event
+
+
 def matches(event: AuditEvent, args: argparse.Namespace) -> bool:
     return (
         (args.until is None or event.ts <= args.until)
@@ -233,10 +274,14 @@ def matches(event: AuditEvent, args: argparse.Namespace) -> bool:
 
 async def _list(args: argparse.Namespace) -> int:
     bus = await Bus.connect(NatsSettings(), name="avatar-audit", identity=identities.ADMIN)
+    principals: dict[str, str] = {}  # room -> who was issued its token
     try:
         async for body in bus.read_since(AUDIT_STREAM, f"{AUDIT_PREFIX}.>", args.since):
             event = decode_audit(body)
-            if event is not None and matches(event, args):
+            if event is None:
+                continue
+            event = with_principal(event, principals)
+            if matches(event, args):
                 sys.stdout.write(event.model_dump_json() + "\n")
     except NotFoundError:
         print(f"error: no {AUDIT_STREAM} stream: nothing was audited yet", file=sys.stderr)

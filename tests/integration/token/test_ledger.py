@@ -94,4 +94,4 @@ async def test_a_ledger_without_nats_refuses_with_503_in_bounded_time(
         await ledger.admit(session(1, "user:a", "ava", max_sessions=5))
     assert err.value.status == 503
     assert err.value.body.error == "quota_unavailable"
-    await ledger.admit(session(2, "user:a", "ava"))  # no quota: nothing to refuse
+    await ledger.admit(session(2, "user:a", "ava"))  # no quota: NATS is not even asked

@@ -119,9 +119,11 @@ class SessionLedger:
 
     async def admit(self, session: Session) -> None:
         """Take a slot for ``session``, or refuse: 429 past a quota, 503 if the count
-        cannot be read in time (quotas are cost control: they fail closed). Without a
-        quota the slot is only remembered (for the audit trail), as NATS allows."""
+        cannot be read in time (quotas are cost control: they fail closed). A session no
+        quota applies to takes no slot: nothing is counted, NATS is not asked."""
         quotas = quota_filters(session)
+        if not quotas:
+            return
         try:
             async with asyncio.timeout(self._timeout):
                 for name, limit, subjects in quotas:
@@ -136,15 +138,14 @@ class SessionLedger:
                 await self._take(session)
         except ApiError:
             raise
-        except Exception as exc:  # NATS down, slow, or refusing
-            log.warning("session slot not taken", extra={"error": str(exc)[:200]})
-            if quotas:
-                raise ApiError(
-                    503,
-                    "quota_unavailable",
-                    "session quotas cannot be checked right now",
-                    headers={"Retry-After": "5"},
-                ) from None
+        except Exception as exc:  # NATS down, slow, or refusing: no count, no session
+            log.warning("session quota unavailable", extra={"error": str(exc)[:200]})
+            raise ApiError(
+                503,
+                "quota_unavailable",
+                "session quotas cannot be checked right now",
+                headers={"Retry-After": "5"},
+            ) from None
 
     async def _take(self, session: Session) -> None:
         slot = Slot(
