@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +50,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
-    """Route the root logger to stderr, as JSON (default) or plain text."""
+    """Route the root logger to stderr, as JSON (default) or plain text. ``service`` is
+    the name traces carry too (``avatar-token``, ...; ``OTEL_SERVICE_NAME`` wins), so a
+    log line and a trace of one service can be joined on it."""
+    service = os.environ.get("OTEL_SERVICE_NAME", "").strip() or service
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))

@@ -1,10 +1,10 @@
 """Every telemetry name this project defines, declared once.
 
 Custom span and metric attributes carry the ``avatar.`` prefix; standard ones come from the
-OpenTelemetry messaging conventions. Nothing personal goes into span names or log messages:
-room names are server-generated identifiers, but participant identities and transcripts
-may only appear under the ``avatar.personal.*`` attributes, and only when a service is
-explicitly configured to record them.
+OpenTelemetry messaging conventions. Nothing personal goes into our span names,
+attributes or log messages: room names are server-generated identifiers; participant
+identities and conversation text are never recorded by our code (docs/telemetry.md,
+"Personal data", says what livekit-agents records when ``AGENT_TRACE_CONTENT=true``).
 """
 
 from __future__ import annotations
@@ -39,9 +39,6 @@ CACHE: Final = "avatar.bundles.cache"
 CACHE_OPERATION: Final = "avatar.bundles.cache.operation"
 UPSTREAM_STATUS: Final = "avatar.bundles.upstream.status"
 SEND_ATTEMPTS: Final = "avatar.send.attempts"
-#: Off by default; only set when a service is configured to record personal data.
-PERSONAL_IDENTITY: Final = "avatar.personal.identity"
-PERSONAL_TEXT: Final = "avatar.personal.text"
 
 # --- metrics ------------------------------------------------------------------------------
 METRIC_BUS_PUBLISHED: Final = "avatar.bus.published"

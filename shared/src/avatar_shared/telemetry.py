@@ -4,6 +4,12 @@
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the per-signal ``..._TRACES_/..._METRICS_ENDPOINT``):
   spans and metrics are exported over OTLP/HTTP (protobuf). Without an endpoint, spans are
   still created (so trace ids reach the logs and NATS headers) but exported nowhere.
+- ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``otlp`` (the default when an
+  endpoint is set) or ``none``, each signal on its own: a tracing backend without a
+  metrics endpoint takes ``OTEL_METRICS_EXPORTER=none``.
+- An exporter that keeps failing (a collector away, a backend answering 404 for one
+  signal) logs its first failure and then at most one line every 10 minutes per kind of
+  failure, instead of an ERROR per export.
 - ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` name the resource;
   ``OTEL_PROPAGATORS`` is honoured by the API (W3C ``traceparent`` by default).
 - ``prometheus=True`` also exposes metrics through ``prometheus_client`` for a ``/metrics``
@@ -15,8 +21,10 @@ rather than a silent fallback.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping, MutableMapping
+import time
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 from opentelemetry import context, metrics, propagate, trace
@@ -52,6 +60,13 @@ def _env(name: str) -> str:
 
 
 def _otlp_enabled(signal: str) -> bool:
+    exporter = _env(f"OTEL_{signal}_EXPORTER").lower() or "otlp"
+    if exporter not in ("otlp", "none"):
+        raise ConfigError(
+            f"OTEL_{signal}_EXPORTER: {exporter!r} is not supported; use otlp or none"
+        )
+    if exporter == "none":
+        return False
     if not (_env("OTEL_EXPORTER_OTLP_ENDPOINT") or _env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")):
         return False
     protocol = _env(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or _env("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -69,10 +84,48 @@ def build_resource(service: str, version: str) -> Resource:
     )
 
 
+class RepeatedFailures(logging.Filter):
+    """Lets the first record of each kind through, then one per ``window`` seconds."""
+
+    def __init__(self, window: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._window = window
+        self._clock = clock
+        self._last: dict[tuple[str, int, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.name, record.levelno, str(record.msg)[:80])
+        now = self._clock()
+        if now - self._last.get(kind, -self._window) < self._window:
+            return False
+        self._last[kind] = now
+        return True
+
+
+#: The loggers the OTLP exporters and the SDK's export loops report failures on.
+EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "opentelemetry.sdk.metrics._internal.export",
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.sdk._shared_internal",
+)
+
+
+def _quiet_export_failures() -> None:
+    for name in EXPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatedFailures) for f in logger.filters):
+            logger.addFilter(RepeatedFailures())
+
+
 def setup_telemetry(service: str, version: str = "0.1.0", *, prometheus: bool = False) -> Telemetry:
     """Install global tracer and meter providers for this process."""
     if _env("OTEL_SDK_DISABLED").lower() == "true":
         return Telemetry()
+    _quiet_export_failures()
     resource = build_resource(service, version)
     telemetry = Telemetry()
 

@@ -4,7 +4,7 @@ import logging
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from avatar_shared.logs import JsonFormatter
+from avatar_shared.logs import JsonFormatter, configure_logging
 
 
 def _record(message: str, **extra: object) -> logging.LogRecord:
@@ -46,3 +46,17 @@ def test_exceptions_are_kept() -> None:
 def test_unserialisable_extras_do_not_break_logging(value: object) -> None:
     line = json.loads(JsonFormatter("svc").format(_record("x", thing=value)))
     assert "thing" in line
+
+
+def test_logs_carry_the_service_name_traces_carry(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("avatar-token")
+        assert root.handlers[0].formatter._service == "avatar-token"  # type: ignore[union-attr]
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "token-eu-1")  # as build_resource takes it
+        configure_logging("avatar-token")
+        assert root.handlers[0].formatter._service == "token-eu-1"  # type: ignore[union-attr]
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)

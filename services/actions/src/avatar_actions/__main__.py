@@ -56,7 +56,7 @@ def _stop_if_failed(task: asyncio.Task[None]) -> None:
 
 def main() -> int:
     logs = load_or_exit(LogSettings)
-    configure_logging("actions", logs.level, logs.format)
+    configure_logging("avatar-actions", logs.level, logs.format)
     settings = load_or_exit(ActionsSettings)
     nats = load_or_exit(NatsSettings)
     delivery = load_or_exit(DeliverySettings)

@@ -51,7 +51,7 @@ async def run(
 
 def main() -> int:
     logs = load_or_exit(LogSettings)
-    configure_logging("bundles", logs.level, logs.format)
+    configure_logging("avatar-bundles", logs.level, logs.format)
     settings = load_or_exit(BundlesSettings)
     auth = load_or_exit(AuthSettings)
     nats = load_or_exit(NatsSettings)

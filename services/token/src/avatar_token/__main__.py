@@ -29,7 +29,7 @@ from avatar_token.ledger import SessionLedger
 
 def main() -> int:
     logs = load_or_exit(LogSettings)
-    configure_logging("token", logs.level, logs.format)
+    configure_logging("avatar-token", logs.level, logs.format)
     settings = load_or_exit(TokenSettings)
     livekit = load_or_exit(LiveKitSettings)
     auth = load_or_exit(AuthSettings)
