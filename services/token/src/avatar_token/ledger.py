@@ -175,10 +175,11 @@ class SessionLedger:
     async def started(self, event: AgentSessionStarted) -> None:
         found = await self._find(event.room)
         slot = found[1] if found else None
-        if found is not None and slot is not None:
+        if found is not None:
+            subject, slot = found
             renewed = Slot(**(asdict(slot) | {"started_at": event.ts.timestamp()}))
             ttl = slot.max_session_seconds + GRACE_SECONDS
-            await self._bus.put(found[0], renewed.body(), ttl_seconds=ttl)
+            await self._bus.put(subject, renewed.body(), ttl_seconds=ttl)
         self._record(
             SessionStarted(
                 id=_audit_id(event.id),
