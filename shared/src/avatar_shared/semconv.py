@@ -30,6 +30,7 @@ AVATAR_ID: Final = "avatar.avatar_id"
 SPEECH_ID: Final = "avatar.speech_id"
 OUTCOME: Final = "avatar.outcome"
 ACTION: Final = "avatar.action"
+PARTITION: Final = "avatar.partition"
 REASON: Final = "avatar.reason"
 PROVIDER: Final = "avatar.provider"  # e.g. "openai", "Cartesia": the model's provider
 STAGE: Final = "avatar.stage"  # "llm" or "tts"

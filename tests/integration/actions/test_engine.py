@@ -16,7 +16,7 @@ import pytest
 from nats.js import JetStreamContext
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from avatar_actions.bootstrap import ActionsService, bootstrap
@@ -266,6 +266,38 @@ async def test_one_turn_is_one_trace_from_agent_publish_to_send_data(
         assert span.name.endswith(" publish")
         assert any(name.endswith(" process") for name in chain)
         assert span.context.trace_id == send.context.trace_id
+
+
+async def test_every_decision_drops_included_joins_the_trace_of_what_caused_it(
+    bus: Bus,
+    livekit: LiveKitDouble,
+    start: Callable[..., Any],
+    room: str,
+    spans: InMemorySpanExporter,
+) -> None:
+    await start()
+    await talk(bus, livekit, Turns(room).reply("s1", "wave_hand", "moonwalk"))
+    await received(livekit, 2)
+
+    def decision_spans() -> list[ReadableSpan]:
+        return [s for s in spans.get_finished_spans() if "action_decision" in s.name]
+
+    async with asyncio.timeout(10):  # speaking, wave_hand published; moonwalk dropped
+        while len(decision_spans()) < 3:
+            await asyncio.sleep(0.05)
+    by_id = {s.context.span_id: s for s in spans.get_finished_spans()}
+    outcomes = set()
+    for decision in decision_spans():
+        assert decision.attributes is not None
+        outcomes.add((decision.attributes["avatar.action"], decision.attributes["avatar.outcome"]))
+        root = decision
+        while root.parent is not None and root.parent.span_id in by_id:
+            root = by_id[root.parent.span_id]
+        assert root is not decision, f"{decision.name} starts a trace of its own"
+        assert root.name.startswith("avatars.v1.agent."), root.name  # the agent's event
+        assert root.context.trace_id == decision.context.trace_id
+    assert ("moonwalk", "dropped") in outcomes
+    assert ("wave_hand", "published") in outcomes
 
 
 async def test_a_replica_that_dies_mid_stream_loses_nothing_and_repeats_nothing(

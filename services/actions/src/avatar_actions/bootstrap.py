@@ -148,7 +148,7 @@ async def bootstrap(
             meter_provider=meter_provider,
         )
     else:
-        publisher = DryRunPublisher()
+        publisher = DryRunPublisher(tracer_provider=tracer_provider)
     ownership = Ownership(
         leases, me or replica_id(), settings.partitions, ttl=settings.lease_ttl_seconds
     )

@@ -115,7 +115,8 @@ class Engine:
         self._max_lag = max_lag
         self._cache: OrderedDict[str, _Room] = OrderedDict()
         self._deadlines: dict[str, float] = {}
-        self._decisions: list[ActionDecision] = []  # to publish
+        #: to publish, each with the trace context of what caused it
+        self._decisions: list[Announced] = []
         self._in_flight: deque[Persisting] = deque()  # batches being written, in order
         self._tracer = trace.get_tracer("avatar_actions", tracer_provider=tracer_provider)
         meter = metrics.get_meter("avatar_actions", meter_provider=meter_provider)
@@ -215,7 +216,13 @@ class Engine:
             room = await self._room(name)
             cause = room.release
             parent = trace.set_span_in_context(trace.NonRecordingSpan(cause)) if cause else None
-            with self._tracer.start_as_current_span("actions release", context=parent):
+            attributes: dict[str, str | int] = {
+                semconv.ROOM: name,
+                semconv.PARTITION: self.partition,
+            }
+            with self._tracer.start_as_current_span(
+                "actions release", context=parent, attributes=attributes
+            ):
                 sequencer = RoomSequencer(self._rules, room.stored.rules)
                 decisions = sequencer.tick(now)
                 room.stored.rules = sequencer.state
@@ -240,7 +247,7 @@ class Engine:
         writes: list[Awaitable[object]] = [
             self._rooms.save(self.partition, name, self._cache[name].stored) for name in rooms
         ]
-        writes += [self._decision_sink.publish(decision) for decision in decisions]
+        writes += [_in_context(self._decision_sink.publish(d), ctx) for d, ctx in decisions]
         for name in rooms:
             room = self._cache[name]
             room.dirty = False
@@ -266,7 +273,7 @@ class Engine:
     def rooms_in_memory(self) -> int:
         return len(self._cache)
 
-    def _unsaved(self, rooms: list[str], decisions: list[ActionDecision]) -> None:
+    def _unsaved(self, rooms: list[str], decisions: list[Announced]) -> None:
         """Writes failed: the next persist writes these rooms and decisions again."""
         for name in rooms:
             if name in self._cache:
@@ -412,7 +419,7 @@ class Engine:
         return None
 
     def _finish(self, name: str, room: _Room, item: Outgoing, reason: DropReason | None) -> None:
-        room.traces.pop((item.cause_id, item.action), None)
+        cause = room.traces.pop((item.cause_id, item.action), None)
         if reason is not None:
             log.info(
                 "dropped action %s: %s",
@@ -421,9 +428,8 @@ class Engine:
                 extra={"room": name, "speech_id": item.speech_id},
             )
         outcome = Outcome.PUBLISHED if reason is None else Outcome.DROPPED
-        self._announce(
-            name, room.stored, Decision(outcome, item.action, item.speech_id, item.cause_id, reason)
-        )
+        decision = Decision(outcome, item.action, item.speech_id, item.cause_id, reason)
+        self._announce(name, room.stored, decision, cause)
 
     def _schedule(self, name: str, room: _Room) -> None:
         stored = room.stored
@@ -437,19 +443,36 @@ class Engine:
         else:
             self._deadlines.pop(name, None)
 
-    def _announce(self, name: str, stored: StoredRoom, decision: Decision) -> None:
+    def _announce(
+        self,
+        name: str,
+        stored: StoredRoom,
+        decision: Decision,
+        cause: trace.SpanContext | None = None,
+    ) -> None:
+        """Count the decision and queue it for the bus. It is published later, with the
+        batch, under ``cause`` (the span the packet was sent under) or the span current
+        now (the event's processing, the release): so it joins the turn that caused it."""
         key = f"{decision.cause_id}:{decision.action}:{decision.outcome.value}"
+        made_in = (
+            trace.set_span_in_context(trace.NonRecordingSpan(cause))
+            if cause is not None
+            else otel_context.get_current()
+        )
         self._decisions.append(
-            ActionDecision(
-                id=hashlib.sha256(key.encode()).hexdigest()[:32],
-                room=name,
-                avatar_id=stored.avatar_id,
-                speech_id=decision.speech_id,
-                seq=stored.decisions_seq,
-                action=decision.action,
-                outcome=decision.outcome,
-                reason=decision.reason,
-                cause_id=decision.cause_id,
+            (
+                ActionDecision(
+                    id=hashlib.sha256(key.encode()).hexdigest()[:32],
+                    room=name,
+                    avatar_id=stored.avatar_id,
+                    speech_id=decision.speech_id,
+                    seq=stored.decisions_seq,
+                    action=decision.action,
+                    outcome=decision.outcome,
+                    reason=decision.reason,
+                    cause_id=decision.cause_id,
+                ),
+                made_in,
             )
         )
         stored.decisions_seq += 1
@@ -460,6 +483,20 @@ class Engine:
                 semconv.REASON: decision.reason.value if decision.reason else "",
             },
         )
+
+
+#: A decision to publish, with the trace context it was made in.
+Announced = tuple[ActionDecision, otel_context.Context]
+
+
+def _in_context(publish: Awaitable[object], ctx: otel_context.Context) -> asyncio.Future[object]:
+    """Run ``publish`` as a task of its own started in ``ctx`` (a task keeps the context
+    it was created in), so its span is a child of the decision's cause."""
+    token = otel_context.attach(ctx)
+    try:
+        return asyncio.ensure_future(publish)
+    finally:
+        otel_context.detach(token)
 
 
 class _Wait:
@@ -482,7 +519,7 @@ class Persisting:
         self,
         engine: Engine,
         rooms: list[str],
-        decisions: list[ActionDecision],
+        decisions: list[Announced],
         writes: asyncio.Future[list[object]],
         handled: Sequence[WorkItem],
     ) -> None:

@@ -53,22 +53,30 @@ def reference_payload(action: str) -> bytes:
 
 
 class DryRunPublisher:
-    """No LiveKit configured: each packet that would be sent is one JSON log line."""
+    """No LiveKit configured: each packet that would be sent is one JSON log line, under
+    a span of its own (``dry-run SendData``), so a trace shows where the packet went."""
 
     announces = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer(
+            semconv.INSTRUMENTATION_NAME, tracer_provider=tracer_provider
+        )
         log.warning("no LiveKit configured: dry run, packets are logged instead of sent")
 
     async def publish(self, packet: Packet) -> None:
-        log.info(
-            "dry-run packet",
-            extra={
-                "room": packet.room,
-                "payload": reference_payload(packet.action).decode(),
-                "nonce": packet.nonce.hex(),
-            },
-        )
+        attributes = {semconv.ROOM: packet.room, semconv.ACTION: packet.action}
+        with self._tracer.start_as_current_span(
+            "dry-run SendData", kind=trace.SpanKind.CLIENT, attributes=attributes
+        ):
+            log.info(
+                "dry-run packet",
+                extra={
+                    "room": packet.room,
+                    "payload": reference_payload(packet.action).decode(),
+                    "nonce": packet.nonce.hex(),
+                },
+            )
 
 
 class AdminTokens:

@@ -19,7 +19,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from avatar_shared import semconv, subjects
-from avatar_shared.events import Event, InvalidEvent, decode_event
+from avatar_shared.events import ActionDecision, Event, InvalidEvent, decode_event
 from avatar_shared.telemetry import extract_context, tally
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,11 @@ def event_attributes(event: Event, template: str) -> dict[str, str | int | bool]
         attributes[semconv.AVATAR_ID] = event.avatar_id
     if event.speech_id:
         attributes[semconv.SPEECH_ID] = event.speech_id
+    if isinstance(event, ActionDecision):  # what a trace view filters on: drops and why
+        attributes[semconv.ACTION] = event.action
+        attributes[semconv.OUTCOME] = str(event.outcome)
+        if event.reason is not None:
+            attributes[semconv.REASON] = str(event.reason)
     return attributes
 
 
