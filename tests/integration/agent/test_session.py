@@ -213,3 +213,11 @@ async def test_publish_spans_join_the_frameworks_trace(
     for span in tag_spans:  # each tag's publish sits inside the framework's TTS or text path
         assert "agent_session" in ancestors(span)
         assert {"tts_node", "transcription_node", "agent_turn"} & set(ancestors(span))
+    # a speech's playout and end are its turn's; states are the session's, never a turn's
+    for span in publishes:
+        chain = ancestors(span)
+        if "playout_started" in span.name or "speech_done" in span.name:
+            assert "agent_turn" in chain, (span.name, chain)
+        if "agent_state" in span.name or "user_state" in span.name:
+            assert "agent_session" in chain, (span.name, chain)
+            assert "agent_turn" not in chain, (span.name, chain)

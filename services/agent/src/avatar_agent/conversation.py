@@ -3,6 +3,14 @@
 :class:`Conversation` is the only place that knows how livekit-agents' session events map
 to our contract (``avatar_shared.events``). The LiveKit worker and the local demo both
 use it, so what the bus sees does not depend on how the agent was started.
+
+Traces: a conversation is one trace (the framework's ``agent_session``). A speech's
+``playout_started`` and ``speech_done`` are published under its ``agent_turn`` (tags
+already are: they are found inside the turn's nodes); session, agent and user state
+events under the session span, never under a turn that happens to be current or ended.
+Both spans are read from livekit-agents' private ``SpeechHandle._agent_turn_context`` and
+``AgentSession._root_span_context`` (no public accessor exists; a test fails if an
+upgrade renames them).
 """
 
 from __future__ import annotations
@@ -23,13 +31,14 @@ from livekit.agents.voice.events import (
     UserInputTranscribedEvent,
     UserStateChangedEvent,
 )
+from opentelemetry import context as otel_context
 from opentelemetry import metrics
 
 from avatar_agent.agent import AvatarAgent
 from avatar_agent.avatars import Avatar
 from avatar_agent.delivery import RoomDeliveries
 from avatar_agent.lifecycle import Lifecycle, SessionLimits
-from avatar_agent.outbox import EventOutbox
+from avatar_agent.outbox import EventOutbox, TraceParent
 from avatar_agent.providers import Models
 from avatar_agent.tags import Tag
 from avatar_shared import semconv
@@ -100,11 +109,21 @@ class Conversation:
         session.on("conversation_item_added", self._on_item)
         session.on("close", self._on_close)
 
+    def _session_trace(self) -> otel_context.Context | None:
+        """The session span's context, once the session has started."""
+        return getattr(self.session, "_root_span_context", None)
+
+    def _turn_trace(self, handle: SpeechHandle | None) -> TraceParent:
+        """A speech's ``agent_turn`` context, else (a turn not begun) the session's."""
+        turn = getattr(handle, "_agent_turn_context", None)
+        return turn if turn is not None else self._session_trace
+
     def begin(self) -> None:
         """Call right before starting the session: starts publishing, says so on the bus."""
         self.outbox.start()
         self._began_at = time.monotonic()
-        self.outbox.emit(SessionStarted, agent_name=self.agent_name)
+        # published once the session span exists (the outbox publishes in its own task)
+        self.outbox.emit(SessionStarted, parent=self._session_trace, agent_name=self.agent_name)
         _active.add(1, {semconv.AVATAR_ID: self.agent.avatar.id})
         if self.deliveries is not None:
             self.deliveries.start()
@@ -119,7 +138,9 @@ class Conversation:
         reason = END_REASONS.get(reason, reason)[:128] or "unknown"
         began = self._began_at
         duration = round(time.monotonic() - began, 3) if began is not None else None
-        self.outbox.emit(SessionEnded, reason=reason, duration_seconds=duration)
+        self.outbox.emit(
+            SessionEnded, parent=self._session_trace, reason=reason, duration_seconds=duration
+        )
         avatar = {semconv.AVATAR_ID: self.agent.avatar.id}
         _active.add(-1, avatar)
         _ended.add(1, avatar | {semconv.REASON: reason})
@@ -175,7 +196,11 @@ class Conversation:
             self.agent.speech_tags.forget(handle.id)
             failure = self.agent.failures.pop(handle.id)
             self.outbox.emit(
-                SpeechDone, speech_id=handle.id, interrupted=handle.interrupted, failure=failure
+                SpeechDone,
+                parent=self._turn_trace(handle),
+                speech_id=handle.id,
+                interrupted=handle.interrupted,
+                failure=failure,
             )
             was_fallback = handle.id in self._fallbacks
             self._fallbacks.discard(handle.id)
@@ -213,6 +238,7 @@ class Conversation:
     def _on_agent_state(self, ev: AgentStateChangedEvent) -> None:
         self.outbox.emit(
             AgentStateChanged,
+            parent=self._session_trace,
             old_state=AgentState(ev.old_state),
             new_state=AgentState(ev.new_state),
         )
@@ -223,11 +249,14 @@ class Conversation:
         speech = self.session.current_speech
         if ev.new_state == "speaking" and speech is not None and speech.id not in self._playing:
             self._playing.add(speech.id)
-            self.outbox.emit(PlayoutStarted, speech_id=speech.id)
+            self.outbox.emit(PlayoutStarted, parent=self._turn_trace(speech), speech_id=speech.id)
 
     def _on_user_state(self, ev: UserStateChangedEvent) -> None:
         self.outbox.emit(
-            UserStateChanged, old_state=UserState(ev.old_state), new_state=UserState(ev.new_state)
+            UserStateChanged,
+            parent=self._session_trace,
+            old_state=UserState(ev.old_state),
+            new_state=UserState(ev.new_state),
         )
         if ev.new_state == "speaking":
             self.user_active()

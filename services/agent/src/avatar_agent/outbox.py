@@ -35,11 +35,22 @@ class Publisher(Protocol):
     async def publish(self, event: Event) -> Any: ...
 
 
+#: Where an event's publish span goes: a context, or one found at publish time (a span
+#: that did not exist yet when the event was emitted, e.g. the session's).
+TraceParent = otel_context.Context | Callable[[], otel_context.Context | None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Queued:
     event: Event
-    context: otel_context.Context
+    parent: TraceParent
     emitted_at: float
+
+    @property
+    def context(self) -> otel_context.Context:
+        if callable(self.parent):
+            return self.parent() or otel_context.Context()
+        return self.parent
 
 
 class EventOutbox:
@@ -77,8 +88,9 @@ class EventOutbox:
         )
         self.dropped = 0
 
-    def emit(self, model: type[E], **fields: Any) -> E | None:
-        """Queue one event; returns it, or None if it could not be built or queued."""
+    def emit(self, model: type[E], *, parent: TraceParent | None = None, **fields: Any) -> E | None:
+        """Queue one event; returns it, or None if it could not be built or queued. Its
+        publish span is a child of ``parent`` (default: the span current now)."""
         try:
             event = model(room=self.room, avatar_id=self.avatar_id, seq=self._seq, **fields)
         except ValueError:  # a bug on our side: say so loudly, keep the call going
@@ -87,7 +99,8 @@ class EventOutbox:
             return None
         self._seq += 1
         try:
-            self._queue.put_nowait(_Queued(event, otel_context.get_current(), self._clock()))
+            context = parent if parent is not None else otel_context.get_current()
+            self._queue.put_nowait(_Queued(event, context, self._clock()))
         except asyncio.QueueFull:
             self._drop(event.type, "queue_full", event)
             return None
