@@ -90,7 +90,18 @@ SERVICES = (
         },
     ),
     # No LIVEKIT_URL locally: the actions service runs as a dry run and logs each packet.
-    Service("actions", "avatar_actions", 8300),
+    # The room inspector at :8300/inspector, without a key on this machine only.
+    Service(
+        "actions",
+        "avatar_actions",
+        8300,
+        defaults={
+            **LOCAL_AUTH,
+            "ACTIONS_INSPECTOR": "true",
+            "ACTIONS_INSPECTOR_ANONYMOUS": "true",
+            "AVATAR_DEV_MODE": "true",
+        },
+    ),
     # No LiveKit and no keys locally: one scripted conversation with the demo providers,
     # in-process (`python -m avatar_agent local`); its events reach the actions service.
     Service(
@@ -270,6 +281,9 @@ async def run(args: argparse.Namespace) -> int:
         missing = [s.name for s in SERVICES if s not in available(SERVICES)]
         if missing and not args.only:
             print(f"not started (not built yet): {', '.join(missing)}", flush=True)
+        if any(s.name == "actions" for s in services):
+            inspector = f"http://127.0.0.1:{8300 + args.port_offset}/inspector"
+            print(f"room inspector: {inspector}", flush=True)
         print("stack ready; Ctrl-C to stop", flush=True)
 
         exited = asyncio.create_task(stack.first_exit())

@@ -8,13 +8,17 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
+import httpx
 import uvloop
 
 from avatar_actions.bootstrap import VERSION, bootstrap
 from avatar_actions.config import ActionsSettings
+from avatar_actions.inspector import Inspector
 from avatar_shared.bus import BusAuthError
 from avatar_shared.config import (
+    ConfigError,
     DeliverySettings,
     LiveKitSettings,
     LogSettings,
@@ -23,6 +27,9 @@ from avatar_shared.config import (
 )
 from avatar_shared.logs import configure_logging
 from avatar_shared.telemetry import setup_telemetry
+from avatar_shared.web.auth import Authenticator, AuthSettings
+from avatar_shared.web.policy import Policy, load_policy
+from avatar_shared.web.safety import DeploymentSettings, refuse_unsafe
 from avatar_shared.web.service import serve
 
 log = logging.getLogger(__name__)
@@ -33,18 +40,36 @@ async def run(
     nats: NatsSettings,
     livekit: LiveKitSettings | None,
     delivery: DeliverySettings,
+    auth: tuple[AuthSettings, Policy] | None = None,
 ) -> None:
+    """``auth``: the access policy's API keys, which the inspector (when on) asks for."""
     service = await bootstrap(settings, nats, livekit, delivery=delivery)
     stop = asyncio.Event()
+    http = httpx.AsyncClient()
+    inspector = None
     try:
         consuming = asyncio.create_task(service.run(stop))
         consuming.add_done_callback(_stop_if_failed)
-        app = service.health_app(lambda: "consumer stopped" if consuming.done() else None)
+        routers = []
+        if auth is not None:
+            inspector = Inspector(
+                service.bus,
+                Authenticator.from_settings(auth[0], auth[1], http),
+                anonymous=settings.inspector_anonymous,
+                trace_url=settings.inspector_trace_url,
+            )
+            await inspector.start()
+            routers.append(inspector.router())
+            log.info("room inspector on http://%s:%d/inspector", settings.host, settings.port)
+        app = service.health_app(lambda: "consumer stopped" if consuming.done() else None, routers)
         await serve(app, host=settings.host, port=settings.port, graceful_timeout=5)
         stop.set()  # SIGTERM: finish the batches in hand, hand the partitions back, drain
         await consuming  # re-raises what stopped the consumer: the process exits non-zero
     finally:
+        if inspector is not None:
+            await inspector.close()
         await service.close()
+        await http.aclose()
 
 
 def _stop_if_failed(task: asyncio.Task[None]) -> None:
@@ -65,11 +90,23 @@ def main() -> int:
         if os.environ.get("LIVEKIT_URL") and delivery.delivery == "server_api"
         else None
     )
+    auth = None
+    if settings.inspector:
+        auth_settings = load_or_exit(AuthSettings)
+        try:
+            auth = (auth_settings, load_policy(Path(auth_settings.policy_file)))
+            anonymous = ["ACTIONS_INSPECTOR_ANONYMOUS=true lets anyone read every room"]
+            refuse_unsafe(
+                anonymous if settings.inspector_anonymous else [], load_or_exit(DeploymentSettings)
+            )
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     telemetry = setup_telemetry("avatar-actions", VERSION, prometheus=True)
     try:
         # uvloop: this process is a NATS client and an HTTP client in one event loop,
         # and its latency is mostly that loop's I/O (docs/benchmarks.md).
-        uvloop.run(run(settings, nats, livekit, delivery))
+        uvloop.run(run(settings, nats, livekit, delivery, auth))
     except BusAuthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

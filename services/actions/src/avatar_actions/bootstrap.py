@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from opentelemetry import metrics, trace
 
 from avatar_actions import worker
@@ -68,13 +68,16 @@ class ActionsService:
         if self.http is not None:
             await self.http.close()
 
-    def health_app(self, ready: Callable[[], str | None]) -> FastAPI:
-        """``/readyz`` answers 503 with ``ready()``'s reason while it returns one."""
+    def health_app(
+        self, ready: Callable[[], str | None], routers: Sequence[APIRouter] = ()
+    ) -> FastAPI:
+        """``/readyz`` answers 503 with ``ready()``'s reason while it returns one;
+        ``routers``: the inspector's, when it is on."""
         return build_app(
             title="avatar-backend actions service",
             description="Health, readiness and metrics of the actions service.",
             version=VERSION,
-            routers=[],
+            routers=routers,
             http=httpx.AsyncClient(),
             cors=Cors(origins=[], methods=[], headers=[]),
             ready=ready,

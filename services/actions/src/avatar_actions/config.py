@@ -21,6 +21,15 @@ class ActionsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACTIONS_", extra="ignore")
 
     host: str = Field("0.0.0.0", description="Address of the health/metrics server")  # noqa: S104
+    inspector: bool = Field(
+        False, description="Serve the room inspector at /inspector on the health port"
+    )
+    inspector_anonymous: bool = Field(
+        False, description="Let the inspector in without an API key (development mode only)"
+    )
+    inspector_trace_url: str = Field(
+        "", description="Trace UI link of the inspector, {trace_id} replaced (e.g. Grafana)"
+    )
     port: int = Field(8300, gt=0, lt=65536, description="Port of the health/metrics server")
     consumer: str = Field(
         "actions",

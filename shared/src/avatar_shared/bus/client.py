@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -405,6 +405,19 @@ class Bus:
 
         async def deliver(msg: Msg) -> None:
             await handler(msg.data)
+
+        subscription = await self._nc.subscribe(subject, cb=deliver)
+        return subscription.unsubscribe
+
+    async def watch(
+        self,
+        subject: str,
+        handler: Callable[[bytes, Mapping[str, str] | None], Awaitable[None]],
+    ) -> Callable[[], Awaitable[None]]:
+        """Like :meth:`subscribe`, with each message's headers (its trace context)."""
+
+        async def deliver(msg: Msg) -> None:
+            await handler(msg.data, msg.headers)
 
         subscription = await self._nc.subscribe(subject, cb=deliver)
         return subscription.unsubscribe

@@ -104,7 +104,11 @@ IDENTITIES: dict[str, Permissions] = {
             *_consumers(ACTIONS_WORK),
             *(subject for bucket in ACTIONS_BUCKETS for subject in _kv(bucket)),
         ),
-        subscribe=(f"{inbox('actions')}.>", f"{PREFIX}.agent.delivery_done.*"),
+        subscribe=(
+            f"{inbox('actions')}.>",
+            f"{PREFIX}.agent.delivery_done.*",
+            f"{PREFIX}.*.*.*",  # the room inspector's live feed (ACTIONS_INSPECTOR)
+        ),
     ),
     "agent": Permissions(
         publish=(

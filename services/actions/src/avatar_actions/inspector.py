@@ -1,0 +1,192 @@
+"""The room inspector: "why didn't it wave?", answered from the bus as it happens.
+
+Off unless ``ACTIONS_INSPECTOR=true``. Served on the actions service's health port:
+
+- ``GET /inspector``: the page (plain HTML and JavaScript, no build step);
+- ``GET /inspector/api/rooms``: live rooms, newest first;
+- ``GET /inspector/api/rooms/{room}/events``: Server-Sent Events, the room's recent history
+  and then each event as it is published: agent and user states, speeches, tags (valid or
+  not), every decision with its outcome and reason (a published one is the packet sent),
+  each with the trace id of its turn and, with ``ACTIONS_INSPECTOR_TRACE_URL``, a link to
+  the trace UI.
+
+Every request needs an API key of the access policy (``X-API-Key``, the HTTP services'
+own mechanism); ``ACTIONS_INSPECTOR_ANONYMOUS=true`` lets anyone in, which only
+development mode allows (``make run`` binds loopback and sets it). The feed is a core NATS
+subscription to every room's events (``avatars.v1.*.*.*``), so each replica sees all
+rooms; history is what this replica has seen since it started, bounded per room and in
+rooms (the least recently active room goes first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Mapping
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from avatar_shared.bus import Bus
+from avatar_shared.events import decode_event
+from avatar_shared.subjects import PREFIX
+from avatar_shared.web.auth import Authenticator
+from avatar_shared.web.errors import ApiError
+
+#: Events kept per room, and rooms kept, for the history shown on opening a room.
+PER_ROOM = 500
+MAX_ROOMS = 500
+#: A room listening to the live feed gets at most this many events queued.
+LISTENER_QUEUE = 1000
+
+
+def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header, if valid."""
+    parts = (headers or {}).get("traceparent", "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        return parts[1]
+    return None
+
+
+class RoomLog:
+    """What happened in each room, bounded, and who is listening to it."""
+
+    def __init__(self, *, per_room: int = PER_ROOM, max_rooms: int = MAX_ROOMS) -> None:
+        self._per_room = per_room
+        self._max_rooms = max_rooms
+        self._rooms: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+
+    def add(self, entry: dict[str, Any]) -> None:
+        room = str(entry["room"])
+        history = self._rooms.get(room)
+        if history is None:
+            history = self._rooms[room] = deque(maxlen=self._per_room)
+            if len(self._rooms) > self._max_rooms:
+                self._rooms.popitem(last=False)
+        self._rooms.move_to_end(room)
+        history.append(entry)
+        for queue in self._listeners.get(room, ()):
+            if queue.full():
+                queue.get_nowait()  # a slow browser loses its oldest, never blocks the feed
+            queue.put_nowait(entry)
+
+    def rooms(self) -> list[dict[str, Any]]:
+        listed = []
+        for room, history in reversed(self._rooms.items()):
+            last = history[-1]
+            ended = any(e["type"] == "session_ended" for e in history)
+            avatar = next((e.get("avatar_id") for e in history if e.get("avatar_id")), None)
+            listed.append({"room": room, "avatar_id": avatar, "last": last["ts"], "ended": ended})
+        return listed
+
+    def history(self, room: str) -> list[dict[str, Any]]:
+        return list(self._rooms.get(room, ()))
+
+    def listen(self, room: str) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=LISTENER_QUEUE)
+        self._listeners.setdefault(room, set()).add(queue)
+        return queue
+
+    def leave(self, room: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        listeners = self._listeners.get(room, set())
+        listeners.discard(queue)
+        if not listeners:
+            self._listeners.pop(room, None)
+
+
+class Inspector:
+    def __init__(
+        self,
+        bus: Bus,
+        authenticator: Authenticator,
+        *,
+        anonymous: bool = False,
+        trace_url: str = "",
+        log: RoomLog | None = None,
+    ) -> None:
+        self._bus = bus
+        self._auth = authenticator
+        self._anonymous = anonymous
+        self._trace_url = trace_url
+        self.log = log or RoomLog()
+        self._unsubscribe: Any = None
+        self._closing = asyncio.Event()
+
+    async def start(self) -> None:
+        self._unsubscribe = await self._bus.watch(f"{PREFIX}.*.*.*", self._seen)
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._unsubscribe is not None:
+            await self._unsubscribe()
+
+    async def _seen(self, data: bytes, headers: Mapping[str, str] | None) -> None:
+        event = decode_event(data)
+        if event is None:
+            return
+        entry = event.model_dump(mode="json")
+        entry["trace_id"] = trace_id_of(headers)
+        self.log.add(entry)
+
+    async def _allowed(self, request: Request) -> None:
+        if self._anonymous:
+            return
+        principal = await self._auth.authenticate(request.headers)
+        if principal.kind == "api_key":
+            return
+        raise ApiError(403, "forbidden", "the inspector takes an API key of the access policy")
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/inspector", tags=["inspector"])
+
+        @router.get("", include_in_schema=False)
+        async def page() -> HTMLResponse:
+            html = resources.files("avatar_actions").joinpath("inspector.html").read_text()
+            config = json.dumps({"traceUrl": self._trace_url, "keyNeeded": not self._anonymous})
+            return HTMLResponse(html.replace("/*CONFIG*/{}", config))
+
+        @router.get("/api/rooms")
+        async def rooms(request: Request) -> JSONResponse:
+            await self._allowed(request)
+            return JSONResponse({"rooms": self.log.rooms()}, headers={"Cache-Control": "no-store"})
+
+        @router.get("/api/rooms/{room:path}/events")
+        async def events(request: Request, room: str) -> StreamingResponse:
+            await self._allowed(request)
+            return StreamingResponse(
+                self._stream(room),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
+
+        return router
+
+    async def _stream(self, room: str) -> AsyncIterator[bytes]:
+        queue = self.log.listen(room)
+        try:
+            for entry in self.log.history(room):
+                yield _sse(entry)
+            closing = asyncio.ensure_future(self._closing.wait())
+            try:
+                while not self._closing.is_set():
+                    getting = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait(
+                        {getting, closing}, timeout=15, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if getting in done:
+                        yield _sse(getting.result())
+                        continue
+                    getting.cancel()
+                    yield b": keep-alive\n\n"  # proxies close idle streams
+            finally:
+                closing.cancel()
+        finally:
+            self.log.leave(room, queue)
+
+
+def _sse(entry: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(entry, separators=(",", ":")).encode() + b"\n\n"

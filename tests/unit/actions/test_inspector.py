@@ -1,0 +1,82 @@
+"""The inspector's memory is bounded, and only an API key of the policy gets in."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from avatar_actions.inspector import Inspector, RoomLog, trace_id_of
+from avatar_shared.web.auth import Authenticator, AuthSettings, hash_api_key
+from avatar_shared.web.errors import install_error_handlers
+
+KEY = "inspector-test-key-0123456789"
+
+
+def entry(room: str, n: int, kind: str = "agent_state") -> dict[str, object]:
+    return {"room": room, "type": kind, "ts": f"2026-11-30T12:00:{n % 60:02d}+00:00"}
+
+
+def test_history_is_bounded_per_room_and_in_rooms() -> None:
+    log = RoomLog(per_room=3, max_rooms=2)
+    for n in range(10):
+        log.add(entry("a", n))
+    assert len(log.history("a")) == 3
+    log.add(entry("b", 1))
+    log.add(entry("c", 1))  # "a" is the least recently active: it goes
+    assert [r["room"] for r in log.rooms()] == ["c", "b"]
+    assert log.history("a") == []
+
+
+def test_a_slow_listener_loses_its_oldest_never_blocks() -> None:
+    log = RoomLog()
+    queue = log.listen("a")
+    for n in range(1500):
+        log.add(entry("a", n))
+    assert queue.qsize() == 1000
+    log.leave("a", queue)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "0af7651916cd43dd8448eb211c80319c",
+        ),
+        ("00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
+        ("garbage", None),
+    ],
+)
+def test_trace_ids_come_from_traceparent(header: str, expected: str | None) -> None:
+    assert trace_id_of({"traceparent": header}) == expected
+
+
+@pytest.mark.parametrize(
+    ("callers_anonymous", "anonymous", "headers", "status"),
+    [
+        (False, False, {}, 401),  # nobody: no key
+        (False, False, {"X-API-Key": "wrong"}, 401),
+        (False, False, {"X-API-Key": KEY}, 200),
+        (True, False, {}, 403),  # anonymous token callers are not inspector users
+        (True, True, {}, 200),  # development mode only (refused otherwise at start)
+        (False, True, {}, 200),
+    ],
+)
+async def test_only_an_api_key_of_the_policy_gets_in(
+    callers_anonymous: bool, anonymous: bool, headers: dict[str, str], status: int
+) -> None:
+    auth = AuthSettings(policy_file="p.toml", anonymous=callers_anonymous)  # type: ignore[call-arg]
+    authenticator = Authenticator(auth, {"operator": hash_api_key(KEY)})
+    inspector = Inspector(None, authenticator, anonymous=anonymous)  # type: ignore[arg-type]
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(inspector.router())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        answer = await client.get("/inspector/api/rooms", headers=headers)
+        assert answer.status_code == status, answer.text
+        page = await client.get("/inspector")
+        assert page.status_code == 200  # the page itself holds no data
+        assert '"keyNeeded": ' + ("false" if anonymous else "true") in page.text
