@@ -78,8 +78,7 @@ async def call(bus: Bus, room: str, livekit: LiveKitDouble, limits: SessionLimit
         limits=limits,
         end_room=end_room,
     )
-    conversation.begin()
-    await session.start(conversation.agent)
+    await conversation.start()
     return Call(conversation, transcript, ended)
 
 

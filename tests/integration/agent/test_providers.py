@@ -133,7 +133,7 @@ async def talk(
         session = conversation.session
         session.output.audio = PacedAudioOutput(speed=8.0)
         session.output.transcription = TranscriptOutput(transcript.append)
-        await session.start(conversation.agent)
+        await conversation.start()
         for line in turns:
             await session.generate_reply(user_input=line)
         await settle(conversation)

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from livekit import rtc
 from livekit.agents import AgentSession
 from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.events import (
@@ -102,6 +103,8 @@ class Conversation:
         self._fallbacks: set[str] = set()  # speeches saying the fallback line
         self._ended = False
         self._began_at: float | None = None
+        self._session_context: otel_context.Context | None = None
+        self._announced = False  # session_started emitted
         session.on("speech_created", self._on_speech_created)
         session.on("agent_state_changed", self._on_agent_state)
         session.on("user_state_changed", self._on_user_state)
@@ -110,31 +113,52 @@ class Conversation:
         session.on("close", self._on_close)
 
     def _session_trace(self) -> otel_context.Context | None:
-        """The session span's context, once the session has started."""
-        return getattr(self.session, "_root_span_context", None)
+        """The session span's context, once the session has started (kept: the framework
+        forgets it when the session closes, and the session's end belongs there too)."""
+        found = getattr(self.session, "_root_span_context", None)
+        if found is not None:
+            self._session_context = found
+        return self._session_context
 
     def _turn_trace(self, handle: SpeechHandle | None) -> TraceParent:
         """A speech's ``agent_turn`` context, else (a turn not begun) the session's."""
         turn = getattr(handle, "_agent_turn_context", None)
         return turn if turn is not None else self._session_trace
 
+    async def start(self, room: rtc.Room | None = None) -> None:
+        """Begin reporting, start the session (in ``room``, or with the outputs set on it).
+        ``session_started`` is emitted once the session's span exists: at its first state
+        change, or when it has started."""
+        self.begin()
+        if room is None:
+            await self.session.start(self.agent)
+        else:
+            await self.session.start(agent=self.agent, room=room)
+        self._announce()
+
     def begin(self) -> None:
-        """Call right before starting the session: starts publishing, says so on the bus."""
+        """Start publishing (:meth:`start` calls it)."""
         self.outbox.start()
         self._began_at = time.monotonic()
-        # published once the session span exists (the outbox publishes in its own task)
-        self.outbox.emit(SessionStarted, parent=self._session_trace, agent_name=self.agent_name)
         _active.add(1, {semconv.AVATAR_ID: self.agent.avatar.id})
         if self.deliveries is not None:
             self.deliveries.start()
         if self.lifecycle is not None:
             self.lifecycle.start()
 
+    def _announce(self) -> None:
+        """``session_started``, once, before any other event of the session."""
+        if self._announced:
+            return
+        self._announced = True
+        self.outbox.emit(SessionStarted, parent=self._session_trace, agent_name=self.agent_name)
+
     def end(self, reason: str) -> None:
         """The session is over (idempotent: the first reason wins)."""
         if self._ended:
             return
         self._ended = True
+        self._announce()
         reason = END_REASONS.get(reason, reason)[:128] or "unknown"
         began = self._began_at
         duration = round(time.monotonic() - began, 3) if began is not None else None
@@ -180,6 +204,7 @@ class Conversation:
     # --- livekit-agents callbacks (synchronous, never raise into the framework) ------
 
     def _on_speech_created(self, ev: SpeechCreatedEvent) -> None:
+        self._announce()
         handle = ev.speech_handle
         self.outbox.emit(
             SpeechCreated,
@@ -236,6 +261,7 @@ class Conversation:
         )
 
     def _on_agent_state(self, ev: AgentStateChangedEvent) -> None:
+        self._announce()
         self.outbox.emit(
             AgentStateChanged,
             parent=self._session_trace,
@@ -252,6 +278,7 @@ class Conversation:
             self.outbox.emit(PlayoutStarted, parent=self._turn_trace(speech), speech_id=speech.id)
 
     def _on_user_state(self, ev: UserStateChangedEvent) -> None:
+        self._announce()
         self.outbox.emit(
             UserStateChanged,
             parent=self._session_trace,

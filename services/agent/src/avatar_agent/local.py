@@ -116,7 +116,7 @@ async def _converse(
         extra={"llm": session.llm and session.llm.label, "tts": session.tts and session.tts.label},
     )
     try:
-        await session.start(conversation.agent)
+        await conversation.start()
         for line in USER_TURNS:
             if stop.is_set():
                 break

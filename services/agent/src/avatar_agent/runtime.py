@@ -134,7 +134,7 @@ def start_conversation(
     dispatch_metadata: str = "",
     end_room: Callable[[], Awaitable[None]] | None = None,
 ) -> Conversation:
-    """Build the session for one call and begin reporting it; the caller starts it.
+    """Build the session for one call; the caller starts it (``Conversation.start``).
 
     Call it inside livekit-agents' HTTP context (a job's, or the local run's). The session's
     limits come from the dispatch metadata (the agent's settings where it has none); at
@@ -174,5 +174,4 @@ def start_conversation(
         limits=settings.session_limits.from_metadata(dispatch_metadata),
         end_room=end_room,
     )
-    conversation.begin()
     return conversation

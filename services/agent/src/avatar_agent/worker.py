@@ -70,7 +70,7 @@ async def entrypoint(ctx: JobContext) -> None:
         await bus.close()
 
     ctx.add_shutdown_callback(finish)
-    await conversation.session.start(agent=conversation.agent, room=ctx.room)
+    await conversation.start(ctx.room)
     if avatar.greeting:
         conversation.session.generate_reply(instructions=avatar.greeting)
 
