@@ -168,7 +168,7 @@ class Conversation:
         avatar = {semconv.AVATAR_ID: self.agent.avatar.id}
         _active.add(-1, avatar)
         _ended.add(1, avatar | {semconv.REASON: reason})
-        log.info("session ended", extra={"reason": reason})
+        log.info("session ended", extra={"reason": reason, "room": self.outbox.room})
 
     def user_active(self) -> None:
         """A sign of life from the user outside the voice pipeline (data from the room)."""
