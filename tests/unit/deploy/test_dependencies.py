@@ -68,3 +68,22 @@ def test_every_dashboard_query_names_a_metric_we_export() -> None:
                 checked += 1
     assert checked >= 10
     assert kinds == {"tempo", "prometheus"}  # the turn as a trace, the actions as metrics
+
+
+def test_sampling_keeps_every_drop_and_whole_conversations_without_buffering() -> None:
+    from avatar_shared import semconv
+    from avatar_shared.events import Outcome
+
+    config = yaml.safe_load((DEPS / "otel-collector-values.yaml").read_text())["config"]
+    assert "tail_sampling" not in config["processors"]  # no conversation held in memory
+    keep = config["processors"]["filter/what_went_wrong"]["traces"]["span"]
+    # the filter drops what matches: everything but errors and dropped gestures
+    assert keep == [
+        f'status.code != STATUS_CODE_ERROR and attributes["{semconv.OUTCOME}"] != '
+        f'"{Outcome.DROPPED.value}"'
+    ]
+    pipelines = config["service"]["pipelines"]
+    traces = {name: p for name, p in pipelines.items() if name.startswith("traces")}
+    assert {tuple(p["exporters"]) for p in traces.values()} == {("otlp/tempo",)}
+    processors = {proc for p in traces.values() for proc in p["processors"]}
+    assert {"probabilistic_sampler/conversations", "filter/what_went_wrong"} <= processors
