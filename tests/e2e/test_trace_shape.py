@@ -7,7 +7,8 @@ conversation has ended and the stack has stopped (every exporter flushed):
 - the conversation is one trace: every span about its room, whichever service made it;
 - each reply's playout and end are inside its ``agent_turn``; every decision of the actions
   service, drops included, is inside the conversation's trace, under the agent event it
-  came from, and carries its outcome;
+  came from, and carries its outcome; a gesture's release and decision are inside the
+  turn whose text held it;
 - no span's parent is missing (no orphans), and no span holds the user's words (content
   tracing is off).
 """
@@ -107,6 +108,12 @@ async def test_a_conversation_is_one_trace_with_its_turns_and_decisions_inside(
     for decision in decisions:
         chain = ancestors(decision, by_id)
         assert any(a.service == "avatar-agent" and " publish" in a.name for a in chain), decision
+        if decision.attributes["avatar.action"] != "speaking":  # a gesture: its tag's turn
+            assert "agent_turn" in [a.name for a in chain], (decision.attributes, chain)
+    releases = [s for s in about_room if s.name == "actions release"]
+    assert releases
+    for release in releases:  # a release happens in the turn whose text held the gesture
+        assert "agent_turn" in [a.name for a in ancestors(release, by_id)], release
 
     orphans = [s for s in spans if s.parent_id and s.parent_id not in by_id]
     assert orphans == [], Counter(s.name for s in orphans)

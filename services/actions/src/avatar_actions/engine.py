@@ -63,7 +63,7 @@ from avatar_actions.rules import SPEAKING, Decision, RoomSequencer, RulesConfig
 from avatar_actions.state import APPLIED_REMEMBERED, MAX_OUTBOX, Outgoing, StoredRoom
 from avatar_shared import semconv
 from avatar_shared.bus import NAK_DELAY_SECONDS, EventProcessor
-from avatar_shared.events import ActionDecision, DropReason, Event, Outcome
+from avatar_shared.events import ActionDecision, DropReason, Event, Outcome, TagParsed
 from avatar_shared.retry import backoff
 from avatar_shared.telemetry import tally
 
@@ -82,6 +82,10 @@ class _Room:
     #: Trace of the latest event, so a gesture released by a later tick stays in the
     #: conversation turn's trace.
     release: trace.SpanContext | None = None
+    #: Trace of each held gesture's tag, by the tag event's id: the gesture's release,
+    #: decision and packet belong to the turn whose text held the tag (forgotten once
+    #: the gesture is decided on).
+    tags: dict[str, trace.SpanContext] = field(default_factory=dict)
 
 
 class Engine:
@@ -198,13 +202,15 @@ class Engine:
         happened = event.ts.timestamp()
         stored.lag = max(0.0, now - happened)
         stored.avatar_id = event.avatar_id or stored.avatar_id
+        current = trace.get_current_span().get_span_context()
+        if isinstance(event, TagParsed) and current.is_valid:
+            room.tags[event.id] = current
         sequencer = RoomSequencer(self._rules, stored.rules)
         decisions = sequencer.handle(event, now)
         stored.rules = sequencer.state
         self._decide(event.room, room, decisions, happened)
         stored.applied = [*stored.applied, event.id][-APPLIED_REMEMBERED:]
         room.dirty = True
-        current = trace.get_current_span().get_span_context()
         room.release = current if current.is_valid else room.release
 
     async def release_due(self) -> None:
@@ -214,7 +220,14 @@ class Engine:
         due = [r for r, deadline in self._deadlines.items() if deadline <= now]
         for name in due:
             room = await self._room(name)
-            cause = room.release
+            sequencer = RoomSequencer(self._rules, room.stored.rules)
+            decisions = sequencer.tick(now)
+            room.stored.rules = sequencer.state
+            # under the turn of the first gesture released, else the latest event's
+            cause = next(
+                (room.tags[d.cause_id] for d in decisions if d.cause_id in room.tags), None
+            )
+            cause = cause or room.release
             parent = trace.set_span_in_context(trace.NonRecordingSpan(cause)) if cause else None
             attributes: dict[str, str | int] = {
                 semconv.ROOM: name,
@@ -223,9 +236,6 @@ class Engine:
             with self._tracer.start_as_current_span(
                 "actions release", context=parent, attributes=attributes
             ):
-                sequencer = RoomSequencer(self._rules, room.stored.rules)
-                decisions = sequencer.tick(now)
-                room.stored.rules = sequencer.state
                 self._decide(name, room, decisions, now - room.stored.lag)
                 room.dirty = True
 
@@ -329,6 +339,7 @@ class Engine:
         current = trace.get_current_span().get_span_context()
         outbox = room.stored.outbox
         for decision in decisions:
+            tag = room.tags.pop(decision.cause_id, None)
             if decision.outcome is not Outcome.PUBLISHED:
                 log.info(
                     "dropped action %s: %s",
@@ -336,7 +347,7 @@ class Engine:
                     decision.reason,
                     extra={"room": name, "speech_id": decision.speech_id},
                 )
-                self._announce(name, room.stored, decision)
+                self._announce(name, room.stored, decision, tag)
                 continue
             outbox.append(
                 Outgoing(
@@ -347,8 +358,9 @@ class Engine:
                     moment=moment,
                 )
             )
-            if current.is_valid:
-                room.traces[(decision.cause_id, decision.action)] = current
+            decided_in = tag or (current if current.is_valid else None)
+            if decided_in is not None:
+                room.traces[(decision.cause_id, decision.action)] = decided_in
             if len(outbox) > MAX_OUTBOX:  # LiveKit has been away for long: oldest first
                 self._finish(name, room, outbox.pop(0), DropReason.STALE)
 
