@@ -5,9 +5,9 @@ test (tests.support.otlp_receiver, decoding opentelemetry-proto). After the scri
 conversation has ended and the stack has stopped (every exporter flushed):
 
 - the conversation is one trace: every span about its room, whichever service made it;
-- each reply's playout and end are inside its ``agent_turn``; every decision of the actions
-  service, drops included, is inside the conversation's trace, under the agent event it
-  came from, and carries its outcome; a gesture's release and decision are inside the
+- each reply's creation, playout and end are inside its ``agent_turn``; every decision of
+  the actions service, drops included, is inside the conversation's trace, under the
+  agent event it came from, and carries its outcome; a gesture's release and decision are inside the
   turn whose text held it;
 - no span's parent is missing (no orphans), and no span holds the user's words (content
   tracing is off).

@@ -215,7 +215,7 @@ async def test_publish_spans_join_the_frameworks_trace(
     # a speech's playout and end are its turn's; states are the session's, never a turn's
     for span in publishes:
         chain = ancestors(span)
-        if "playout_started" in span.name or "speech_done" in span.name:
+        if any(kind in span.name for kind in ("speech_created", "playout_started", "speech_done")):
             assert "agent_turn" in chain, (span.name, chain)
         if any(kind in span.name for kind in ("agent_state", "user_state", "session_")):
             assert "agent_session" in chain, (span.name, chain)

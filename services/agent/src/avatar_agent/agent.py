@@ -114,10 +114,13 @@ class AvatarAgent(Agent):
         on_tag: TagSink,
         tts_keeps_emotions: bool,
         max_hold: int = 64,
+        on_speech_begins: Callable[[str], None] = lambda speech_id: None,
         **kwargs: Any,
     ) -> None:
+        """``on_speech_begins``: a speech's first node is running, inside its turn."""
         super().__init__(instructions=build_instructions(avatar), **kwargs)
         self.avatar = avatar
+        self._on_speech_begins = on_speech_begins
         self.speech_tags = SpeechTags(self._count_and_forward(on_tag))
         self.failures = ReplyFailures()
         self._tts_keeps_emotions = tts_keeps_emotions
@@ -148,6 +151,8 @@ class AvatarAgent(Agent):
 
     def _clean(self, text: AsyncIterable[str], *, keep_emotions: bool) -> AsyncIterator[str]:
         speech_id = current_speech_id()
+        if speech_id is not None:
+            self._on_speech_begins(speech_id)
 
         def on_tags(tags: list[Tag]) -> None:
             if speech_id is None:
@@ -168,6 +173,8 @@ class AvatarAgent(Agent):
         model_settings: ModelSettings,
     ) -> AsyncIterator[llm.ChatChunk | str | FlushSentinel]:
         speech_id = current_speech_id()
+        if speech_id is not None:
+            self._on_speech_begins(speech_id)
         try:
             async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
                 yield chunk

@@ -97,8 +97,14 @@ class Conversation:
         self.deliveries = deliveries
         self.agent_name = agent_name
         self.agent = AvatarAgent(
-            avatar, on_tag=self._on_tag, tts_keeps_emotions=tts_keeps_emotions, max_hold=max_hold
+            avatar,
+            on_tag=self._on_tag,
+            tts_keeps_emotions=tts_keeps_emotions,
+            max_hold=max_hold,
+            on_speech_begins=self._speech_begins,
         )
+        #: speeches created and not yet reported: (source, user initiated), by id
+        self._created: dict[str, tuple[str, bool]] = {}
         self._playing: set[str] = set()  # speeches whose playout started and is not done
         self._fallbacks: set[str] = set()  # speeches saying the fallback line
         self._ended = False
@@ -204,18 +210,30 @@ class Conversation:
     # --- livekit-agents callbacks (synchronous, never raise into the framework) ------
 
     def _on_speech_created(self, ev: SpeechCreatedEvent) -> None:
+        """Reported when the speech begins, inside its turn (:meth:`_speech_begins`)."""
         self._announce()
         handle = ev.speech_handle
+        self._created[handle.id] = (ev.source, ev.user_initiated)
+        handle.add_done_callback(self._speech_done_callback())
+
+    def _speech_begins(self, speech_id: str, parent: TraceParent | None = None) -> None:
+        """``speech_created``, once, as the speech's first node runs (its turn's span is
+        current) or, for a speech that never ran, when it is done or starts playing."""
+        created = self._created.pop(speech_id, None)
+        if created is None:
+            return
+        source, user_initiated = created
         self.outbox.emit(
             SpeechCreated,
-            speech_id=handle.id,
-            source_kind=ev.source,
-            user_initiated=ev.user_initiated,
+            parent=parent,
+            speech_id=speech_id,
+            source_kind=source,
+            user_initiated=user_initiated,
         )
-        handle.add_done_callback(self._speech_done_callback())
 
     def _speech_done_callback(self) -> Callable[[SpeechHandle], None]:
         def done(handle: SpeechHandle) -> None:
+            self._speech_begins(handle.id, self._turn_trace(handle))
             heard = handle.id in self._playing
             self._playing.discard(handle.id)
             self.agent.speech_tags.forget(handle.id)
@@ -275,6 +293,7 @@ class Conversation:
         speech = self.session.current_speech
         if ev.new_state == "speaking" and speech is not None and speech.id not in self._playing:
             self._playing.add(speech.id)
+            self._speech_begins(speech.id, self._turn_trace(speech))
             self.outbox.emit(PlayoutStarted, parent=self._turn_trace(speech), speech_id=speech.id)
 
     def _on_user_state(self, ev: UserStateChangedEvent) -> None:
