@@ -36,9 +36,10 @@ from avatar_shared.subjects import PREFIX
 from avatar_shared.web.auth import Authenticator
 from avatar_shared.web.errors import ApiError
 
-#: Events kept per room, and rooms kept, for the history shown on opening a room.
-PER_ROOM = 500
-MAX_ROOMS = 500
+#: Events kept per room, and rooms kept, for the history shown on opening a room: about
+#: 30,000 events of well under 1 KiB, some 20 MiB at most beside the service's own bound.
+PER_ROOM = 300
+MAX_ROOMS = 100
 #: A room listening to the live feed gets at most this many events queued.
 LISTENER_QUEUE = 1000
 
