@@ -200,7 +200,11 @@ class AuditTrail:
             for _, event in (old for old in batch if now - old[0] > self._max_wait):
                 self._drop(event, "timeout")
             batch = [item for item in batch if now - item[0] <= self._max_wait]
-            failed = await self._put_all(batch)
+            try:
+                failed = await self._put_all(batch)
+            except asyncio.CancelledError:  # stopping mid-batch: counted as not stored
+                self._queue.extendleft(reversed(batch))
+                raise
             if failed:  # back to the front, in order, after a pause: NATS is away
                 self._queue.extendleft(reversed(failed))
                 await asyncio.sleep(1.0)

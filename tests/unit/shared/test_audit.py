@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -77,3 +78,17 @@ def test_a_listed_session_names_the_principal_of_its_rooms_token() -> None:
     assert other.principal is None
     own = SessionEnded(room="r1", reason="inactive", principal="api_key:b")
     assert with_principal(own, principals).principal == "api_key:b"
+
+
+async def test_events_in_flight_when_stopping_are_counted_not_lost_silently() -> None:
+    class Stuck(FakeBus):
+        async def put(self, subject: str, body: bytes, *, msg_id: str = "", **_: object) -> None:
+            await asyncio.sleep(3600)
+
+    trail = AuditTrail(Stuck())  # type: ignore[arg-type]
+    trail.start()
+    for n in range(10):
+        trail.record(refused(n))
+    await asyncio.sleep(0.05)  # the batch is in flight
+    await trail.aclose(flush_timeout=0.1)
+    assert sum(trail._dropped.totals().values()) == 10
