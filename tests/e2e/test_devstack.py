@@ -18,41 +18,18 @@ from avatar_shared.bus import Bus, events_stream
 from avatar_shared.config import NatsSettings
 from avatar_shared.events import PlayoutStarted, SpeechCreated
 from tests.support import cartesia
+from tests.support.devstack import ROOT, read_until, start_devstack
 from tests.support.nats_server import free_port
 
-ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.timeout(90)
 
 
-async def _read_until(proc: asyncio.subprocess.Process, marker: str, out: list[str]) -> None:
-    assert proc.stdout is not None
-    if any(marker in line for line in out):
-        return
-    async with asyncio.timeout(60):
-        while line := (await proc.stdout.readline()).decode():
-            out.append(line)
-            if marker in line:
-                return
-    raise AssertionError(f"{marker!r} never printed:\n{''.join(out)}")
-
-
 async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port, monitor = free_port(), free_port()
-    token_port = free_port()  # ephemeral ports lie above the documented ones
-    offset = token_port - 8100
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "scripts" / "devstack.py"),
-        f"--nats-port={port}",
-        f"--monitor-port={monitor}",
-        f"--data-dir={tmp_path}",
-        f"--port-offset={offset}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    stack = await start_devstack(tmp_path)
+    proc, port, token_port = stack.proc, stack.nats_port, 8100 + stack.offset
     out: list[str] = []
     try:
-        await _read_until(proc, "stack ready", out)
+        await read_until(proc, "stack ready", out)
         admin = NatsSettings(
             url=f"nats://127.0.0.1:{port}",
             nkey_seed_file=str(tmp_path / "nats-keys" / "admin.nk"),
@@ -69,7 +46,7 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
         assert response.status_code == 200, response.text
         assert response.json()["room"].startswith("avatar-demo-avatar-")
 
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{8200 + offset}") as http:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{8200 + stack.offset}") as http:
             bundle = await http.get("/api/avatars/bundle/demo-avatar")
         assert bundle.status_code == 200, bundle.text
         assert "payload" in bundle.json()
@@ -84,20 +61,20 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
         ]:
             await bus.publish(event)
         await bus.close()
-        await _read_until(proc, '"room": "demo"', out)
+        await read_until(proc, '"room": "demo"', out)
         entry = json.loads(out[-1].split("| ", 1)[1])
         assert entry["room"] == "demo"
         assert entry["payload"] == '{"type": "AVATAR_UPDATE", "action": "speaking"}'
 
         # The agent's scripted conversation (demo providers, no keys) reaches the actions
         # service: its greeting's wave is released once the reply is done.
-        await _read_until(proc, "agent: Hi there, I am the demo avatar.", out)
-        await _read_until(proc, 'AVATAR_UPDATE\\", \\"action\\": \\"wave_hand', out)
+        await read_until(proc, "agent: Hi there, I am the demo avatar.", out)
+        await read_until(proc, 'AVATAR_UPDATE\\", \\"action\\": \\"wave_hand', out)
         # the scripted user falls silent: the session ends as inactive, after a goodbye
-        await _read_until(proc, "session ended", out)
+        await read_until(proc, "session ended", out)
         assert json.loads(out[-1].split("| ", 1)[1])["reason"] == "inactive"
         assert any("I have to end our conversation here" in line for line in out)
-        await _read_until(proc, "would delete the room", out)
+        await read_until(proc, "would delete the room", out)
 
         # `make audit`: the token asked for above, and how the scripted session ended
         async with asyncio.timeout(30):
@@ -159,21 +136,10 @@ async def test_asking_for_a_service_that_does_not_exist_is_a_clear_error() -> No
 async def test_agent_delivery_mode_shows_what_the_agent_would_publish(tmp_path: Path) -> None:
     """`ACTIONS_DELIVERY=agent make run`: packets go through the agent, whose log says
     what it would publish from its participant (the local run has no room)."""
-    offset = free_port() - 8100
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "scripts" / "devstack.py"),
-        f"--nats-port={free_port()}",
-        f"--monitor-port={free_port()}",
-        f"--data-dir={tmp_path}",
-        f"--port-offset={offset}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "ACTIONS_DELIVERY": "agent"},
-    )
+    proc = (await start_devstack(tmp_path, env={"ACTIONS_DELIVERY": "agent"})).proc
     out: list[str] = []
     try:
-        await _read_until(proc, "would publish_data", out)
+        await read_until(proc, "would publish_data", out)
         entry = json.loads(out[-1].split("| ", 1)[1])
         assert entry["payload"] == '{"type": "AVATAR_UPDATE", "action": "speaking"}'
         assert entry["reliable"] is True
@@ -184,25 +150,6 @@ async def test_agent_delivery_mode_shows_what_the_agent_would_publish(tmp_path: 
             await proc.communicate()
 
 
-async def _devstack(
-    tmp_path: Path, env: dict[str, str], *args: str
-) -> tuple[asyncio.subprocess.Process, int]:
-    offset = free_port() - 8100
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "scripts" / "devstack.py"),
-        f"--nats-port={free_port()}",
-        f"--monitor-port={free_port()}",
-        f"--data-dir={tmp_path}",
-        f"--port-offset={offset}",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, **env},
-    )
-    return proc, offset
-
-
 async def test_a_service_that_exits_during_start_up_is_reported_at_once(tmp_path: Path) -> None:
     """A setting missing for the chosen providers: the agent exits with status 2 and the
     runner says so with its last lines, without waiting for a health check."""
@@ -211,7 +158,7 @@ async def test_a_service_that_exits_during_start_up_is_reported_at_once(tmp_path
         "AGENT_LLM_BASE_URL": "http://127.0.0.1:9/v1",
         "AGENT_TTS": "demo",
     }
-    proc, _ = await _devstack(tmp_path, env, "--only=agent")
+    proc = (await start_devstack(tmp_path, "--only=agent", env=env)).proc
     async with asyncio.timeout(30):  # the health check alone would wait 60 s
         out, _ = await proc.communicate()
     log = out.decode()
@@ -250,11 +197,11 @@ async def test_make_run_with_your_own_llm_and_cartesia(tmp_path: Path) -> None:
             "AGENT_TTS_BASE_URL": voice.base_url,
             "CARTESIA_API_KEY": voice.api_key,
         }
-        proc, _ = await _devstack(tmp_path, env)
+        proc = (await start_devstack(tmp_path, env=env)).proc
         out: list[str] = []
         try:
-            await _read_until(proc, "agent: Hello from your own model!", out)
-            await _read_until(proc, 'AVATAR_UPDATE\\", \\"action\\": \\"wave_hand', out)
+            await read_until(proc, "agent: Hello from your own model!", out)
+            await read_until(proc, 'AVATAR_UPDATE\\", \\"action\\": \\"wave_hand', out)
         finally:
             proc.send_signal(signal.SIGINT)
             async with asyncio.timeout(60):

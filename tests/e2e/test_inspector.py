@@ -11,16 +11,14 @@ import asyncio
 import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import async_playwright
 
-from tests.support.nats_server import free_port
+from tests.support.devstack import ROOT, read_until, start_devstack
 
-ROOT = Path(__file__).parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HAVE_CHROMIUM = Path(CHROMIUM).exists()
 #: As root on a closed network: no sandbox, no background connections (docs/testing.md).
@@ -36,33 +34,14 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.timeout(180)
 
 
-async def _read_until(proc: asyncio.subprocess.Process, marker: str, out: list[str]) -> str:
-    assert proc.stdout is not None
-    async with asyncio.timeout(90):
-        while line := (await proc.stdout.readline()).decode():
-            out.append(line)
-            if marker in line:
-                return line
-    raise AssertionError(f"{marker!r} never printed:\n{''.join(out)}")
-
-
 async def test_the_inspector_shows_the_scripted_conversations_decisions(tmp_path: Path) -> None:
     assert HAVE_CHROMIUM, "Debian's chromium is needed: apt-get install chromium"
-    offset = free_port() - 8100
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "scripts" / "devstack.py"),
-        f"--nats-port={free_port()}",
-        f"--monitor-port={free_port()}",
-        f"--data-dir={tmp_path}",
-        f"--port-offset={offset}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = (await start_devstack(tmp_path)).proc
     out: list[str] = []
     try:
-        url = (await _read_until(proc, "room inspector:", out)).split("room inspector:")[1].strip()
-        await _read_until(proc, "dropped action moonwalk", out)  # the third reply's
+        line = await read_until(proc, "room inspector:", out, within=90)
+        url = line.split("room inspector:")[1].strip()
+        await read_until(proc, "dropped action moonwalk", out, within=90)  # the third reply's
         async with httpx.AsyncClient() as http:  # the API without a key: only locally
             assert (await http.get(url + "/api/rooms")).status_code == 200
         async with async_playwright() as pw:

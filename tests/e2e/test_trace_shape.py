@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,21 +25,10 @@ import pytest
 
 from avatar_agent.local import USER_TURNS
 from tests.support import otlp_receiver
-from tests.support.nats_server import free_port
+from tests.support.devstack import read_until, start_devstack
 from tests.support.otlp_receiver import OtlpReceiver, Span
 
-ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.timeout(180)
-
-
-async def _read_until(proc: asyncio.subprocess.Process, marker: str, out: list[str]) -> str:
-    assert proc.stdout is not None
-    async with asyncio.timeout(90):
-        while line := (await proc.stdout.readline()).decode():
-            out.append(line)
-            if marker in line:
-                return line
-    raise AssertionError(f"{marker!r} never printed:\n{''.join(out)}")
 
 
 def ancestors(span: Span, by_id: dict[str, Span]) -> list[Span]:
@@ -61,20 +48,10 @@ async def test_a_conversation_is_one_trace_with_its_turns_and_decisions_inside(
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "AGENT_INACTIVITY_TIMEOUT_SECONDS": "5",  # the scripted session ends soon
         }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "scripts" / "devstack.py"),
-            f"--nats-port={free_port()}",
-            f"--monitor-port={free_port()}",
-            f"--data-dir={tmp_path}",
-            f"--port-offset={free_port() - 8100}",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **env},
-        )
+        proc = (await start_devstack(tmp_path, env=env)).proc
         out: list[str] = []
         try:
-            ended = await _read_until(proc, "session ended", out)
+            ended = await read_until(proc, "session ended", out, within=90)
             room = json.loads(ended.split("| ", 1)[1])["room"]
             await asyncio.sleep(2)  # the actions service handles the end, and exports
         finally:

@@ -402,12 +402,7 @@ class Bus:
     ) -> Callable[[], Awaitable[None]]:
         """Core NATS, no JetStream: each message on ``subject`` (a live feed, nothing
         stored or redelivered) goes to ``handler``; returns the unsubscribe."""
-
-        async def deliver(msg: Msg) -> None:
-            await handler(msg.data)
-
-        subscription = await self._nc.subscribe(subject, cb=deliver)
-        return subscription.unsubscribe
+        return await self.watch(subject, lambda data, _headers: handler(data))
 
     async def watch(
         self,
