@@ -38,16 +38,6 @@ LOCAL_LIVEKIT = {
 }
 
 
-def nats_identities(keys: Path) -> Path:
-    """Each service's NATS identity, as in production (avatar_shared.bus.identities):
-    seeds made once in ``keys`` (``admin.nk`` is yours, for the nats CLI), and a server
-    configuration that gives each its permissions."""
-    identities.write_seeds(keys)
-    config = keys / "nats.conf"
-    config.write_text(identities.authorization(identities.public_keys(keys)))
-    return config
-
-
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -255,7 +245,8 @@ async def run(args: argparse.Namespace) -> int:
             binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
             store = Path(args.data_dir) / "nats"
             store.mkdir(parents=True, exist_ok=True)
-            config = nats_identities(keys)
+            # each service's identity, as in production; admin.nk is yours (nats CLI)
+            config = identities.server_config(keys)
             argv = [binary, "-c", str(config), "-js", "-a", "127.0.0.1"]
             argv += ["-p", str(args.nats_port), "-m", str(args.monitor_port), "-sd", str(store)]
             await stack.start("nats", argv, {}, {})

@@ -128,12 +128,9 @@ def _server_args(port: int, monitor_port: int, store_dir: str, config: Path) -> 
 
 
 def _identities() -> tuple[Path, Path]:
-    """A seed per identity and a server configuration that knows their public keys."""
+    """Fresh identities for one server: their seeds and its configuration."""
     keys = Path(tempfile.mkdtemp(prefix="nats-keys-"))
-    identities.write_seeds(keys)
-    config = keys / "nats.conf"
-    config.write_text(identities.authorization(identities.public_keys(keys)))
-    return keys, config
+    return keys, identities.server_config(keys)
 
 
 def _docker_answers() -> bool:

@@ -207,6 +207,15 @@ def authorization(keys: dict[str, str]) -> str:
     return "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}\n"
 
 
+def server_config(directory: Path) -> Path:
+    """A seed per identity that has none in ``directory`` (made once), and beside them a
+    nats-server configuration (``nats.conf``) that gives each its permissions."""
+    write_seeds(directory)
+    config = directory / "nats.conf"
+    config.write_text(authorization(public_keys(directory)))
+    return config
+
+
 def deployed_authorization() -> str:
     """The block for a deployed server, public keys from its environment
     (``AVATAR_NKEY_<IDENTITY>``, from the ConfigMap ``avatar-nats-identities``)."""
