@@ -47,6 +47,7 @@ def _value(value: AnyValue) -> Any:
 class OtlpReceiver:
     spans: list[Span] = field(default_factory=list)
     port: int = 0
+    requests: int = 0  # trace export requests received
 
     @property
     def endpoint(self) -> str:
@@ -54,6 +55,7 @@ class OtlpReceiver:
 
     async def _traces(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.requests += 1
         if request.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         export = ExportTraceServiceRequest()

@@ -4,6 +4,8 @@
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the per-signal ``..._TRACES_/..._METRICS_ENDPOINT``):
   spans and metrics are exported over OTLP/HTTP (protobuf). Without an endpoint, spans are
   still created (so trace ids reach the logs and NATS headers) but exported nowhere.
+- Spans leave through :class:`~avatar_shared.span_export.LoopSpanProcessor` (encoded on
+  the event loop in slices, posted from a thread; ``OTEL_BSP_*`` batching as the SDK's).
 - ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``otlp`` (the default when an
   endpoint is set) or ``none``, each signal on its own: a tracing backend without a
   metrics endpoint takes ``OTEL_METRICS_EXPORTER=none``.
@@ -32,9 +34,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from avatar_shared.config import ConfigError
+from avatar_shared.span_export import LoopSpanProcessor
 
 _SUPPORTED_PROTOCOLS = ("", "http/protobuf")
 
@@ -111,6 +113,7 @@ EXPORT_LOGGERS = (
     "opentelemetry.sdk.metrics._internal.export",
     "opentelemetry.sdk.trace.export",
     "opentelemetry.sdk._shared_internal",
+    "avatar_shared.span_export",
 )
 
 
@@ -133,7 +136,7 @@ def setup_telemetry(service: str, version: str = "0.1.0", *, prometheus: bool = 
     if _otlp_enabled("TRACES"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        tracer_provider.add_span_processor(LoopSpanProcessor(OTLPSpanExporter()))
         telemetry.exporting = True
     trace.set_tracer_provider(tracer_provider)
     telemetry.tracer_provider = tracer_provider
