@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from avatar_actions.engine import MAX_BATCHES_IN_FLIGHT, Engine
+from avatar_actions.engine import MAX_BATCHES_IN_FLIGHT, RESUME_READERS, Engine
 from avatar_actions.rules import RulesConfig
-from avatar_actions.state import MAX_OUTBOX
+from avatar_actions.state import MAX_OUTBOX, StoredRoom
 from avatar_shared.bus import EventProcessor
 from avatar_shared.events import SessionEnded
 from tests.unit.actions.fakes import (
@@ -345,3 +345,41 @@ async def test_packets_sent_outside_the_bus_leave_the_event_numbers_alone(world:
     decisions = sorted(d.seq for d in world.decisions.stored.values())
     assert decisions == list(range(len(decisions)))
     assert {p.seq for p in world.livekit.delivered} == {0}
+
+
+class CountingRooms(MemoryRooms):
+    """Counts the reads in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = self.most_at_once = 0
+
+    async def load(self, partition: int, room: str) -> StoredRoom:
+        self.reading += 1
+        self.most_at_once = max(self.most_at_once, self.reading)
+        await asyncio.sleep(0)
+        self.reading -= 1
+        return await super().load(partition, room)
+
+
+async def test_taking_a_partition_keeps_in_memory_only_the_rooms_with_something_due() -> None:
+    world = World(rooms=CountingRooms())
+    first = world.replica()
+    for r in range(60):  # the day's finished conversations, their state still stored
+        turn = Turns(f"quiet-{r}", world.clock)
+        await first.cycle(items(turn.opening("s1")))
+        await first.cycle(items(turn.closing("s1")))
+    await world.run(first, 5.0)
+    busy = Turns(ROOM, world.clock)
+    await first.cycle(items(busy.opening("s1", "wave_hand")))  # held until the speech ends
+    await first.settle()
+    successor = world.replica()
+    await successor.resume()
+    assert successor.rooms_in_memory() == 1
+    assert successor.held() == 1
+    assert 1 < world.rooms.most_at_once <= RESUME_READERS
+    await successor.cycle(items(busy.closing("s1")))
+    await world.run(successor, 1.0)
+    assert world.livekit.actions(ROOM) == ["speaking", "wave_hand"]
+    await successor.cycle(items(Turns("quiet-7", world.clock).opening("s2")))  # read again
+    assert world.livekit.actions("quiet-7") == ["speaking", "speaking"]

@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 _RETRY_BASE, _RETRY_MAX = 0.5, 10.0
 #: Batches whose writes may be in flight at once; the cycle waits for the oldest past it.
 MAX_BATCHES_IN_FLIGHT = 4
+#: Stored rooms read at once when a partition is taken (:meth:`Engine.resume`).
+RESUME_READERS = 32
 
 
 @dataclass
@@ -136,9 +138,21 @@ class Engine:
     # --- the batch cycle ---------------------------------------------------------------
 
     async def resume(self) -> None:
-        """On taking the partition: find rooms with held gestures or packets to send."""
-        for room in await self._rooms.rooms(self.partition):
-            self._schedule(room, await self._room(room))
+        """On taking the partition: find the rooms with held gestures or packets to send
+        among those stored (every room of the last ``ACTIONS_STATE_TTL_SECONDS``), reading
+        :data:`RESUME_READERS` at a time. Only those stay in memory; the others are read
+        again on their next event, so taking a partition costs no memory for the day's
+        ended sessions."""
+        names = iter(await self._rooms.rooms(self.partition))
+
+        async def reader() -> None:
+            for name in names:  # one iterator shared by the readers
+                room = _Room(await self._rooms.load(self.partition, name))
+                self._schedule(name, room)
+                if name in self._deadlines:  # a gesture held, a packet to retry
+                    self._cache[name] = room
+
+        await asyncio.gather(*(reader() for _ in range(RESUME_READERS)))
 
     async def cycle(self, items: Sequence[WorkItem]) -> None:
         """One batch, start to end (the module docstring's steps 1-5)."""
