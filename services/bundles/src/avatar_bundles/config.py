@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from avatar_shared.config import Secret
-from avatar_shared.web.ratelimit import parse_rate
-from avatar_shared.web.service import ServerLimits
+from avatar_shared.web.service import HttpServiceSettings
 
 MIB = 1024 * 1024
 
 
-class BundlesSettings(BaseSettings):
+class BundlesSettings(HttpServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BUNDLES_", extra="ignore")
 
     host: str = Field("0.0.0.0", description="Address the bundle service listens on")  # noqa: S104
@@ -78,30 +77,8 @@ class BundlesSettings(BaseSettings):
         60, gt=0, description="Longest pause in calls after ZeroWeight failed, doubling from 1 s"
     )
     browser_max_age_seconds: int = Field(60, ge=0, description="Cache-Control max-age for browsers")
-    cors_origins: list[str] = Field([], description="Origins allowed to call, JSON list")
     rate_per_ip: str = Field("120/minute", description="Bundle requests allowed per client IP")
     rate_per_principal: str = Field("60/minute", description="Bundle requests allowed per caller")
-    trusted_proxies: list[str] = Field(
-        [], description="CIDRs of proxies whose X-Forwarded-For is believed, JSON list"
-    )
-    graceful_timeout_seconds: float = Field(20.0, gt=0, description="Drain time on SIGTERM")
-    header_timeout_seconds: float = Field(
-        10.0, gt=0, description="A client must send a request's headers within this"
-    )
-    max_connections: int = Field(
-        1000, ge=1, description="Connections served at once; more are answered 503"
-    )
-    api_docs: bool = Field(False, description="Serve the interactive /docs page (loads a CDN)")
-
-    @property
-    def limits(self) -> ServerLimits:
-        return ServerLimits(self.header_timeout_seconds, self.max_connections)
-
-    @field_validator("rate_per_ip", "rate_per_principal")
-    @classmethod
-    def _rate(cls, value: str) -> str:
-        parse_rate(value)
-        return value
 
     @model_validator(mode="after")
     def _key_for_zeroweight(self) -> Self:

@@ -174,7 +174,7 @@ class SessionLedger:
 
     async def started(self, event: AgentSessionStarted) -> None:
         found = await self._find(event.room)
-        slot = found[1] if found else None
+        slot = None
         if found is not None:
             subject, slot = found
             renewed = Slot(**(asdict(slot) | {"started_at": event.ts.timestamp()}))

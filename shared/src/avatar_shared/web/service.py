@@ -37,12 +37,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry import metrics, trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings
 from starlette.types import ASGIApp
 
 from avatar_shared.web.errors import install_error_handlers
 from avatar_shared.web.guard import ResponseGuard
 from avatar_shared.web.h11 import with_header_timeout
+from avatar_shared.web.ratelimit import parse_rate
 from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,40 @@ class Cors:
 class ServerLimits:
     header_timeout: float = 10.0
     max_connections: int = 1000
+
+
+class HttpServiceSettings(BaseSettings):
+    """What the token and bundle services' settings share: browsers, proxies, slow and
+    many clients, draining. Each subclass sets its prefix, address, ports and rates
+    (``rate_per_ip``, ``rate_per_principal``, checked here)."""
+
+    cors_origins: list[str] = Field(
+        [],
+        description='Origins allowed to call from a browser, JSON list, e.g. ["https://app.example"]',
+    )
+    trusted_proxies: list[str] = Field(
+        [], description="CIDRs of proxies whose X-Forwarded-For is believed, JSON list"
+    )
+    graceful_timeout_seconds: float = Field(
+        20.0, gt=0, description="Seconds in-flight requests get to finish on SIGTERM"
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A client must send a request's headers within this"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Connections served at once; more are answered 503"
+    )
+    api_docs: bool = Field(False, description="Serve the interactive /docs page (loads a CDN)")
+
+    @property
+    def limits(self) -> ServerLimits:
+        return ServerLimits(self.header_timeout_seconds, self.max_connections)
+
+    @field_validator("rate_per_ip", "rate_per_principal", check_fields=False)
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
 
 
 #: OpenAPI security schemes of the HTTP services (docs/policy.md, "Callers").
