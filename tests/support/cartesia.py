@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from tests.support.nats_server import free_port
+from tests.support.http_server import serving_aiohttp
 
 API_KEY = "cartesia-test-key-5c1e"
 SECONDS_PER_CHAR = 0.05
@@ -100,11 +100,6 @@ class CartesiaDouble:
 
 @asynccontextmanager
 async def running(double: CartesiaDouble) -> AsyncIterator[CartesiaDouble]:
-    runner = web.AppRunner(double.app(), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    double.port = double.port or free_port()
-    await web.TCPSite(runner, "127.0.0.1", double.port).start()
-    try:
+    async with serving_aiohttp(double.app(), double.port) as port:
+        double.port = port
         yield double
-    finally:
-        await runner.cleanup()

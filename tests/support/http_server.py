@@ -1,4 +1,5 @@
-"""Serve an ASGI app on a free loopback port for the length of an ``async with``."""
+"""Serve an app on a loopback port for the length of an ``async with``: an ASGI app
+(:func:`serving`, uvicorn) or an aiohttp one (:func:`serving_aiohttp`), for the doubles."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
+from aiohttp import web
 from starlette.types import ASGIApp
 
 from tests.support.nats_server import free_port
@@ -27,3 +29,15 @@ async def serving(app: ASGIApp) -> AsyncIterator[int]:
     finally:
         server.should_exit = True
         await task
+
+
+@asynccontextmanager
+async def serving_aiohttp(app: web.Application, port: int = 0) -> AsyncIterator[int]:
+    """Serves ``app`` on ``port``, or on one the system picks (0); yields the port."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()

@@ -30,6 +30,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from livekit.protocol.room import DeleteRoomRequest, SendDataRequest
 
+from tests.support.http_server import serving_aiohttp
 from tests.support.livekit_dedup import PacketDeduper
 
 
@@ -155,15 +156,9 @@ class LiveKitDouble:
 
 @asynccontextmanager
 async def running_livekit(double: LiveKitDouble) -> AsyncIterator[LiveKitDouble]:
-    runner = web.AppRunner(double.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        double.port = runner.addresses[0][1]
+    async with serving_aiohttp(double.app()) as port:
+        double.port = port
         yield double
-    finally:
-        await runner.cleanup()
 
 
 async def _received(double: LiveKitDouble, request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.nats_server import free_port
+from tests.support.http_server import serving_aiohttp
 
 MODEL = "local-model"
 REPLIES = (
@@ -148,14 +148,9 @@ def _error(
 
 @asynccontextmanager
 async def running(double: OpenAICompatibleDouble) -> AsyncIterator[OpenAICompatibleDouble]:
-    runner = web.AppRunner(double.app(), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    double.port = double.port or free_port()
-    await web.TCPSite(runner, "127.0.0.1", double.port).start()
-    try:
+    async with serving_aiohttp(double.app(), double.port) as port:
+        double.port = port
         yield double
-    finally:
-        await runner.cleanup()
 
 
 async def _serve(port: int, model: str) -> None:

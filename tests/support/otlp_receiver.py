@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.support.nats_server import free_port
+from tests.support.http_server import serving_aiohttp
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,6 @@ class OtlpReceiver:
 
 @asynccontextmanager
 async def running(receiver: OtlpReceiver) -> AsyncIterator[OtlpReceiver]:
-    runner = web.AppRunner(receiver.app(), access_log=None)
-    await runner.setup()
-    receiver.port = receiver.port or free_port()
-    await web.TCPSite(runner, "127.0.0.1", receiver.port).start()
-    try:
+    async with serving_aiohttp(receiver.app(), receiver.port) as port:
+        receiver.port = port
         yield receiver
-    finally:
-        await runner.cleanup()
