@@ -23,6 +23,30 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.nats_server import NatsServer, free_port
+
+#: The LiveKit secret the token service processes of the tests sign with.
+LIVEKIT_SECRET = "a-long-and-entirely-fake-livekit-secret-0123"
+
+
+def token_env(nats: NatsServer, port: int, policy: Path, **extra: str) -> dict[str, str]:
+    """The token service as a process on loopback: its own NATS identity, a LiveKit it
+    never calls, a per-IP limit high enough not to refuse, no telemetry; ``extra`` adds
+    or overrides variables."""
+    return {
+        "NATS_URL": nats.url,
+        "NATS_NKEY_SEED_FILE": str(nats.settings("token").nkey_seed_file),
+        "TOKEN_HOST": "127.0.0.1",
+        "TOKEN_PORT": str(port),
+        "TOKEN_METRICS_PORT": str(free_port()),
+        "TOKEN_RATE_PER_IP": "100000/minute",
+        "LIVEKIT_URL": "ws://127.0.0.1:7880",
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": LIVEKIT_SECRET,
+        "AUTH_POLICY_FILE": str(policy),
+        "OTEL_SDK_DISABLED": "true",
+    } | extra
+
 
 @dataclass
 class ServiceProcess:

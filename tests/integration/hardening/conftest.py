@@ -9,7 +9,7 @@ import pytest
 
 from avatar_shared.web.auth import hash_api_key
 from tests.support.nats_server import NatsServer, free_port
-from tests.support.service_process import ServiceProcess, running_service
+from tests.support.service_process import ServiceProcess, running_service, token_env
 from tests.support.zeroweight import API_KEY, ZeroWeightDouble, running
 
 ROOT = Path(__file__).parents[3]
@@ -77,28 +77,18 @@ async def bundles(
         yield service
 
 
-def token_env(port: int, nats: NatsServer) -> dict[str, str]:
-    return {
-        "NATS_URL": nats.url,
-        "NATS_NKEY_SEED_FILE": str(nats.settings("token").nkey_seed_file),
-        "TOKEN_HOST": "127.0.0.1",
-        "TOKEN_PORT": str(port),
-        "TOKEN_METRICS_PORT": str(free_port()),
-        "TOKEN_HEADER_TIMEOUT_SECONDS": "1",
-        "TOKEN_RATE_PER_IP": "100000/minute",
-        "LIVEKIT_URL": "ws://127.0.0.1:7880",
-        "LIVEKIT_API_KEY": "devkey",
-        "LIVEKIT_API_SECRET": "a-long-and-entirely-fake-livekit-secret-0123",
-        "AUTH_POLICY_FILE": str(ROOT / "deploy" / "local" / "policy.toml"),
-        "AUTH_ANONYMOUS": "true",
-        "OTEL_SDK_DISABLED": "true",
-    }
-
-
 @pytest.fixture(scope="module")
 async def token(nats_server: NatsServer) -> AsyncIterator[ServiceProcess]:
     port = free_port()
     async with running_service(
-        "avatar_token", token_env(port, nats_server), f"http://127.0.0.1:{port}"
+        "avatar_token",
+        token_env(
+            nats_server,
+            port,
+            ROOT / "deploy" / "local" / "policy.toml",
+            TOKEN_HEADER_TIMEOUT_SECONDS="1",
+            AUTH_ANONYMOUS="true",
+        ),
+        f"http://127.0.0.1:{port}",
     ) as service:
         yield service

@@ -27,13 +27,17 @@ from avatar_shared.bus import Bus
 from avatar_shared.events import SessionEnded, SessionStarted
 from avatar_shared.web.auth import hash_api_key
 from tests.support.nats_server import NatsServer, free_port
-from tests.support.service_process import ServiceProcess, running_service
+from tests.support.service_process import (
+    LIVEKIT_SECRET,
+    ServiceProcess,
+    running_service,
+    token_env,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[3]
 KEY = "quota-suite-key-93b1c0ffee"
-SECRET = "a-long-and-entirely-fake-livekit-secret-0123"
 START_WINDOW = 3.0  # TOKEN_SESSION_START_SECONDS
 
 
@@ -56,23 +60,15 @@ max_session_seconds = 60
     return path
 
 
-def token_env(nats: NatsServer, policy: Path, port: int) -> dict[str, str]:
-    return {
-        "TOKEN_HOST": "127.0.0.1",
-        "TOKEN_PORT": str(port),
-        "TOKEN_METRICS_PORT": str(free_port()),
-        "TOKEN_RATE_PER_IP": "100000/minute",
-        "TOKEN_RATE_PER_PRINCIPAL": "100000/minute",
-        "TOKEN_SESSION_START_SECONDS": str(START_WINDOW),
-        "LIVEKIT_URL": "ws://127.0.0.1:7880",
-        "LIVEKIT_API_KEY": "devkey",
-        "LIVEKIT_API_SECRET": SECRET,
-        "AUTH_POLICY_FILE": str(policy),
-        "AUDIT_RECORD_ADDRESSES": "true",
-        "NATS_URL": nats.url,
-        "NATS_NKEY_SEED_FILE": str(nats.settings("token").nkey_seed_file),
-        "OTEL_SDK_DISABLED": "true",
-    }
+def quota_env(nats: NatsServer, policy: Path, port: int) -> dict[str, str]:
+    return token_env(
+        nats,
+        port,
+        policy,
+        TOKEN_RATE_PER_PRINCIPAL="100000/minute",
+        TOKEN_SESSION_START_SECONDS=str(START_WINDOW),
+        AUDIT_RECORD_ADDRESSES="true",
+    )
 
 
 @pytest.fixture
@@ -85,10 +81,10 @@ async def replicas(
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     async with (
         running_service(
-            "avatar_token", token_env(nats_server, policy_file, ports[0]), urls[0]
+            "avatar_token", quota_env(nats_server, policy_file, ports[0]), urls[0]
         ) as first,
         running_service(
-            "avatar_token", token_env(nats_server, policy_file, ports[1]), urls[1]
+            "avatar_token", quota_env(nats_server, policy_file, ports[1]), urls[1]
         ) as second,
     ):
         yield first, second
@@ -142,7 +138,7 @@ async def test_quotas_hold_across_replicas_and_slots_free_by_end_and_by_expiry(
     assert ended[0]["duration_seconds"] >= 0
     assert all(e["client_ip"] == "127.0.0.1" for e in trail if "client_ip" in e)
     text = json.dumps(trail)
-    for secret in (KEY, SECRET, first.json()["token"], hash_api_key(KEY)):
+    for secret in (KEY, LIVEKIT_SECRET, first.json()["token"], hash_api_key(KEY)):
         assert secret not in text
 
 
