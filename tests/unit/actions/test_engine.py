@@ -348,13 +348,18 @@ async def test_packets_sent_outside_the_bus_leave_the_event_numbers_alone(world:
 
 
 class CountingRooms(MemoryRooms):
-    """Counts the reads in flight at once."""
+    """Counts the reads, and those in flight at once; fails the reads of ``unreadable``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reading = self.most_at_once = 0
+        self.reads: list[str] = []
+        self.unreadable: set[str] = set()
 
     async def load(self, partition: int, room: str) -> StoredRoom:
+        self.reads.append(room)
+        if room in self.unreadable:
+            raise TimeoutError("room store unavailable")
         self.reading += 1
         self.most_at_once = max(self.most_at_once, self.reading)
         await asyncio.sleep(0)
@@ -383,3 +388,29 @@ async def test_taking_a_partition_keeps_in_memory_only_the_rooms_with_something_
     assert world.livekit.actions(ROOM) == ["speaking", "wave_hand"]
     await successor.cycle(items(Turns("quiet-7", world.clock).opening("s2")))  # read again
     assert world.livekit.actions("quiet-7") == ["speaking", "speaking"]
+
+
+async def test_a_batchs_rooms_not_in_memory_are_read_at_once_and_each_once() -> None:
+    world = World(rooms=CountingRooms())
+    engine = world.replica()
+    names = [f"new-{r}" for r in range(8)]
+    batch = [item for name in names for item in items(Turns(name, world.clock).opening("s1"))]
+    await engine.cycle(batch)  # two events per room
+    assert sorted(world.rooms.reads) == sorted(names)
+    assert world.rooms.most_at_once == len(names)
+    assert all(world.livekit.actions(name) == ["speaking"] for name in names)
+
+
+async def test_a_room_that_cannot_be_read_fails_only_from_its_own_event_on() -> None:
+    world = World(rooms=CountingRooms())
+    engine = world.replica()
+    world.rooms.unreadable = {"unreadable"}
+    first = items(Turns("readable", world.clock).opening("s1"))
+    second = items(Turns("unreadable", world.clock).opening("s1"))
+    await engine.cycle(first + second)
+    assert world.livekit.actions("readable") == ["speaking"]
+    assert world.livekit.actions("unreadable") == []
+    assert all(i.settled == ["nak"] for i in second)  # redelivered, in order
+    world.rooms.unreadable = set()
+    await engine.cycle([i.again() for i in second])
+    assert world.livekit.actions("unreadable") == ["speaking"]

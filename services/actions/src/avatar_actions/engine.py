@@ -3,8 +3,9 @@
 A partition's rooms live in memory while this replica owns the partition; the durable
 copy is in the room store. :meth:`Engine.cycle` is the batch cycle:
 
-1. **apply** each event of the batch, in stream order: the rules decide in memory;
-   packets join their room's outbox (an event whose id the room remembers is a
+1. **apply** each event of the batch, in stream order (the batch's rooms that are not in
+   memory are read first, all at once): the rules decide in memory; packets join their
+   room's outbox (an event whose id the room remembers is a
    redelivery of one already applied, and is skipped);
 2. **release** what the timers made due (held gestures, retries);
 3. **check the lease**: if this replica no longer holds the partition, the batch is
@@ -35,6 +36,7 @@ redelivery stores it once. A room whose session ended leaves memory once saved.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -61,7 +63,7 @@ from avatar_actions.ports import (
 )
 from avatar_actions.rules import SPEAKING, Decision, RoomSequencer, RulesConfig
 from avatar_actions.state import APPLIED_REMEMBERED, MAX_OUTBOX, Outgoing, StoredRoom
-from avatar_shared import semconv
+from avatar_shared import semconv, subjects
 from avatar_shared.bus import NAK_DELAY_SECONDS, EventProcessor
 from avatar_shared.events import ActionDecision, DropReason, Event, Outcome, TagParsed
 from avatar_shared.retry import backoff
@@ -157,6 +159,7 @@ class Engine:
     async def cycle(self, items: Sequence[WorkItem]) -> None:
         """One batch, start to end (the module docstring's steps 1-5)."""
         handled: list[WorkItem] = []
+        await self._prefetch(items)
         for index, item in enumerate(items):
             outcome = await self._processor.process(
                 item,
@@ -315,6 +318,24 @@ class Engine:
         )
 
     # --- rooms in memory ---------------------------------------------------------------
+
+    async def _prefetch(self, items: Sequence[WorkItem]) -> None:
+        """Read the batch's rooms that are not in memory all at once, rather than one
+        after the other as their events are applied. A room that cannot be read now is
+        left for its event to read (and fail on, as usual)."""
+        names = set()
+        for item in items:
+            with contextlib.suppress(ValueError, IndexError):  # not a work subject
+                names.add(subjects.parse_subject(partitions.event_subject(item.subject)).room)
+        missing = [name for name in names if name not in self._cache]
+        if not missing:
+            return
+        loaded = await asyncio.gather(
+            *(self._rooms.load(self.partition, name) for name in missing), return_exceptions=True
+        )
+        for name, stored in zip(missing, loaded, strict=True):
+            if isinstance(stored, StoredRoom) and name not in self._cache:
+                self._cache[name] = _Room(stored)
 
     async def _room(self, name: str) -> _Room:
         room = self._cache.get(name)
