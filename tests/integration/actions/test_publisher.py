@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from avatar_actions.ports import Packet, PublishError, TooLate, packet_nonce
-from avatar_actions.publisher import LiveKitPublisher
+from avatar_actions.publisher import LiveKitPublisher, Transit
 from tests.integration.conftest import metric_points
 from tests.support.livekit_server import LiveKitDouble, running_livekit
 
@@ -217,3 +217,35 @@ async def test_a_packet_past_its_deadline_is_not_sent(
     with pytest.raises(TooLate):
         await publisher(livekit, session, sleep=lambda _: asyncio.sleep(0.3)).publish(soon)
     assert livekit.attempts == 1
+
+
+async def test_a_packet_that_would_arrive_past_its_deadline_is_not_sent(
+    livekit: LiveKitDouble, session: aiohttp.ClientSession
+) -> None:
+    sender = publisher(livekit, session, max_transit=1.0)
+    livekit.delay = 0.2  # LiveKit answers in 0.2 s now
+    await sender.publish(Packet("r", "nod", packet_nonce("r", "e1", "nod"), time.time() + 5))
+    # 0.1 s left: on time now, but it would arrive after its deadline
+    tight = Packet("r", "nod", packet_nonce("r", "e2", "nod"), time.time() + 0.1)
+    with pytest.raises(TooLate):
+        await sender.publish(tight)
+    assert livekit.attempts == 1
+    roomy = Packet("r", "nod", packet_nonce("r", "e3", "nod"), time.time() + 0.5)
+    await sender.publish(roomy)
+    assert livekit.attempts == 2
+
+
+async def test_the_transit_estimate_is_capped_and_forgets_slow_answers() -> None:
+    transit = Transit(cap=0.5, window=5.0)
+    assert transit.estimate(100.0) == 0.0
+    transit.record(100.0, 0.05)
+    transit.record(101.0, 2.0)  # one very slow answer
+    transit.record(102.0, 0.01)
+    assert transit.estimate(102.0) == 0.5  # capped: it sheds at most the last 0.5 s
+    transit = Transit(cap=10.0, window=5.0)
+    transit.record(100.0, 0.3)
+    transit.record(101.0, 0.1)
+    transit.record(102.0, 0.2)
+    assert transit.estimate(102.0) == 0.3  # the window's slowest
+    assert transit.estimate(105.5) == 0.2  # the 0.3 s answer is older than the window
+    assert transit.estimate(200.0) == 0.0

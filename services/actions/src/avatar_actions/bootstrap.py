@@ -147,6 +147,8 @@ async def bootstrap(
             destinations=settings.destinations,
             timeout=settings.send_timeout_seconds,
             retries=settings.send_retries,
+            # shed a packet for a slow LiveKit in at most the last tenth of its lag budget
+            max_transit=settings.max_lag_seconds / 10,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )

@@ -14,8 +14,10 @@ tokens; everything else stays livekit-api's.
 Each call is bounded by ``timeout``; 5xx answers, timeouts and connection errors are
 retried with exponential backoff and full jitter, a bounded number of times; a 4xx is
 final and not retried. At most ``concurrency`` calls are in flight (the HTTP
-connections); a packet whose deadline passes while it waits for one, or for a retry, is
-not sent (:class:`~avatar_actions.ports.TooLate`): under overload the service sheds.
+connections). A packet is sent only if it can still arrive by its deadline: one that
+has waited for a connection or a retry until less time remains than calls take now
+(:class:`Transit`) is not sent (:class:`~avatar_actions.ports.TooLate`). Under overload
+the service sheds rather than delivers late.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
@@ -45,6 +48,31 @@ _TOKEN_REUSE_SECONDS = 60.0
 _TOKEN_TTL = timedelta(minutes=10)
 #: SendData calls in flight at once (and HTTP connections to LiveKit).
 SEND_CONCURRENCY = 64
+
+
+class Transit:
+    """How long a ``SendData`` takes to be answered now: the slowest answer of the last
+    ``window`` seconds, at most ``cap``. A packet with less time left than that would
+    arrive after its deadline. The cap keeps one very slow answer from shedding every
+    packet for a whole window; calls that failed are not counted (they say nothing
+    about when a packet arrives)."""
+
+    def __init__(self, cap: float, window: float = 5.0) -> None:
+        self._cap = cap
+        self._window = window
+        #: (when, seconds) of recent answers, slowest first: each entry is slower than
+        #: every later one, so the first one standing is the window's slowest.
+        self._slowest: deque[tuple[float, float]] = deque()
+
+    def record(self, now: float, seconds: float) -> None:
+        while self._slowest and self._slowest[-1][1] <= seconds:
+            self._slowest.pop()
+        self._slowest.append((now, seconds))
+
+    def estimate(self, now: float) -> float:
+        while self._slowest and self._slowest[0][0] < now - self._window:
+            self._slowest.popleft()
+        return min(self._cap, self._slowest[0][1]) if self._slowest else 0.0
 
 
 def reference_payload(action: str) -> bytes:
@@ -122,6 +150,7 @@ class LiveKitPublisher:
         backoff: float = 0.05,
         max_backoff: float = 2.0,
         concurrency: int = SEND_CONCURRENCY,
+        max_transit: float = 0.2,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         tracer_provider: trace.TracerProvider | None = None,
@@ -129,6 +158,7 @@ class LiveKitPublisher:
     ) -> None:
         self._twirp = TwirpClient(session, url, "livekit", failover=False)
         self._slots = asyncio.Semaphore(concurrency)
+        self._transit = Transit(max_transit)
         self._clock = clock
         self._tokens = AdminTokens(api_key, api_secret)
         self._topic = topic
@@ -173,7 +203,8 @@ class LiveKitPublisher:
                     await self._sleep(
                         backoff(attempt, base=self._backoff, cap=self._max_backoff, jitter=1.0)
                     )
-                if self._clock() > packet.deadline:
+                started = self._clock()
+                if started + self._transit.estimate(started) > packet.deadline:
                     span.set_attribute(semconv.OUTCOME, "stale")
                     raise TooLate
                 try:
@@ -185,6 +216,8 @@ class LiveKitPublisher:
                             self._tokens.header(packet.room),
                             SendDataResponse,
                         )
+                    answered = self._clock()
+                    self._transit.record(answered, answered - started)
                     span.set_attribute(semconv.SEND_ATTEMPTS, attempt + 1)
                     return
                 except api.ServerError as exc:
