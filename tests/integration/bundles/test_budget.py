@@ -12,7 +12,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from avatar_bundles.bundles import BundleService
-from avatar_bundles.cache import Cached, SharedCache
+from avatar_bundles.cache import FETCHED_AT_HEADER, Cached, SharedCache
 from avatar_shared.bus import Bus
 from avatar_shared.web.auth import hash_api_key
 from avatar_shared.web.policy import Policy
@@ -134,6 +134,40 @@ async def test_failed_shared_cache_writes_are_counted_not_raised(
     assert (
         operations[(("avatar.bundles.cache.operation", "get"), ("avatar.outcome", "skipped"))] == 1
     )
+
+
+async def test_shared_cache_entries_that_are_not_bundles_read_as_misses(
+    bus: Bus, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    bucket = f"odd_{uuid.uuid4().hex[:8]}"
+    store = await bus.ensure_object_store(bucket, ttl_seconds=60, max_bytes=16 * 1024 * 1024)
+    fetched = {FETCHED_AT_HEADER: ["1.0"]}
+    try:
+        cache = SharedCache(
+            store,
+            connected=lambda: bus.connected,
+            timeout=1.0,
+            max_bytes=1024 * 1024,
+            meter_provider=meter_provider,
+        )
+        big = Cached.of("x" * (2 * 1024 * 1024), 1.0)  # written by a replica allowing more
+        await store.put("too-large", big.body, headers=fetched)
+        await store.put("undated", Cached.of("y", 1.0).body, headers={})
+        await store.put("not-a-bundle", b'{"nothing": 1}', headers=fetched)
+        for key in ("too-large", "undated", "not-a-bundle"):
+            assert await cache.get(key) is None
+        await cache.put("fine", Cached.of("z", 3.0))
+        found = await cache.get("fine")
+        assert found is not None
+        assert (found.body, found.fetched_at) == (Cached.of("z", 3.0).body, 3.0)
+    finally:
+        await bus.delete_object_store(bucket)
+    operations = metric_points(metric_reader, "avatar.bundles.shared_cache.operations")
+    assert (
+        operations[(("avatar.bundles.cache.operation", "get"), ("avatar.outcome", "malformed"))]
+        == 3
+    )
+    assert operations[(("avatar.bundles.cache.operation", "get"), ("avatar.outcome", "hit"))] == 1
 
 
 async def test_an_unexpected_error_is_a_json_500_with_cors(

@@ -23,13 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.errors import Error as NatsError
-from nats.js.api import ObjectMeta
-from nats.js.errors import ObjectNotFoundError
-from nats.js.object_store import ObjectStore
 from opentelemetry import metrics
 
 from avatar_bundles.sources import payload_of
 from avatar_shared import semconv
+from avatar_shared.bus import ObjectCorrupt, Objects, ObjectTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +121,7 @@ class SharedCache:
 
     def __init__(
         self,
-        store: ObjectStore,
+        store: Objects,
         *,
         connected: Callable[[], bool],
         timeout: float,
@@ -157,33 +155,29 @@ class SharedCache:
             return None
         try:
             async with asyncio.timeout(self._timeout):
-                found = await self._store.get(key)
-        except ObjectNotFoundError:
-            self._done("get", "miss")
-            return None
+                found = await self._store.get(key, max_bytes=self._max_bytes)
+            if found is None:
+                self._done("get", "miss")
+                return None
+            fetched_at = float(found.headers[FETCHED_AT_HEADER][0])
+            payload_of(found.data)
         except (NatsError, TimeoutError) as exc:
             self._failed("get", exc)
             return None
-        body = found.data or b""
-        try:
-            fetched_at = float((found.info.headers or {})[FETCHED_AT_HEADER][0])
-            if len(body) > self._max_bytes:
-                raise ValueError("larger than the largest bundle")
-            payload_of(body)
-        except (ValueError, KeyError, IndexError, TypeError):
-            log.warning("ignoring a malformed shared cache entry")
+        except (ObjectTooLarge, ObjectCorrupt, ValueError, KeyError, IndexError, TypeError):
+            log.warning("ignoring a malformed shared cache entry", exc_info=True)
             self._done("get", "malformed")
             return None
         self._done("get", "hit")
-        return Cached.from_body(body, fetched_at)
+        return Cached.from_body(found.data, fetched_at)
 
     async def put(self, key: str, entry: Cached) -> None:
         if not self._begin("put"):
             return
-        meta = ObjectMeta(name=key, headers={FETCHED_AT_HEADER: [repr(entry.fetched_at)]})
+        headers = {FETCHED_AT_HEADER: [repr(entry.fetched_at)]}
         try:
             async with asyncio.timeout(self._timeout):
-                await self._store.put(key, entry.body, meta=meta)
+                await self._store.put(key, entry.body, headers=headers)
         except (NatsError, TimeoutError) as exc:
             self._failed("put", exc)
             return
@@ -195,8 +189,6 @@ class SharedCache:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._store.delete(key)
-        except ObjectNotFoundError:
-            pass
         except (NatsError, TimeoutError) as exc:
             self._failed("drop", exc)
             return

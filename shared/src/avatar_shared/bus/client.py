@@ -29,7 +29,6 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
-from nats.js.object_store import ObjectStore
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
 
@@ -37,6 +36,7 @@ from avatar_shared import semconv
 from avatar_shared.bus import identities
 from avatar_shared.bus.feed import PullFeed
 from avatar_shared.bus.kv import Bucket
+from avatar_shared.bus.objects import Objects
 from avatar_shared.bus.processing import (
     Delivery,
     EventProcessor,
@@ -285,7 +285,7 @@ class Bus:
 
     async def ensure_object_store(
         self, bucket: str, *, ttl_seconds: float, max_bytes: int, replicas: int = 1
-    ) -> ObjectStore:
+    ) -> Objects:
         """Create an object store bucket, or bring an existing one to this configuration."""
         config = api.ObjectStoreConfig(
             bucket=bucket,
@@ -295,7 +295,7 @@ class Bus:
             storage=api.StorageType.FILE,
         )
         try:
-            return await self._js.create_object_store(bucket, config)
+            return Objects(self._js, bucket, await self._js.create_object_store(bucket, config))
         except BadRequestError as exc:
             if exc.err_code != _STREAM_NAME_IN_USE:
                 raise
@@ -305,7 +305,7 @@ class Bus:
         stream.max_bytes = max_bytes
         stream.num_replicas = replicas
         await self._js.update_stream(stream)
-        return await self._js.object_store(bucket)
+        return Objects(self._js, bucket, await self._js.object_store(bucket))
 
     async def delete_object_store(self, bucket: str) -> None:
         await self._js.delete_object_store(bucket)
