@@ -13,7 +13,7 @@ from avatar_actions.engine import MAX_BATCHES_IN_FLIGHT, RESUME_READERS, Engine
 from avatar_actions.rules import RulesConfig
 from avatar_actions.state import MAX_OUTBOX, StoredRoom
 from avatar_shared.bus import EventProcessor
-from avatar_shared.events import SessionEnded
+from avatar_shared.events import DeliveryDone, DeliveryOutcome, SessionEnded, SessionStarted
 from tests.unit.actions.fakes import (
     Clock,
     Crash,
@@ -414,3 +414,20 @@ async def test_a_room_that_cannot_be_read_fails_only_from_its_own_event_on() -> 
     world.rooms.unreadable = set()
     await engine.cycle([i.again() for i in second])
     assert world.livekit.actions("unreadable") == ["speaking"]
+
+
+async def test_events_the_rules_do_not_read_cost_no_state_read_or_write() -> None:
+    world = World(rooms=CountingRooms())
+    engine = world.replica()
+    batch = items(
+        [
+            SessionStarted(room=ROOM, seq=0, agent_name="avatar-agent"),
+            DeliveryDone(room=ROOM, seq=1, delivery_id="a" * 32, outcome=DeliveryOutcome.SENT),
+        ]
+    )
+    await engine.cycle(batch)
+    await engine.settle()
+    assert world.rooms.reads == []
+    assert world.rooms.saved == {}
+    assert all(i.settled == ["ack"] for i in batch)
+    assert engine.rooms_in_memory() == 0

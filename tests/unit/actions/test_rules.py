@@ -6,15 +6,27 @@ import itertools
 
 import pytest
 
-from avatar_actions.rules import MAX_SPEECHES, Decision, RoomSequencer, RoomState, RulesConfig
+from avatar_actions.rules import (
+    MAX_SPEECHES,
+    READS,
+    Decision,
+    RoomSequencer,
+    RoomState,
+    RulesConfig,
+)
+from avatar_shared import subjects
 from avatar_shared.events import (
+    EVENT_TYPES,
     AgentState,
     AgentStateChanged,
+    DeliveryDone,
+    DeliveryOutcome,
     DropReason,
     Event,
     Outcome,
     PlayoutStarted,
     SessionEnded,
+    SessionStarted,
     SpeechCreated,
     SpeechDone,
     TagKind,
@@ -293,3 +305,21 @@ def test_a_speech_remembers_no_more_names_than_its_cap() -> None:
     names = ["nod", "bow", "shrug", "wave_hand"] + [f"x{i}" for i in range(50)]
     run(seq, (0, created("s1")), *((0, tag("s1", n, i)) for i, n in enumerate(names)))
     assert len(seq.state.speeches["s1"].seen) == CONFIG.cap_per_speech
+
+
+def test_the_agent_events_the_rules_do_not_read_change_nothing() -> None:
+    agent_types = {t for t, model in EVENT_TYPES.items() if model.source == subjects.AGENT}
+    unread = agent_types - READS
+    assert unread == {"session_started", "delivery_done"}  # a new type must be placed
+    sequencer = RoomSequencer(CONFIG)
+    for event in (created("s1"), tag("s1", "wave_hand", 0), playout("s1")):
+        sequencer.handle(event, 10.0)
+    before = sequencer.state.model_copy(deep=True)
+    ignored = [
+        SessionStarted(room=ROOM, seq=next(_seq), agent_name="avatar-agent"),
+        DeliveryDone(room=ROOM, seq=next(_seq), delivery_id="a" * 32, outcome=DeliveryOutcome.SENT),
+    ]
+    assert {e.type for e in ignored} == unread
+    for event in ignored:
+        assert sequencer.handle(event, 10.05) == []  # the held gesture is not due yet
+    assert sequencer.state == before

@@ -48,6 +48,21 @@ from avatar_shared.events import (
 
 SPEAKING = "speaking"
 _RESTING = frozenset({AgentState.LISTENING, AgentState.IDLE})
+#: The event types :meth:`RoomSequencer.handle` reads. Any other agent event
+#: (``session_started``, the agent's ``delivery_done`` answers) changes nothing in a
+#: room, so the engine neither reads nor writes the room's state for it.
+READS = frozenset(
+    model.model_fields["type"].default
+    for model in (
+        SpeechCreated,
+        TagParsed,
+        PlayoutStarted,
+        SpeechDone,
+        AgentStateChanged,
+        UserStateChanged,
+        SessionEnded,
+    )
+)
 _REMEMBERED = 32  # finished speeches remembered, so late or repeated events change nothing
 #: Speeches followed at once in a room; a livekit-agents session has one or two.
 MAX_SPEECHES = 16
