@@ -176,3 +176,91 @@ async def test_a_partition_slow_to_stop_does_not_starve_the_other_leases(
     await heartbeat(b, a, b, rounds=2)
     assert a[1].consuming | b[1].consuming == set(range(4))
     assert a[1].consuming.isdisjoint(b[1].consuming)
+
+
+class SlowLeases:
+    """The lease bucket behind a slow round trip (a saturated replica or server): records
+    the calls, and how many updates were in flight at once."""
+
+    def __init__(self, bucket: Bucket, delay: float = 0.05) -> None:
+        self._bucket = bucket
+        self._delay = delay
+        self.calls: list[str] = []
+        self.updating = self.most_updating = 0
+
+    async def put(self, key: str, value: bytes) -> int:
+        self.calls.append("put")
+        await asyncio.sleep(self._delay)
+        return await self._bucket.put(key, value)
+
+    async def create(self, key: str, value: bytes) -> int | None:
+        return await self._bucket.create(key, value)
+
+    async def update(self, key: str, value: bytes, *, last: int) -> int | None:
+        self.calls.append("update")
+        self.updating += 1
+        self.most_updating = max(self.most_updating, self.updating)
+        await asyncio.sleep(self._delay)
+        self.updating -= 1
+        return await self._bucket.update(key, value, last=last)
+
+    async def delete(self, key: str, *, last: int | None = None) -> bool:
+        return await self._bucket.delete(key, last=last)
+
+    async def keys(self, pattern: str) -> list[str]:
+        self.calls.append("keys")
+        return await self._bucket.keys(pattern)
+
+
+async def test_a_heartbeat_refreshes_every_lease_in_one_round_trip_first(leases: Bucket) -> None:
+    slow = SlowLeases(leases)
+    a = (Ownership(slow, "a", 8, ttl=1.0), Tracker())
+    await heartbeat(a)
+    assert a[0].owned == list(range(8))
+    slow.calls.clear()
+    await heartbeat(a)
+    assert slow.most_updating == 8  # all at once, not one after the other
+    assert slow.calls[:9].count("update") == 8  # before membership is read
+    assert "keys" in slow.calls[9:]
+    assert a[0].owned == list(range(8))
+
+
+async def test_a_partition_handed_back_during_a_refresh_stays_handed_back(
+    leases: Bucket,
+) -> None:
+    slow = SlowLeases(leases, delay=0.1)
+    a = (Ownership(slow, "a", 4, ttl=1.0), Tracker())
+    await heartbeat(a)
+    b = (Ownership(leases, "b", 4, ttl=1.0), Tracker())
+    await b[0].step(b[1].acquired, b[1].released)  # b joins: a hands two over
+    await a[0].step(a[1].acquired, a[1].released)  # starts handing back
+    await a[0].step(a[1].acquired, a[1].released)  # refreshes while they are released
+    await a[0].handed_back()
+    assert set(a[0].owned) == a[1].consuming
+    assert len(a[1].consuming) == 2
+
+
+class FlakyLeases(SlowLeases):
+    """One lease's refresh fails once (NATS did not answer in time)."""
+
+    def __init__(self, bucket: Bucket) -> None:
+        super().__init__(bucket, delay=0.0)
+        self.failing: str | None = None
+
+    async def update(self, key: str, value: bytes, *, last: int) -> int | None:
+        if key == self.failing:
+            self.failing = None
+            raise TimeoutError
+        return await super().update(key, value, last=last)
+
+
+async def test_one_failed_refresh_keeps_the_other_leases_refreshed(leases: Bucket) -> None:
+    flaky = FlakyLeases(leases)
+    a = (Ownership(flaky, "a", 4, ttl=1.0), Tracker())
+    await heartbeat(a)
+    flaky.failing = "partition.1"
+    with pytest.raises(TimeoutError):  # the heartbeat failed: run() logs it and retries
+        await a[0].step(a[1].acquired, a[1].released)
+    await heartbeat(a)  # the others were refreshed: their new revisions were kept
+    assert a[0].owned == [0, 1, 2, 3]
+    assert a[1].consuming == {0, 1, 2, 3}

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from avatar_actions.engine import MAX_BATCHES_IN_FLIGHT, RESUME_READERS, Engine
+from avatar_actions.engine import MAX_BATCHES_IN_FLIGHT, RESUME_READERS, YIELD_EVERY, Engine
 from avatar_actions.rules import RulesConfig
 from avatar_actions.state import MAX_OUTBOX, StoredRoom
-from avatar_shared.bus import EventProcessor
+from avatar_shared.bus import EventProcessor, Processed
 from avatar_shared.events import DeliveryDone, DeliveryOutcome, SessionEnded, SessionStarted
 from tests.unit.actions.fakes import (
     Clock,
@@ -431,3 +432,37 @@ async def test_events_the_rules_do_not_read_cost_no_state_read_or_write() -> Non
     assert world.rooms.saved == {}
     assert all(i.settled == ["ack"] for i in batch)
     assert engine.rooms_in_memory() == 0
+
+
+async def test_a_long_batch_lets_other_tasks_run_while_it_is_applied(world: World) -> None:
+    """Applying events to rooms in memory never waits: a long batch must yield."""
+    seen: list[str] = []
+
+    class Recording(EventProcessor):
+        async def process(self, *args: Any, **kwargs: Any) -> Processed:
+            seen.append("event")
+            return await super().process(*args, **kwargs)
+
+    async def other_task() -> None:
+        while True:
+            seen.append("other")
+            await asyncio.sleep(0)
+
+    engine = Engine(
+        0,
+        RULES,
+        rooms=world.rooms,
+        publisher=world.livekit,
+        decisions=world.decisions,
+        processor=Recording(),
+        clock=world.clock,
+    )
+    batch = [i for r in range(30) for i in items(Turns(f"room-{r}", world.clock).opening("s1"))]
+    await engine.cycle(batch[:1])  # the other task starts between batches
+    other = asyncio.create_task(other_task())
+    seen.clear()
+    await engine.cycle(batch[1:])
+    other.cancel()
+    applying = "".join("e" if s == "event" else "o" for s in seen)
+    applying = applying[: applying.rindex("e") + 1]  # up to the last event applied
+    assert max(len(run) for run in applying.split("o")) <= YIELD_EVERY

@@ -75,6 +75,11 @@ _RETRY_BASE, _RETRY_MAX = 0.5, 10.0
 MAX_BATCHES_IN_FLIGHT = 4
 #: Stored rooms read at once when a partition is taken (:meth:`Engine.resume`).
 RESUME_READERS = 32
+#: Events applied before a batch lets the event loop run other tasks. Applying an event
+#: to a room in memory never waits, so a full batch would otherwise hold the loop for its
+#: whole length (tens of ms under a backlog), and every round trip of the lease
+#: heartbeat, every other partition and NATS's replies would wait behind it.
+YIELD_EVERY = 32
 
 
 @dataclass
@@ -161,6 +166,8 @@ class Engine:
         handled: list[WorkItem] = []
         await self._prefetch(items)
         for index, item in enumerate(items):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the others' turn: leases, partitions, NATS replies
             outcome = await self._processor.process(
                 item,
                 self.apply,

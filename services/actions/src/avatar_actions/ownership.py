@@ -125,26 +125,43 @@ class Ownership:
         await self.release_all(released)
 
     async def step(self, acquired: PartitionCallback, released: PartitionCallback) -> None:
-        """One heartbeat. It never waits for a worker: a partition handed back stops in
+        """One heartbeat. The leases held are refreshed first, all at once (with the
+        membership write): on an event loop saturated by a backlog every round trip
+        waits its turn behind the workers' batches, so one round, not one per lease,
+        keeps them valid. It never waits for a worker: a partition handed back stops in
         the background while its lease keeps being refreshed, so a long batch cannot
         starve the other leases."""
         started = self._clock()
-        await self._kv.put(f"member.{self.me}", b"1")
-        members = await self._members()
-        owners = assignment(self._partitions, members)
-        wanted = {p for p, member in owners.items() if member == self.me}
-        for partition in sorted(self._leases):
-            revision = await self._kv.update(
-                _key(partition), self.me.encode(), last=self._leases[partition].revision
-            )
-            if revision is None:
+        held = sorted(self._leases)
+        membership, *revisions = await asyncio.gather(
+            self._kv.put(f"member.{self.me}", b"1"),
+            *(
+                self._kv.update(_key(p), self.me.encode(), last=self._leases[p].revision)
+                for p in held
+            ),
+            return_exceptions=True,
+        )
+        failure: BaseException | None = None
+        if isinstance(membership, BaseException):
+            failure = membership
+        for partition, revision in zip(held, revisions, strict=True):
+            if partition not in self._leases:
+                continue  # handed back meanwhile: not ours to keep
+            if isinstance(revision, BaseException):
+                failure = failure or revision  # the others' new revisions are kept
+            elif revision is None:
                 log.error("lease of partition %d lost; stopping its consumer", partition)
                 del self._leases[partition]  # not held from now: its batch is abandoned
                 self._hand_back(partition, released)
-                continue
-            self._leases[partition] = _Lease(revision, started + self._ttl - self.heartbeat)
-            if partition not in wanted:
-                self._hand_back(partition, released)
+            else:
+                self._leases[partition] = _Lease(revision, started + self._ttl - self.heartbeat)
+        if failure is not None:
+            raise failure
+        members = await self._members()
+        owners = assignment(self._partitions, members)
+        wanted = {p for p, member in owners.items() if member == self.me}
+        for partition in sorted(set(self._leases) - wanted):
+            self._hand_back(partition, released)
         for partition in sorted(wanted - set(self._leases) - set(self._handing_back)):
             revision = await self._kv.create(_key(partition), self.me.encode())
             if revision is None:
