@@ -499,3 +499,28 @@ async def test_held_gestures_and_waiting_packets_are_gauges(
     assert metric_points(metric_reader, "avatar.actions.held") == {(): 0}
     livekit.unavailable_rooms.clear()
     await received(livekit, 3)
+
+
+async def test_the_leases_keep_a_connection_of_their_own(
+    nats_server: NatsServer, livekit: LiveKitDouble, settings: ActionsSettings, cleanup: None
+) -> None:
+    """Behind a backlog of acks, writes and decisions on the data connection a lease
+    refresh waited seconds (the leases expired in an overload run): the heartbeat must
+    not depend on that connection."""
+    service = await bootstrap(
+        settings,
+        nats_server.settings("actions"),
+        LiveKitSettings(url=livekit.url, api_key=KEY, api_secret=SECRET),
+    )
+
+    async def nothing(_: int) -> None:
+        return None
+
+    try:
+        await service.ownership.step(nothing, nothing)
+        assert service.ownership.owned == list(range(settings.partitions))
+        await service.bus.close(drain=False)  # the data connection is of no use now
+        await service.ownership.step(nothing, nothing)  # refreshed all the same
+        assert service.ownership.owned == list(range(settings.partitions))
+    finally:
+        await service.close()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
@@ -264,3 +267,42 @@ async def test_one_failed_refresh_keeps_the_other_leases_refreshed(leases: Bucke
     await heartbeat(a)  # the others were refreshed: their new revisions were kept
     assert a[0].owned == [0, 1, 2, 3]
     assert a[1].consuming == {0, 1, 2, 3}
+
+
+async def test_members_not_read_in_time_leave_the_refreshed_leases_as_they_are(
+    leases: Bucket,
+) -> None:
+    slow = SlowLeases(leases, delay=0.0)
+    a = (Ownership(slow, "a", 4, ttl=1.0), Tracker())
+    await heartbeat(a)
+
+    async def stuck(pattern: str) -> list[str]:  # longer than half a heartbeat
+        await asyncio.sleep(1.0)
+        return []
+
+    slow.keys = stuck  # type: ignore[method-assign]
+    async with asyncio.timeout(0.5):
+        await a[0].step(a[1].acquired, a[1].released)  # returns after heartbeat / 2
+    assert slow.calls.count("update") == 4  # the leases were refreshed first
+    assert a[0].owned == [0, 1, 2, 3]  # and nothing was handed back for want of members
+    assert a[1].consuming == {0, 1, 2, 3}
+
+
+async def test_heartbeats_keep_their_cadence_when_one_takes_long(leases: Bucket) -> None:
+    began: list[float] = []
+
+    class Slow(Ownership):
+        async def step(self, acquired: Any, released: Any) -> None:
+            began.append(time.monotonic())
+            await asyncio.sleep(0.2)  # most of a heartbeat (0.25 s)
+
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        Slow(leases, "a", 4, ttl=1.0).run(stop, Tracker().acquired, Tracker().released)
+    )
+    await asyncio.sleep(1.1)
+    stop.set()
+    await running
+    gaps = [b - a for a, b in itertools.pairwise(began)]
+    assert len(gaps) >= 3
+    assert max(gaps) < 0.33  # every heartbeat from the last one's start, not its end

@@ -2,7 +2,8 @@
 
 ``__main__``, the integration tests and the benchmark all start the service through
 it, so there is one wiring: NATS (the bus, its streams, buckets and feeds), LiveKit
-(or a dry run) or the room's agent (``ACTIONS_DELIVERY=agent``), the leases, and an
+(or a dry run) or the room's agent (``ACTIONS_DELIVERY=agent``), the leases (on a NATS
+connection of their own, so the heartbeat never queues behind the data), and an
 :class:`~avatar_actions.engine.Engine` per partition this replica acquires.
 """
 
@@ -52,6 +53,7 @@ class ActionsService:
 
     settings: ActionsSettings
     bus: Bus
+    control: Bus  # the leases' own connection
     ownership: Ownership
     http: aiohttp.ClientSession | None  # LiveKit's server API
     deliveries: AgentDeliveryPublisher | None  # delivery through the agent
@@ -65,6 +67,7 @@ class ActionsService:
         if self.deliveries is not None:
             await self.deliveries.aclose()
         await self.bus.close()
+        await self.control.close()
         if self.http is not None:
             await self.http.close()
 
@@ -117,10 +120,18 @@ async def bootstrap(
                 settings.state_bucket, ttl_seconds=settings.state_ttl_seconds, replicas=replicas
             )
         )
-        leases = await bus.ensure_kv(
+    except BaseException:
+        await bus.close(drain=False)
+        raise
+    # The leases get a connection of their own: behind a backlog of acks, writes and
+    # decisions on the main one, a lease refresh waited seconds and the leases expired.
+    control = await Bus.connect(nats, name="avatar-actions-leases", identity="actions")
+    try:
+        leases = await control.ensure_kv(
             settings.lease_bucket, ttl_seconds=settings.lease_ttl_seconds, replicas=replicas
         )
     except BaseException:
+        await control.close(drain=False)
         await bus.close(drain=False)
         raise
     session: aiohttp.ClientSession | None = None
@@ -185,7 +196,9 @@ async def bootstrap(
             name=f"partition-{partition}",
         )
 
-    return ActionsService(settings, bus, ownership, session, deliveries, start_partition, engines)
+    return ActionsService(
+        settings, bus, control, ownership, session, deliveries, start_partition, engines
+    )
 
 
 def _gauges(engines: weakref.WeakSet[Engine], meter_provider: metrics.MeterProvider | None) -> None:

@@ -116,12 +116,16 @@ class Ownership:
         """Heartbeat until ``stop``, then hand every partition back. Cancelled, it lets
         go of nothing: like a crashed process, its leases expire after ``ttl``."""
         while not stop.is_set():
+            began = self._clock()
             try:
                 await self.step(acquired, released)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("lease heartbeat failed (%s); retrying", type(exc).__name__)
+            # every `heartbeat` from the last one's start, however long that one took
+            pause = max(0.0, began + self.heartbeat - self._clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.heartbeat)
+                async with asyncio.timeout(pause):
+                    await stop.wait()
         await self.release_all(released)
 
     async def step(self, acquired: PartitionCallback, released: PartitionCallback) -> None:
@@ -157,7 +161,15 @@ class Ownership:
                 self._leases[partition] = _Lease(revision, started + self._ttl - self.heartbeat)
         if failure is not None:
             raise failure
-        members = await self._members()
+        try:
+            async with asyncio.timeout(self.heartbeat / 2):
+                members = await self._members()
+        except TimeoutError:
+            # Refreshed, but the members cannot be read in time (a saturated replica or
+            # server): keep what is held and rebalance on a later heartbeat, so that the
+            # next refresh is not late.
+            log.warning("lease heartbeat: members not read in time; not rebalancing now")
+            return
         owners = assignment(self._partitions, members)
         wanted = {p for p, member in owners.items() if member == self.me}
         for partition in sorted(set(self._leases) - wanted):

@@ -153,7 +153,8 @@ class Bus:
             if "authorization violation" in message.lower() and not refused.done():
                 refused.set_result(message)
             level = logging.ERROR if "permissions violation" in message.lower() else logging.WARNING
-            log.log(level, "nats error: %s", message, extra={"nats_event": "error"})
+            described = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+            log.log(level, "nats error: %s", described, extra={"nats_event": "error"})
 
         connecting: asyncio.Future[NatsClient] = asyncio.ensure_future(
             nats.connect(
