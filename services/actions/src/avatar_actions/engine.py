@@ -4,9 +4,9 @@ A partition's rooms live in memory while this replica owns the partition; the du
 copy is in the room store. :meth:`Engine.cycle` is the batch cycle:
 
 1. **apply** each event of the batch, in stream order (the batch's rooms that are not in
-   memory are read first, all at once): the rules decide in memory; packets join their
-   room's outbox (an event whose id the room remembers is a
-   redelivery of one already applied, and is skipped);
+   memory are read first, all at once; events the rules do not read are only acked):
+   the rules decide in memory; packets join their room's outbox (an event whose id the
+   room remembers is a redelivery of one already applied, and is skipped);
 2. **release** what the timers made due (held gestures, retries);
 3. **check the lease**: if this replica no longer holds the partition, the batch is
    abandoned, unsent and unacked, and its rooms forgotten: the next owner redoes it

@@ -130,11 +130,11 @@ class Ownership:
 
     async def step(self, acquired: PartitionCallback, released: PartitionCallback) -> None:
         """One heartbeat. The leases held are refreshed first, all at once (with the
-        membership write): on an event loop saturated by a backlog every round trip
-        waits its turn behind the workers' batches, so one round, not one per lease,
-        keeps them valid. It never waits for a worker: a partition handed back stops in
-        the background while its lease keeps being refreshed, so a long batch cannot
-        starve the other leases."""
+        membership write): on a saturated replica every round trip waits its turn, so
+        one round, not one per lease, keeps them valid; the members are read after, for
+        at most half a heartbeat. It never waits for a worker: a partition handed back
+        stops in the background while its lease keeps being refreshed, so a long batch
+        cannot starve the other leases."""
         started = self._clock()
         held = sorted(self._leases)
         membership, *revisions = await asyncio.gather(

@@ -164,8 +164,8 @@ class SharedCache:
         except (NatsError, TimeoutError) as exc:
             self._failed("get", exc)
             return None
-        except (ObjectTooLarge, ObjectCorrupt, ValueError, KeyError, IndexError, TypeError):
-            log.warning("ignoring a malformed shared cache entry", exc_info=True)
+        except (ObjectTooLarge, ObjectCorrupt, ValueError, KeyError, IndexError, TypeError) as exc:
+            log.warning("ignoring a malformed shared cache entry: %r", exc)
             self._done("get", "malformed")
             return None
         self._done("get", "hit")
