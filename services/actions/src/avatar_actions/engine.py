@@ -61,7 +61,7 @@ from avatar_actions.ports import (
     WorkItem,
     packet_nonce,
 )
-from avatar_actions.rules import READS, SPEAKING, Decision, RoomSequencer, RulesConfig
+from avatar_actions.rules import SPEAKING, UNREAD, Decision, RoomSequencer, RulesConfig
 from avatar_actions.state import APPLIED_REMEMBERED, MAX_OUTBOX, Outgoing, StoredRoom
 from avatar_shared import semconv, subjects
 from avatar_shared.bus import NAK_DELAY_SECONDS, EventProcessor
@@ -218,7 +218,7 @@ class Engine:
 
     async def apply(self, event: Event) -> None:
         """Let the rules decide on one event, in memory."""
-        if event.type not in READS:
+        if event.type in UNREAD:
             return  # nothing for the rules: no state to read or write
         room = await self._room(event.room)
         stored = room.stored
@@ -336,7 +336,7 @@ class Engine:
         for item in items:
             with contextlib.suppress(ValueError, IndexError):  # not a work subject
                 parts = subjects.parse_subject(partitions.event_subject(item.subject))
-                if parts.type in READS:
+                if parts.type not in UNREAD:
                     names.add(parts.room)
         missing = [name for name in names if name not in self._cache]
         if not missing:

@@ -33,11 +33,13 @@ from pydantic import BaseModel, Field
 from avatar_shared.events import (
     AgentState,
     AgentStateChanged,
+    DeliveryDone,
     DropReason,
     Event,
     Outcome,
     PlayoutStarted,
     SessionEnded,
+    SessionStarted,
     SpeechCreated,
     SpeechDone,
     TagKind,
@@ -48,21 +50,10 @@ from avatar_shared.events import (
 
 SPEAKING = "speaking"
 _RESTING = frozenset({AgentState.LISTENING, AgentState.IDLE})
-#: The event types :meth:`RoomSequencer.handle` reads. Any other agent event
-#: (``session_started``, the agent's ``delivery_done`` answers) changes nothing in a
-#: room, so the engine neither reads nor writes the room's state for it.
-READS = frozenset(
-    model.model_fields["type"].default
-    for model in (
-        SpeechCreated,
-        TagParsed,
-        PlayoutStarted,
-        SpeechDone,
-        AgentStateChanged,
-        UserStateChanged,
-        SessionEnded,
-    )
-)
+#: The agent events :meth:`RoomSequencer.handle` does not read: they change nothing in a
+#: room, so the engine neither reads nor writes the room's state for them (any other type
+#: is read, a new one included).
+UNREAD = frozenset(model.model_fields["type"].default for model in (SessionStarted, DeliveryDone))
 _REMEMBERED = 32  # finished speeches remembered, so late or repeated events change nothing
 #: Speeches followed at once in a room; a livekit-agents session has one or two.
 MAX_SPEECHES = 16
