@@ -125,7 +125,13 @@ async def bootstrap(
         raise
     # The leases get a connection of their own: behind a backlog of acks, writes and
     # decisions on the main one, a lease refresh waited seconds and the leases expired.
-    control = await Bus.connect(nats, name="avatar-actions-leases", identity="actions")
+    control = await Bus.connect(
+        nats,
+        name="avatar-actions-leases",
+        identity="actions",
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
     try:
         leases = await control.ensure_kv(
             settings.lease_bucket, ttl_seconds=settings.lease_ttl_seconds, replicas=replicas
