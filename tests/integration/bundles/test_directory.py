@@ -55,6 +55,13 @@ async def test_unknown_or_escaping_ids_are_not_found(folder: Path, avatar_id: st
     assert refused.value.status == 404
 
 
+async def test_an_id_with_a_trailing_newline_is_not_a_file_name(folder: Path) -> None:
+    (folder / "ava-1\n.json").write_text('{"payload": "not for this id"}')
+    with pytest.raises(SourceError) as refused:
+        await DirectorySource(folder, MAX).fetch("ava-1\n")
+    assert refused.value.status == 404
+
+
 @pytest.mark.parametrize("avatar_id", ["broken", "wrong-shape"])
 async def test_invalid_files_are_502_not_500(folder: Path, avatar_id: str) -> None:
     with pytest.raises(SourceError) as failed:

@@ -87,6 +87,7 @@ async def token(nats_server: NatsServer) -> AsyncIterator[ServiceProcess]:
             port,
             ROOT / "deploy" / "local" / "policy.toml",
             TOKEN_HEADER_TIMEOUT_SECONDS="1",
+            TOKEN_BODY_TIMEOUT_SECONDS="1",
             AUTH_ANONYMOUS="true",
         ),
         f"http://127.0.0.1:{port}",

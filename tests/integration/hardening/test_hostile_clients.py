@@ -1,19 +1,22 @@
 """Both HTTP services as processes against hostile clients, on raw sockets: huge bodies,
-headers that never finish. Each gets a bounded answer in bounded time and memory, and
-the service answers normally afterwards."""
+bodies and headers that never finish, requests that are not HTTP, too many at once. Each
+gets a bounded JSON answer in bounded time and memory, and the service answers normally
+afterwards."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.integration.hardening.conftest import MAX_GROWTH_MIB
-from tests.support.service_process import ServiceProcess
+from tests.integration.hardening.conftest import MAX_GROWTH_MIB, ROOT
+from tests.support.nats_server import NatsServer, free_port
+from tests.support.service_process import ServiceProcess, running_service, token_env
 
 TOKEN_PATH = "/api/livekit/token?avatar_id=demo-avatar"
 MIB = 1024 * 1024
@@ -129,3 +132,110 @@ async def test_answers_advertise_no_server_and_forbid_sniffing(service: ServiceP
             assert response.headers["x-content-type-options"] == "nosniff"
         assert (await client.get("/metrics")).status_code == 404
         assert (await client.get("/docs")).status_code == 404
+
+
+async def exchange(service: ServiceProcess, request: bytes) -> bytes:
+    """Send ``request`` on a new connection; everything the service sends until it closes."""
+    reader, writer = await connect(service)
+    writer.write(request)
+    try:
+        async with asyncio.timeout(5):
+            return await reader.read()  # to EOF: the service must close
+    finally:
+        writer.close()
+
+
+def json_answer(answer: bytes, status: int) -> dict[str, str]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d" % status), answer[:200]
+    lines = head.lower().split(b"\r\n")
+    assert b"content-type: application/json" in lines
+    assert b"x-content-type-options: nosniff" in lines
+    found: dict[str, str] = json.loads(body)
+    return found
+
+
+NOT_HTTP = {
+    "headers that pass 16 KiB unfinished": b"GET /healthz HTTP/1.1\r\nHost: t\r\nX: "
+    + b"a" * 20_000,
+    "no Host": b"GET /healthz HTTP/1.1\r\n\r\n",
+    "a malformed request line": b"GET\r\n\r\n",
+    "a header without a colon": b"GET /healthz HTTP/1.1\r\nHost: t\r\nnonsense\r\n\r\n",
+    "a broken chunked body": b"POST /api/livekit/token HTTP/1.1\r\nHost: t\r\n"
+    b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\nZZ\r\n\r\n',
+}
+
+
+@pytest.mark.parametrize("request_bytes", NOT_HTTP.values(), ids=NOT_HTTP.keys())
+async def test_what_is_not_http_is_a_json_400_and_a_closed_connection(
+    service: ServiceProcess, request_bytes: bytes
+) -> None:
+    body = json_answer(await exchange(service, request_bytes), 400)
+    assert body["error"] == "bad_request"
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_trailing_slash_is_404_not_a_redirect_to_the_callers_host(
+    service: ServiceProcess,
+) -> None:
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        for path in ("/api/livekit/token/", "/api/avatars/bundle/x/"):  # one route each
+            response = await client.get(path, headers={"Host": "evil.example"})
+            assert response.status_code == 404
+            assert "location" not in response.headers
+            assert response.json()["error"] == "not_found"
+
+
+async def test_a_body_dripping_past_its_deadline_is_408(token: ServiceProcess) -> None:
+    reader, writer = await connect(token)
+    writer.write(
+        f"POST {TOKEN_PATH} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n".encode()
+    )
+
+    async def drip() -> None:  # a byte every 0.2 s: each read is quick, the body never ends
+        while True:
+            writer.write(b"1\r\n \r\n")
+            await asyncio.sleep(0.2)
+
+    dripping = asyncio.create_task(drip())
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(5):
+            answer = await reader.readuntil(b"\r\n\r\n")
+            length = int(answer.split(b"content-length: ")[1].split(b"\r\n")[0])
+            answer += await reader.readexactly(length)
+    finally:
+        dripping.cancel()
+        writer.close()
+    assert time.monotonic() - started < 3  # TOKEN_BODY_TIMEOUT_SECONDS=1
+    assert json_answer(answer, 408)["error"] == "body_timeout"
+
+
+async def test_past_max_connections_a_request_is_a_json_503(nats_server: NatsServer) -> None:
+    port = free_port()
+    env = token_env(
+        nats_server,
+        port,
+        ROOT / "deploy" / "local" / "policy.toml",
+        TOKEN_MAX_CONNECTIONS="2",
+        AUTH_ANONYMOUS="true",
+    )
+    async with running_service("avatar_token", env, f"http://127.0.0.1:{port}") as token:
+        request = f"GET {TOKEN_PATH} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        idle = [await connect(token)]
+        await asyncio.sleep(0.1)
+        allowed = await exchange(token, request.encode())  # this one and one idle: 2
+        assert allowed.startswith(b"HTTP/1.1 200"), allowed[:200]
+        idle.append(await connect(token))
+        await asyncio.sleep(0.1)
+        refused = await exchange(token, request.encode())  # 3 connections
+        body = json_answer(refused, 503)
+        assert body["error"] == "overloaded"
+        assert b"retry-after: 1" in refused.lower()
+        for _, writer in idle:
+            writer.close()
+        await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=token.url) as client:
+            assert (await client.get(TOKEN_PATH)).status_code == 200

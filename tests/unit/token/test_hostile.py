@@ -3,12 +3,15 @@ processes, with memory and time measured, are in tests/integration/hardening/)."
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from starlette.requests import ClientDisconnect
 
 from avatar_token.minting import Minter
 from tests.support import oidc
@@ -147,6 +150,29 @@ async def test_an_unexpected_error_is_a_json_500_a_browser_can_read(
     assert response.headers["access-control-allow-origin"] == "https://app.example"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert [e.name for e in server.events] == ["exception"]
+    assert after.status_code == 200
+
+
+async def test_a_client_that_hangs_up_is_499_not_a_server_error(
+    make_client: Callable[..., httpx.AsyncClient],
+    monkeypatch: pytest.MonkeyPatch,
+    spans: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def gone(request: object, limit: int, seconds: float) -> bytes:
+        raise ClientDisconnect
+
+    monkeypatch.setattr("avatar_token.api.read_body", gone)
+    async with make_client() as client:
+        response = await client.post(PATH, json={"avatar_id": "demo-avatar"})
+        after = await client.get(PATH, params=DEMO)
+    assert response.status_code == 499
+    assert response.json()["error"] == "client_closed_request"
+    (server, _) = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER"]
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 499
+    assert server.status.status_code is StatusCode.UNSET
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert after.status_code == 200
 
 

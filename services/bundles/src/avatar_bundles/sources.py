@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 log = logging.getLogger(__name__)
-AVATAR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+AVATAR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 class SourceError(Exception):
@@ -70,7 +70,9 @@ class DirectorySource:
             raise ValueError(f"BUNDLES_DIRECTORY: {root} is not a directory")
 
     async def fetch(self, avatar_id: str) -> str:
-        if not AVATAR_ID.match(avatar_id):  # the API validated it; this class does not rely on it
+        if not AVATAR_ID.fullmatch(
+            avatar_id
+        ):  # the API validated it; this class does not rely on it
             raise not_found()
         path = (self._root / f"{avatar_id}.json").resolve()
         if path.parent != self._root:

@@ -31,7 +31,9 @@ TOKEN_PATH = "/api/livekit/token"  # noqa: S105 (a route, not a password)
 _ERRORS = error_responses(400, 401, 403, 422, 429, 503)
 
 
-def token_router(issuer: TokenIssuer, client_address: ClientAddress, server_url: str) -> APIRouter:
+def token_router(
+    issuer: TokenIssuer, client_address: ClientAddress, server_url: str, body_timeout: float
+) -> APIRouter:
     router = APIRouter(tags=["tokens"])
 
     def client_ip(request: Request) -> str:
@@ -82,7 +84,7 @@ def token_router(issuer: TokenIssuer, client_address: ClientAddress, server_url:
         TOKEN_PATH,
         status_code=201,
         response_model=StandardTokenResponse,
-        responses=error_responses(400, 401, 403, 413, 422, 429, 503),
+        responses=error_responses(400, 401, 403, 408, 413, 422, 429, 503),
         openapi_extra={
             "parameters": StandardTokenQuery.openapi_parameters(),
             "requestBody": {
@@ -100,7 +102,9 @@ def token_router(issuer: TokenIssuer, client_address: ClientAddress, server_url:
 
         async def read() -> SessionRequest:
             query = StandardTokenQuery.parse(request.query_params)
-            body = StandardTokenRequest.parse(await read_body(request, MAX_BODY_BYTES))
+            body = StandardTokenRequest.parse(
+                await read_body(request, MAX_BODY_BYTES, body_timeout)
+            )
             chosen = body.avatar_id or query.avatar_id
             if chosen is None:
                 raise ApiError(422, "invalid_request", "avatar_id is required", field="avatar_id")

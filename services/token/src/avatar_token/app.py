@@ -79,6 +79,7 @@ def create_app(
         issuer,
         ClientAddress(settings.trusted_proxies),
         settings.public_livekit_url or livekit.url,
+        settings.body_timeout_seconds,
     )
     return build_app(
         title="avatar-backend token service",

@@ -18,6 +18,12 @@ class TokenSettings(HttpServiceSettings):
     )
     rate_per_ip: str = Field("60/minute", description="Token requests allowed per client IP")
     rate_per_principal: str = Field("20/minute", description="Token requests allowed per caller")
+    body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A POST body must arrive within this of its headers; then 408",
+    )
     metrics_port: int = Field(
         8101, gt=0, lt=65536, description="Port of /metrics (Prometheus), apart from the API"
     )

@@ -1,11 +1,15 @@
-"""Request bodies read with a ceiling: nothing past ``limit`` bytes is ever buffered.
+"""Request bodies read with a ceiling and a deadline: nothing past ``limit`` bytes is ever
+buffered, and a client dripping its body cannot hold a request past ``seconds``.
 
 A declared ``Content-Length`` over the limit is refused before a byte is read; a chunked
 or lying body is refused as soon as what arrived passes the limit. Both are
-``413 {"error": "body_too_large"}``.
+``413 {"error": "body_too_large"}``; a body not in by the deadline is
+``408 {"error": "body_timeout"}``.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.requests import Request
 
@@ -16,13 +20,19 @@ def body_too_large(limit: int) -> ApiError:
     return ApiError(413, "body_too_large", f"request body is larger than {limit} bytes")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, seconds: float) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise body_too_large(limit)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise body_too_large(limit)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise body_too_large(limit)
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"request body did not arrive within {seconds:g} s"
+        ) from None
     return bytes(body)

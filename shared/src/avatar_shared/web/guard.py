@@ -5,6 +5,10 @@ becomes a JSON 500 (``internal_error``, naming the trace id it was logged under)
 of Starlette's plain-text page and a reset connection. The guard sits inside the CORS
 middleware, so a browser can read that 500 like any other answer, and inside the
 server span, which records the exception.
+
+A client that hangs up before its request is read (``ClientDisconnect``) is not a server
+error: it is logged at INFO and answered 499 (nginx's "client closed request"), which
+reaches nobody but tells the span and the request metrics what happened.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import logging
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"),)
+CLIENT_CLOSED = 499
 
 
 def _internal_error_body(trace_id: str) -> bytes:
@@ -26,6 +32,20 @@ def _internal_error_body(trace_id: str) -> bytes:
     if trace_id:
         message += f"; logged under trace id {trace_id}"
     return json.dumps({"error": "internal_error", "message": message}).encode()
+
+
+async def send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class ResponseGuard:
@@ -47,6 +67,11 @@ class ResponseGuard:
 
         try:
             await self.app(scope, receive, guarded_send)
+        except ClientDisconnect:
+            log.info("client closed the connection before sending its request")
+            if not started:
+                body = b'{"error":"client_closed_request","message":"client went away"}'
+                await send_json(guarded_send, CLIENT_CLOSED, body)
         except Exception as exc:
             span = trace.get_current_span()
             span.record_exception(exc)
@@ -58,14 +83,4 @@ class ResponseGuard:
             body = _internal_error_body(
                 format(context.trace_id, "032x") if context.is_valid else ""
             )
-            await guarded_send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_json(guarded_send, 500, body)

@@ -1,27 +1,79 @@
-"""uvicorn's h11 protocol with a deadline for request headers.
+"""uvicorn's h11 protocol with a deadline for request headers, refusing in JSON.
 
 uvicorn arms no timer on a new connection and disarms its keep-alive timer on any byte,
 so a client sending a header line now and then holds a connection (and a file
 descriptor) for as long as it likes. Here every wait for a request's headers, on a new
 connection or between requests, must end within ``header_timeout`` seconds or the
 connection is closed. Bodies are not covered: routes read them with a size limit, and
-the ingress in front bounds their time.
+:func:`~avatar_shared.web.body.read_body` bounds their time.
+
+uvicorn answers two refusals itself, in plain text: a request h11 cannot parse (a
+malformed request line or header, headers over 16 KiB, a broken chunked body) and a
+request past ``limit_concurrency``. Here they are JSON like every other answer:
+``400 {"error": "bad_request"}`` and ``503 {"error": "overloaded"}`` with
+``Retry-After``, both closing the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import h11
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from avatar_shared.web.guard import SECURITY_HEADERS
 
-class HeaderDeadlineH11(H11Protocol):
+_BAD_REQUEST = json.dumps({"error": "bad_request", "message": "malformed HTTP request"}).encode()
+_OVERLOADED = json.dumps(
+    {"error": "overloaded", "message": "too many requests in progress; retry shortly"}
+).encode()
+
+
+def _refusal_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *SECURITY_HEADERS,
+    ]
+
+
+class BoundedH11(H11Protocol):
     header_timeout = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        # The concurrency check is ours (``_admit``), so that its refusal is JSON.
+        self._capacity = self.limit_concurrency
+        self.limit_concurrency = None
+        self._app = self.app
+        self.app = self._admit
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Counted as uvicorn counts: this connection and this request's task included.
+        busy = self._capacity is not None and (
+            len(self.connections) > self._capacity or len(self.tasks) > self._capacity
+        )
+        if not busy:
+            await self._app(scope, receive, send)
+            return
+        headers = [*_refusal_headers(_OVERLOADED), (b"retry-after", b"1")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": _OVERLOADED})
+
+    def send_400_response(self, msg: str) -> None:
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # nothing answered yet
+            response = h11.Response(
+                status_code=400, headers=_refusal_headers(_BAD_REQUEST), reason=b"Bad Request"
+            )
+            self.transport.write(self.conn.send(response))
+            self.transport.write(self.conn.send(h11.Data(data=_BAD_REQUEST)))
+            self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -56,6 +108,6 @@ class HeaderDeadlineH11(H11Protocol):
             self.transport.close()
 
 
-def with_header_timeout(seconds: float) -> type[HeaderDeadlineH11]:
+def with_header_timeout(seconds: float) -> type[BoundedH11]:
     """The protocol class for ``uvicorn.Config(http=...)`` with this deadline."""
-    return type("HeaderDeadlineH11", (HeaderDeadlineH11,), {"header_timeout": seconds})
+    return type("BoundedH11", (BoundedH11,), {"header_timeout": seconds})

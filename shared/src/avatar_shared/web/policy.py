@@ -19,14 +19,12 @@ from avatar_shared.config import ConfigError, describe
 from avatar_shared.web.principal import Principal
 
 TrackSource = Literal["camera", "microphone", "screen_share", "screen_share_audio"]
-_PRINCIPAL_REF = re.compile(
-    r"^(anonymous|api_key:[A-Za-z0-9_-]{1,64}|user:.{1,256}|group:.{1,256})$"
-)
-_AVATAR_REF = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,127})$")
+_PRINCIPAL_REF = re.compile(r"anonymous|api_key:[A-Za-z0-9_-]{1,64}|user:.{1,256}|group:.{1,256}")
+_AVATAR_REF = re.compile(r"\*|[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 def _principal_ref(value: str) -> str:
-    if not _PRINCIPAL_REF.match(value):
+    if not _PRINCIPAL_REF.fullmatch(value):
         raise ValueError(
             "must be 'anonymous', 'api_key:<name>', 'user:<identity>', 'user:*' or 'group:<name>'"
         )
@@ -34,7 +32,7 @@ def _principal_ref(value: str) -> str:
 
 
 def _avatar_ref(value: str) -> str:
-    if not _AVATAR_REF.match(value):
+    if not _AVATAR_REF.fullmatch(value):
         raise ValueError("must be '*' or an avatar id")
     return value
 

@@ -12,8 +12,9 @@ exposes them on a port of their own (``metrics_port``), for Prometheus only, unl
 app is itself internal and asks for the ``/metrics`` route.
 
 :func:`serve` bounds what a client can hold: request headers must arrive within
-``header_timeout`` seconds, at most ``max_connections`` are served at once (uvicorn
-answers 503 past it), and no ``server`` header advertises the stack. On SIGTERM uvicorn
+``header_timeout`` seconds, at most ``max_connections`` are served at once (``503
+overloaded`` past it, :mod:`avatar_shared.web.h11`), and no ``server`` header
+advertises the stack. On SIGTERM uvicorn
 stops accepting connections and lets in-flight requests finish (bounded); Kubernetes'
 preStop hook covers endpoint propagation.
 """
@@ -140,6 +141,9 @@ def build_app(
         telemetry=NO_FASTAPI_TELEMETRY,
         docs_url="/docs" if docs else None,
         redoc_url=None,
+        # Starlette would redirect `/path/` to `/path`, building the Location from the
+        # client's Host header; an API answers 404 instead.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.add_middleware(ResponseGuard)

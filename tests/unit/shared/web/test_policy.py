@@ -49,6 +49,8 @@ avatars = ["ava-1"]
         ("[[rules]\n", "policy.toml"),
         ('[[rules]]\nprincipals = ["everyone"]\navatars = ["*"]\n', "rules.0.principals.0"),
         ('[[rules]]\nprincipals = ["anonymous"]\navatars = ["../x"]\n', "rules.0.avatars.0"),
+        ('[[rules]]\nprincipals = ["anonymous"]\navatars = ["demo\\n"]\n', "rules.0.avatars.0"),
+        ('[[rules]]\nprincipals = ["api_key:k\\n"]\navatars = ["*"]\n', "rules.0.principals.0"),
         (
             '[[rules]]\nprincipals = ["anonymous"]\navatars = ["*"]\nroom_pattern = "a.*"\n',
             "anchored",
