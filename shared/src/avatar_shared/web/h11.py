@@ -8,8 +8,8 @@ connection is closed. Bodies are not covered: routes read them with a size limit
 :func:`~avatar_shared.web.body.read_body` bounds their time.
 
 uvicorn answers two refusals itself, in plain text: a request h11 cannot parse (a
-malformed request line or header, headers over 16 KiB, a broken chunked body) and a
-request past ``limit_concurrency``. Here they are JSON like every other answer:
+malformed request line or header, headers still unfinished after 16 KiB, a broken
+chunked body) and a request past ``limit_concurrency``. Here they are JSON like every other answer:
 ``400 {"error": "bad_request"}`` and ``503 {"error": "overloaded"}`` with
 ``Retry-After``, both closing the connection.
 """
