@@ -10,7 +10,7 @@ from starlette.datastructures import QueryParams
 
 from avatar_shared.events import AvatarId
 from avatar_shared.web.errors import ApiError
-from avatar_token.protocol import AvatarTokenQuery, DisplayName, RoomName
+from avatar_token.protocol import AvatarTokenQuery, DisplayName, RoomName, StandardTokenRequest
 
 
 def _fastapi_parameters() -> list[dict[str, Any]]:
@@ -31,13 +31,35 @@ def test_openapi_parameters_are_what_fastapi_writes_for_query_fields() -> None:
     assert AvatarTokenQuery.openapi_parameters() == _fastapi_parameters()
 
 
-def test_parse_keeps_the_last_of_repeated_values_and_ignores_unknown_ones() -> None:
-    query = AvatarTokenQuery.parse(QueryParams("avatar_id=first&avatar_id=demo&other=x"))
+def test_parse_ignores_unknown_parameters_even_repeated() -> None:
+    query = AvatarTokenQuery.parse(QueryParams("avatar_id=demo&other=x&other=y").multi_items())
     assert (query.avatar_id, query.name, query.room) == ("demo", None, None)
+
+
+@pytest.mark.parametrize("query", ["avatar_id=a&avatar_id=demo", "avatar_id=demo&room=r&room=s"])
+def test_a_parameter_given_twice_is_refused_not_resolved(query: str) -> None:
+    with pytest.raises(ApiError) as info:
+        AvatarTokenQuery.parse(QueryParams(query).multi_items())
+    field = query.rsplit("&", 1)[1].split("=")[0]
+    assert (info.value.status, info.value.body.field) == (422, field)
+    assert "more than once" in info.value.body.message
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"avatar_id": "demo-avatar", "avatar_id": "other"}', "avatar_id"),
+        (b'{"avatar_id": "demo-avatar", "participant_attributes": {"k": "a", "k": "b"}}', "k"),
+    ],
+)
+def test_a_json_key_given_twice_is_refused_not_resolved(body: bytes, field: str) -> None:
+    with pytest.raises(ApiError) as info:
+        StandardTokenRequest.parse(body)
+    assert (info.value.status, info.value.body.field) == (422, field)
 
 
 def test_parse_errors_name_each_parameter() -> None:
     with pytest.raises(ApiError) as info:
-        AvatarTokenQuery.parse({"room": "has space"})
+        AvatarTokenQuery.parse({"room": "has space"}.items())
     assert (info.value.status, info.value.body.field) == (422, "avatar_id")
     assert info.value.body.message.startswith("avatar_id: Field required; room: String should")

@@ -53,7 +53,7 @@ def token_router(
         """Token for ZeroWeight's `LiveKitAvatarSession` (`getLiveKitToken`)."""
 
         async def read() -> SessionRequest:
-            query = AvatarTokenQuery.parse(request.query_params)
+            query = AvatarTokenQuery.parse(request.query_params.multi_items())
             return SessionRequest(avatar_id=query.avatar_id, room=query.room, name=query.name)
 
         issued = await issuer.issue(request.headers, client_ip(request), read)
@@ -101,7 +101,7 @@ def token_router(
         """LiveKit's standard token endpoint (endpoint token generation)."""
 
         async def read() -> SessionRequest:
-            query = StandardTokenQuery.parse(request.query_params)
+            query = StandardTokenQuery.parse(request.query_params.multi_items())
             body = StandardTokenRequest.parse(
                 await read_body(request, MAX_BODY_BYTES, body_timeout)
             )

@@ -8,11 +8,16 @@
 - ``POST /api/livekit/token``: LiveKit's standard token endpoint ("endpoint token
   generation"), request :class:`StandardTokenRequest`, response 201
   :class:`StandardTokenResponse`. ``avatar_id`` is our one addition (body or query).
+
+A parameter or JSON key given twice is refused (422), not resolved: proxies, firewalls
+and frameworks disagree on which copy wins, and a check made in front of this service
+must see the value this service uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Self
 
@@ -26,7 +31,7 @@ from pydantic import (
 )
 
 from avatar_shared.events import AvatarId
-from avatar_shared.web.errors import invalid_request
+from avatar_shared.web.errors import ApiError, invalid_request
 from avatar_shared.web.text import has_unsafe_characters
 
 MAX_METADATA_BYTES = 4096
@@ -73,10 +78,16 @@ class _Query(BaseModel):
     """A route's query, validated by one pydantic call; other parameters are ignored."""
 
     @classmethod
-    def parse(cls, params: Mapping[str, str]) -> Self:
-        """Validated, or an ApiError (422) naming each bad parameter."""
+    def parse(cls, params: Iterable[tuple[str, str]]) -> Self:
+        """``params``: the query's (name, value) pairs in order. Validated, or an ApiError
+        (422) naming each bad parameter."""
+        values: dict[str, str] = {}
+        for name, value in params:
+            if name in values and name in cls.model_fields:
+                raise given_twice(name)
+            values[name] = value
         try:
-            return cls.model_validate(params)
+            return cls.model_validate(values)
         except ValidationError as exc:
             raise invalid_request(exc.errors(include_url=False)) from None
 
@@ -160,11 +171,27 @@ class StandardTokenRequest(BaseModel):
     @classmethod
     def parse(cls, body: bytes) -> StandardTokenRequest:
         """Validated, or an ApiError: 400 for a body that is not JSON, 422 naming each
-        bad field."""
+        bad field or a key given twice."""
         try:
-            return cls.model_validate_json(body)
+            request = cls.model_validate_json(body)
         except ValidationError as exc:
             raise invalid_request(exc.errors(include_url=False)) from None
+        # The model accepted it, so it is small and shallow: a second parse is cheap.
+        json.loads(body, object_pairs_hook=_unique_keys)
+        return request
+
+
+def given_twice(name: str) -> ApiError:
+    return ApiError(422, "invalid_request", f"{name}: given more than once", field=name)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise given_twice(key)
+        found[key] = value
+    return found
 
 
 class StandardTokenResponse(BaseModel):
