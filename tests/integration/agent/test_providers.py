@@ -2,8 +2,9 @@
 
 A real ``AgentSession`` built as a job or the local run builds it (``start_conversation``,
 inside livekit-agents' HTTP context), with livekit-plugins-openai talking to an
-OpenAI-compatible chat server double and livekit-plugins-cartesia to a Cartesia
-WebSocket double, reporting to the real NATS. What is checked is what the user hears
+OpenAI-compatible chat server double or an OpenAI Realtime API double (the default
+``AGENT_LLM=realtime``) and livekit-plugins-cartesia to a Cartesia WebSocket double,
+reporting to the real NATS. What is checked is what the user hears
 and what the bus says, when the providers work and when they fail.
 """
 
@@ -30,10 +31,11 @@ from avatar_shared.bus import Bus
 from avatar_shared.config import DeliverySettings
 from avatar_shared.events import Event, SpeechDone, TagParsed, decode_event
 from avatar_shared.telemetry import Telemetry
-from tests.support import cartesia, openai_compatible
+from tests.support import cartesia, openai_compatible, openai_realtime
 from tests.support.cartesia import CartesiaDouble
 from tests.support.nats_server import NatsServer
 from tests.support.openai_compatible import OpenAICompatibleDouble
+from tests.support.openai_realtime import OpenAIRealtimeDouble
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -65,6 +67,12 @@ async def llm_server() -> AsyncIterator[OpenAICompatibleDouble]:
 
 
 @pytest.fixture
+async def realtime_server() -> AsyncIterator[OpenAIRealtimeDouble]:
+    async with openai_realtime.running(OpenAIRealtimeDouble()) as double:
+        yield double
+
+
+@pytest.fixture
 async def tts_server() -> AsyncIterator[CartesiaDouble]:
     async with cartesia.running(CartesiaDouble()) as double:
         yield double
@@ -92,7 +100,7 @@ async def talk(
     nats_server: NatsServer,
     js: JetStreamContext,
     room: str,
-    llm: OpenAICompatibleDouble,
+    llm: OpenAICompatibleDouble | OpenAIRealtimeDouble,
     tts: CartesiaDouble | None,
     *,
     turns: Sequence[str] = ("hi",),
@@ -100,13 +108,16 @@ async def talk(
 ) -> Talk:
     values: dict[str, Any] = {
         "avatars_file": ROOT / "deploy" / "local" / "avatars.toml",
-        "llm": "openai-compatible",
-        "llm_base_url": llm.base_url,
-        "llm_model": llm.model,
         "tts": "demo",
         "provider_timeout_seconds": 2.0,
         "provider_retries": 1,
     }
+    if isinstance(llm, OpenAIRealtimeDouble):
+        values |= {"llm": "realtime", "realtime_base_url": llm.base_url}
+        values["OPENAI_API_KEY"] = llm.api_key
+    else:
+        values |= {"llm": "openai-compatible", "llm_base_url": llm.base_url}
+        values["llm_model"] = llm.model
     if tts is not None:
         values |= {"tts": "cartesia", "tts_base_url": tts.base_url}
         values["CARTESIA_API_KEY"] = tts.api_key
@@ -272,3 +283,56 @@ async def test_a_failing_tts_is_reported_and_no_line_is_tried_through_it(
     run = await talk(nats_server, js, room, llm_server, tts_server)
     assert [d.failure for d in run.done()] == ["tts_server_error"]
     assert run.failures("tts", "server_error") == 1
+
+
+async def test_the_realtime_models_text_is_spoken_without_its_tags_and_reported(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    realtime_server: OpenAIRealtimeDouble,
+    tts_server: CartesiaDouble,
+) -> None:
+    run = await talk(nats_server, js, room, realtime_server, tts_server)
+    spoken = " ".join(tts_server.spoken())
+    assert "Hello from your own model!" in spoken
+    assert "action" not in spoken
+    assert "[" not in spoken
+    assert all("action" not in line and "emotion" not in line for line in run.transcript)
+    assert [e.name for e in run.events if isinstance(e, TagParsed)] == ["happy", "wave_hand"]
+    assert [d.failure for d in run.done()] == [None]
+    assert realtime_server.models == ["gpt-realtime-mini"]
+    (update, *_) = [e for e in realtime_server.received if e["type"] == "session.update"]
+    assert update["session"]["output_modalities"] == ["text"]
+
+
+@pytest.mark.parametrize("fault", ["failed", "error"])
+async def test_a_realtime_reply_that_fails_is_a_failure_and_the_fallback_line_is_said(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    realtime_server: OpenAIRealtimeDouble,
+    tts_server: CartesiaDouble,
+    fault: str,
+) -> None:
+    realtime_server.faults = [fault]  # a response.done "failed" / an error for response.create
+    run = await talk(nats_server, js, room, realtime_server, tts_server)
+    assert [d.failure for d in run.done()] == ["llm_server_error", None]  # then the fallback
+    assert [line for line in tts_server.spoken() if line] == [FALLBACK]
+    assert run.failures("llm", "server_error") == 1
+
+
+async def test_a_realtime_reply_failing_once_heard_is_a_failure_without_the_fallback_line(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    realtime_server: OpenAIRealtimeDouble,
+    tts_server: CartesiaDouble,
+) -> None:
+    realtime_server.faults, realtime_server.fail_after = ["failed"], 12  # past the wave_hand tag
+    run = await talk(nats_server, js, room, realtime_server, tts_server)
+    assert [d.failure for d in run.done()] == ["llm_server_error"]
+    spoken = " ".join(tts_server.spoken())
+    assert "Hello from your own model!" in spoken
+    assert "[" not in spoken
+    assert FALLBACK not in spoken
+    assert [e.name for e in run.events if isinstance(e, TagParsed)] == ["happy", "wave_hand"]

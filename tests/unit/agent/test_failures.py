@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from email.utils import formatdate
 
 import httpx2 as httpx
@@ -21,6 +22,12 @@ def wrapped(cause: Exception) -> Exception:
         return exc
 
 
+@dataclass
+class Body:
+    type: str
+    code: str
+
+
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
@@ -34,6 +41,12 @@ def wrapped(cause: Exception) -> Exception:
         (APIConnectionError(), "connection"),
         (APIError("x"), "error"),
         (RuntimeError("x"), "error"),
+        # the Realtime API's errors: an error event's, a failed response's (dict or model)
+        (APIError("x", body={"type": "server_error", "code": "server_error"}), "server_error"),
+        (APIError("x", body=Body("invalid_request_error", "rate_limit_exceeded")), "rate_limited"),
+        (APIError("x", body=Body("tokens", "inference_rate_limit_exceeded")), "rate_limited"),
+        (APIError("x", body={"type": "invalid_request_error", "code": "bad"}), "client_error"),
+        (APIError("x", body={"type": "tokens", "code": None}), "error"),
         (wrapped(APIStatusError("x", status_code=500)), "server_error"),
         (wrapped(APIStatusError("x", status_code=429)), "rate_limited"),
         (wrapped(APITimeoutError()), "timeout"),

@@ -179,7 +179,7 @@ class AvatarAgent(Agent):
             async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
                 yield chunk
         except Exception as exc:
-            self.failures.record(speech_id, "llm", _provider(self.session.llm), exc)
+            self.failures.record(speech_id, "llm", provider_name(self.session.llm), exc)
             raise
 
     async def tts_node(
@@ -191,7 +191,7 @@ class AvatarAgent(Agent):
             async for frame in Agent.default.tts_node(self, clean, model_settings):
                 yield frame
         except Exception as exc:
-            self.failures.record(speech_id, "tts", _provider(self.session.tts), exc)
+            self.failures.record(speech_id, "tts", provider_name(self.session.tts), exc)
             raise
 
     async def transcription_node(
@@ -201,5 +201,5 @@ class AvatarAgent(Agent):
             yield chunk
 
 
-def _provider(model: object) -> str:
+def provider_name(model: object) -> str:
     return str(getattr(model, "provider", None) or "unknown")

@@ -49,6 +49,11 @@ class AgentSettings(BaseSettings):
     )
     tts: TTSProvider = Field(TTSProvider.CARTESIA, description="cartesia or demo")
     realtime_model: str = Field("gpt-realtime-mini", description="OpenAI realtime model")
+    realtime_base_url: str | None = Field(
+        None,
+        description="Realtime API base URL for realtime, e.g. an Azure or proxy endpoint "
+        "(OpenAI if unset)",
+    )
     llm_model: str | None = Field(
         None,
         description=f"Model name for openai-compatible ({OPENAI_CHAT_MODEL} on OpenAI; "

@@ -21,13 +21,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from livekit import rtc
-from livekit.agents import AgentSession
+from livekit.agents import AgentSession, llm
 from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.events import (
     AgentStateChangedEvent,
     CloseEvent,
     CloseReason,
     ConversationItemAddedEvent,
+    ErrorEvent,
     SpeechCreatedEvent,
     UserInputTranscribedEvent,
     UserStateChangedEvent,
@@ -35,7 +36,7 @@ from livekit.agents.voice.events import (
 from opentelemetry import context as otel_context
 from opentelemetry import metrics
 
-from avatar_agent.agent import AvatarAgent
+from avatar_agent.agent import AvatarAgent, provider_name
 from avatar_agent.avatars import Avatar
 from avatar_agent.delivery import RoomDeliveries
 from avatar_agent.lifecycle import Lifecycle, SessionLimits
@@ -116,6 +117,7 @@ class Conversation:
         session.on("user_state_changed", self._on_user_state)
         session.on("user_input_transcribed", self._on_user_input)
         session.on("conversation_item_added", self._on_item)
+        session.on("error", self._on_error)
         session.on("close", self._on_close)
 
     def _session_trace(self) -> otel_context.Context | None:
@@ -313,6 +315,17 @@ class Conversation:
     def _on_item(self, ev: ConversationItemAddedEvent) -> None:
         if getattr(ev.item, "role", None) == "user":  # spoken or typed
             self.user_active()
+
+    def _on_error(self, ev: ErrorEvent) -> None:
+        """A realtime model's reply fails outside the agent's nodes (a ``response.done``
+        with status ``failed``, an ``error`` event for its ``response.create``), so its
+        failure arrives here and is charged to the speech under way, the one awaiting that
+        reply. A chat LLM's and the TTS's failures are recorded in the nodes."""
+        if not isinstance(ev.error, llm.RealtimeModelError):
+            return
+        speech = self.session.current_speech
+        provider = provider_name(self.session.llm)
+        self.agent.failures.record(speech.id if speech else None, "llm", provider, ev.error.error)
 
     def _on_close(self, ev: CloseEvent) -> None:
         self.end(ev.reason.value)

@@ -29,6 +29,8 @@ def failure_kind(exc: BaseException) -> str:
     wraps the last attempt's error when retries run out)."""
     while isinstance(exc.__cause__, APIError):
         exc = exc.__cause__
+    if type(exc) is APIError and exc.body is not None:
+        return _realtime_kind(exc.body)
     if isinstance(exc, APIStatusError):
         if exc.status_code == 429:
             return "rate_limited"
@@ -37,6 +39,24 @@ def failure_kind(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, APIConnectionError):
         return "connection"
+    return "error"
+
+
+def _realtime_kind(error: object) -> str:
+    """The kind of a Realtime API ``error`` (an event's, or a failed response's
+    ``status_details.error``): its ``type`` and ``code``, as OpenAI names them."""
+
+    def field(name: str) -> str:
+        value = error.get(name) if isinstance(error, dict) else getattr(error, name, None)
+        return str(value or "")
+
+    kind, code = field("type"), field("code")
+    if "rate_limit" in kind or "rate_limit" in code:
+        return "rate_limited"
+    if kind == "server_error":
+        return "server_error"
+    if kind == "invalid_request_error":
+        return "client_error"
     return "error"
 
 

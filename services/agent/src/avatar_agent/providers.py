@@ -81,6 +81,7 @@ def _llm(
             model=settings.realtime_model,
             modalities=["text"],
             api_key=_key(settings.openai_api_key),
+            base_url=settings.realtime_base_url or NOT_GIVEN,  # unset: OpenAI
         )
         return realtime, None
     client = openai_sdk.AsyncClient(
