@@ -422,9 +422,24 @@ async def test_cors_allows_only_configured_origins(
             PATH,
             headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
         )
+        odd_header = await client.options(
+            PATH,
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "X-Evil",
+            },
+        )
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in denied.headers
+    # refusals are JSON like every other answer, and every answer forbids sniffing
+    assert (denied.status_code, denied.json()["error"]) == (400, "cors_refused")
+    assert denied.json()["message"] == "Disallowed CORS origin"
+    assert (odd_header.status_code, odd_header.json()["error"]) == (400, "cors_refused")
+    assert "headers" in odd_header.json()["message"]
+    for response in (allowed, denied, odd_header):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def test_requests_are_traced_without_personal_data(

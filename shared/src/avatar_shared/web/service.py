@@ -33,7 +33,6 @@ import httpx
 import prometheus_client
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry import metrics, trace
@@ -42,6 +41,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings
 from starlette.types import ASGIApp
 
+from avatar_shared.web.cors import JsonCors
 from avatar_shared.web.errors import install_error_handlers
 from avatar_shared.web.guard import ResponseGuard
 from avatar_shared.web.h11 import with_header_timeout
@@ -149,7 +149,7 @@ def build_app(
     app.add_middleware(ResponseGuard)
     if cors.origins:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCors,
             allow_origins=list(cors.origins),
             allow_methods=list(cors.methods),
             allow_headers=list(cors.headers),
