@@ -7,7 +7,8 @@ WebSocket. The client sends JSON generation requests (``model_id``, ``voice``,
 (silence, 50 ms per character) tagged with the ``context_id``, and once the client sends
 ``continue: false``, a ``done`` message. A wrong key is refused at the upgrade (401), as
 Cartesia does. Every transcript is recorded per context, so a test can read exactly what
-would have been spoken.
+would have been spoken. ``stall`` makes it take transcripts and answer nothing, as a
+server that hangs mid-session.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ SECONDS_PER_CHAR = 0.05
 class CartesiaDouble:
     api_key: str = API_KEY
     fail_upgrade_with: int | None = None  # refuse connections with this status
+    stall: bool = False  # take transcripts and never answer them (no chunk, no done)
     transcripts: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     requests: list[dict[str, object]] = field(default_factory=list)
     audio_bytes: int = 0
@@ -68,6 +70,8 @@ class CartesiaDouble:
                 continue
             transcript = str(generation.get("transcript", ""))
             self.transcripts[context].append(transcript)
+            if self.stall:
+                continue
             await self._speak(ws, generation, context, transcript)
             if not generation.get("continue", False):
                 await ws.send_json(

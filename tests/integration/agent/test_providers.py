@@ -285,6 +285,19 @@ async def test_a_failing_tts_is_reported_and_no_line_is_tried_through_it(
     assert run.failures("tts", "server_error") == 1
 
 
+async def test_a_tts_that_stops_answering_fails_the_reply_within_the_attempt_timeouts(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    llm_server: OpenAICompatibleDouble,
+    tts_server: CartesiaDouble,
+) -> None:
+    tts_server.stall = True  # connected, takes the text, never sends audio or done
+    run = await talk(nats_server, js, room, llm_server, tts_server)
+    assert [d.failure for d in run.done()] == ["tts_timeout"]
+    assert run.elapsed < 2 * 2.0 + 6  # provider_timeout_seconds=2, provider_retries=1
+
+
 async def test_the_realtime_models_text_is_spoken_without_its_tags_and_reported(
     nats_server: NatsServer,
     js: JetStreamContext,
