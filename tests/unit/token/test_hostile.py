@@ -63,6 +63,10 @@ async def test_validation_errors_carry_the_remaining_budget(client: httpx.AsyncC
         ({"participant_attributes": {"k": "line\nbreak"}}, "participant_attributes"),
         ({"participant_attributes": {"k": "\u2066isolate"}}, "participant_attributes"),
         ({"participant_name": "bob\u202e"}, "participant_name"),
+        ({"participant_name": "bob\u2028alice"}, "participant_name"),  # a line separator
+        ({"participant_name": "tab\tbed"}, "participant_name"),
+        ({"participant_name": "   "}, "participant_name"),  # blank
+        ({"participant_attributes": {"k": "para\u2029graph"}}, "participant_attributes"),
     ],
 )
 async def test_control_and_bidi_characters_are_refused(
@@ -71,6 +75,23 @@ async def test_control_and_bidi_characters_are_refused(
     response = await client.post(PATH, json=DEMO | body, headers={"X-API-Key": oidc_free_key()})
     assert response.status_code == 422
     assert response.json()["field"].startswith(field)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Jean\u00a0Dupont",  # a no-break space, as French typography and copy-paste give
+        "Zo\u00eb \u674e",
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0645",  # Persian: a zero-width non-joiner
+        "Sam \U0001f469\u200d\U0001f4bb",  # an emoji ZWJ sequence
+        "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # a flag
+        "Ana \U0001fae8",  # an emoji newer than Python 3.11's Unicode tables
+    ],
+)
+async def test_names_people_really_have_are_accepted(client: httpx.AsyncClient, name: str) -> None:
+    response = await client.get(PATH, params=DEMO | {"name": name})
+    assert response.status_code == 200, response.text
+    assert response.json()["participant_name"] == name
 
 
 def oidc_free_key() -> str:

@@ -40,9 +40,11 @@ MAX_ATTRIBUTES = 32
 MAX_BODY_BYTES = 64 * 1024
 
 
-def _printable(value: str) -> str:
-    if not value.isprintable():
-        raise ValueError("must not contain control characters")
+def _display_name(value: str) -> str:
+    if has_unsafe_characters(value):
+        raise ValueError("must not contain control, line-break or bidirectional characters")
+    if not value.strip():
+        raise ValueError("must not be blank")
     return value
 
 
@@ -66,7 +68,7 @@ def _attributes(value: dict[str, str]) -> dict[str, str]:
 
 RoomName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 DisplayName = Annotated[
-    str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)
+    str, StringConstraints(min_length=1, max_length=128), AfterValidator(_display_name)
 ]
 Identity = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
 Metadata = Annotated[str, AfterValidator(_metadata)]

@@ -13,12 +13,14 @@ import re
 #: Bidirectional formatting characters (Unicode TR9): embeddings, overrides, isolates, marks.
 _BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 _CONTROL = "\x00-\x1f\x7f-\x9f"
-_UNSAFE = re.compile(f"[{_CONTROL}{_BIDI}]")
-_LINE_BREAKS = str.maketrans("", "", "\t\n\r")
+_SEPARATORS = "\u2028\u2029"  # line breaks by other names
+_UNSAFE = re.compile(f"[{_CONTROL}{_SEPARATORS}{_BIDI}]")
+_LINE_BREAKS = str.maketrans("", "", f"\t\n\r{_SEPARATORS}")
 
 
 def has_unsafe_characters(value: str, *, multiline: bool = False) -> bool:
-    """Control or bidi characters; with ``multiline``, tab, LF and CR are allowed."""
+    """Control, line-separator or bidi characters; with ``multiline``, tab and line
+    breaks are allowed."""
     if multiline:
         value = value.translate(_LINE_BREAKS)
     return _UNSAFE.search(value) is not None
