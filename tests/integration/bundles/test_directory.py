@@ -55,6 +55,13 @@ async def test_unknown_or_escaping_ids_are_not_found(folder: Path, avatar_id: st
     assert refused.value.status == 404
 
 
+async def test_a_symlink_loop_in_the_folder_is_a_502_not_a_500(folder: Path) -> None:
+    (folder / "loop.json").symlink_to(folder / "loop.json")
+    with pytest.raises(SourceError) as failed:
+        await DirectorySource(folder, MAX).fetch("loop")
+    assert (failed.value.status, failed.value.error) == (502, "bad_bundle")
+
+
 async def test_an_id_with_a_trailing_newline_is_not_a_file_name(folder: Path) -> None:
     (folder / "ava-1\n.json").write_text('{"payload": "not for this id"}')
     with pytest.raises(SourceError) as refused:

@@ -70,30 +70,28 @@ class DirectorySource:
             raise ValueError(f"BUNDLES_DIRECTORY: {root} is not a directory")
 
     async def fetch(self, avatar_id: str) -> str:
-        if not AVATAR_ID.fullmatch(
-            avatar_id
-        ):  # the API validated it; this class does not rely on it
+        # The API validated the id; this class does not rely on it.
+        if not AVATAR_ID.fullmatch(avatar_id):
             raise not_found()
-        path = (self._root / f"{avatar_id}.json").resolve()
-        if path.parent != self._root:
-            raise not_found()
-        raw = await asyncio.to_thread(self._read, path)
+        name = f"{avatar_id}.json"
+        raw = await asyncio.to_thread(self._read, name)  # resolving reads links: disk too
         try:
             return payload_of(raw)
         except ValueError as exc:
-            log.error("bundle file %s is invalid: %s", path.name, exc)
+            log.error("bundle file %s is invalid: %s", name, exc)
             raise SourceError(502, "bad_bundle", "the stored bundle is invalid") from None
 
-    def _read(self, path: Path) -> bytes:
+    def _read(self, name: str) -> bytes:
         try:
-            if not path.is_file():  # absent, a folder, a socket...
+            path = (self._root / name).resolve()
+            if path.parent != self._root or not path.is_file():  # outside, absent, a folder...
                 raise not_found()
             with path.open("rb") as file:
                 raw = file.read(self._max + 1)
-        except OSError as exc:
-            log.error("bundle file %s cannot be read: %s", path.name, type(exc).__name__)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+            log.error("bundle file %s cannot be read: %s", name, type(exc).__name__)
             raise SourceError(502, "bad_bundle", "the stored bundle cannot be read") from None
         if len(raw) > self._max:
-            log.error("bundle file %s is larger than %d bytes", path.name, self._max)
+            log.error("bundle file %s is larger than %d bytes", name, self._max)
             raise too_large(self._max)
         return raw
