@@ -172,7 +172,9 @@ class Authenticator:
             raise unauthenticated("bearer token has the wrong audience") from None
         except jwt.InvalidIssuerError:
             raise unauthenticated("bearer token has the wrong issuer") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError):
+            # TypeError: the kid names a key of another type than the token's algorithm
+            # (an EC key for RS256), which PyJWT does not check before using it.
             raise unauthenticated("bearer token is invalid") from None
         identity = claims.get(self._settings.oidc_identity_claim)
         if not isinstance(identity, str) or not 0 < len(identity) <= 256:

@@ -1,9 +1,12 @@
 import asyncio
 import contextlib
 import hmac
+import json
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from avatar_shared.web import auth
 from avatar_shared.web.auth import Authenticator, AuthSettings, hash_api_key
@@ -191,3 +194,24 @@ async def test_identity_claims_with_control_or_bidi_characters_are_refused(sub: 
         with pytest.raises(ApiError) as refused:
             await authenticator.authenticate({"authorization": f"Bearer {issuer.token(sub=sub)}"})
     assert refused.value.status == 401
+
+
+async def test_a_token_naming_a_key_of_another_type_is_401_not_a_crash() -> None:
+    issuer = oidc.Issuer()
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()))
+    jwks = issuer.jwks()
+    jwks["keys"].append(ec_jwk | {"kid": "ec-1", "use": "sig", "alg": "ES256"})
+    issuer.document = json.dumps(jwks).encode()
+    async with httpx.AsyncClient(transport=issuer.transport()) as http:
+        authenticator = Authenticator(
+            settings(oidc_issuer=oidc.ISSUER, oidc_audience=oidc.AUDIENCE),
+            {},
+            JwksCache(oidc.JWKS_URL, http),
+        )
+        forged = issuer.token(kid="ec-1")  # RS256, signed with the RSA key
+        with pytest.raises(ApiError) as refused:
+            await authenticator.authenticate({"authorization": f"Bearer {forged}"})
+        principal = await authenticator.authenticate({"authorization": f"Bearer {issuer.token()}"})
+    assert (refused.value.status, refused.value.body.error) == (401, "unauthenticated")
+    assert principal.kind == "user"
