@@ -161,6 +161,8 @@ NOT_HTTP = {
     "no Host": b"GET /healthz HTTP/1.1\r\n\r\n",
     "a malformed request line": b"GET\r\n\r\n",
     "a header without a colon": b"GET /healthz HTTP/1.1\r\nHost: t\r\nnonsense\r\n\r\n",
+    "a Content-Length of 5,000 digits": b"POST /api/livekit/token HTTP/1.1\r\nHost: t\r\n"
+    b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n{}",
     "a broken chunked body": b"POST /api/livekit/token HTTP/1.1\r\nHost: t\r\n"
     b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\nZZ\r\n\r\n',
 }

@@ -105,3 +105,20 @@ def test_a_longer_rate_limit_pause_outranks_a_failure_pause() -> None:
     g.failed()
     assert g.wait_seconds() == pytest.approx(120)
     assert g.reason == "busy"
+
+
+@pytest.mark.parametrize(
+    ("remaining", "closed"),
+    [
+        ("9" * 5000, False),  # past Python's int() digit limit: plenty, not a ValueError
+        ("0" * 5000 + "3", True),  # leading zeros: 3
+        ("0" * 5000, True),
+        ("150", False),
+        ("²", False),
+        ("-1", False),
+    ],
+)
+def test_any_remaining_count_is_read_without_error(remaining: str, closed: bool) -> None:
+    g = gate(Clock())
+    g.observe(answer(X_RateLimit_Remaining=remaining))
+    assert (g.wait_seconds() > 0) is closed

@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-ZW-Api-Key"
 
 
+def _count(value: str) -> int | None:
+    """A decimal count of any length (int() refuses more than 4,300 digits); None if the
+    value is not one."""
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
 class UpstreamGate:
     """When ZeroWeight may be called. Every value that can close it is bounded, so no
     answer can leave it closed for longer than ``max_retry_after`` or ``max_backoff``."""
@@ -73,8 +83,8 @@ class UpstreamGate:
         if response.status_code == 429:
             self._close(retry_after or min(self.WINDOW_SECONDS, self._max_retry_after), "busy")
             return
-        remaining = response.headers.get("X-RateLimit-Remaining", "")
-        if remaining.isascii() and remaining.isdigit() and int(remaining) <= self._reserve:
+        remaining = _count(response.headers.get("X-RateLimit-Remaining", ""))
+        if remaining is not None and remaining <= self._reserve:
             self._close(retry_after or min(self.WINDOW_SECONDS, self._max_retry_after), "busy")
 
     def failed(self) -> float:
