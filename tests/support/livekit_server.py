@@ -9,8 +9,9 @@ a video grant with ``roomAdmin`` for the request's room (SendData) or ``roomCrea
 error format: 401 ``unauthenticated``, 403 ``permission_denied``, 400 ``malformed``.
 Packets are de-duplicated per room by their nonce as livekit-server does
 (:mod:`tests.support.livekit_dedup`): a duplicate is answered 200 and not delivered.
-Tests can queue failures or delays, make the double accept a packet and then not answer
-in time (``stall_after_accepting``), and read every packet delivered.
+Tests can queue failures, odd answers (a 200 that is not protobuf, an error body that is
+not a Twirp error) or delays, make the double accept a packet and then not answer in time
+(``stall_after_accepting``), and read every packet delivered.
 
 It is served by aiohttp (whose HTTP parser is compiled), so that in the benchmarks the
 double's own parsing weighs as little as possible on the latencies it times.
@@ -49,6 +50,9 @@ class LiveKitDouble:
     duplicates: list[Received] = field(default_factory=list)  # dropped by the nonce check
     stall_after_accepting: float = 0.0  # seconds to hold the answer after delivering
     fail_with: list[int] = field(default_factory=list)  # statuses for the next calls
+    # (status, content type, body) for the next calls, the packet not delivered: what a
+    # proxy or a wrong LIVEKIT_URL answers
+    odd_answers: list[tuple[int, str, bytes]] = field(default_factory=list)
     unavailable_rooms: set[str] = field(default_factory=set)  # 503 for these rooms
     delay: float = 0.0
     attempts: int = 0
@@ -130,6 +134,9 @@ class LiveKitDouble:
             await asyncio.sleep(self.delay)
         if message.room in self.unavailable_rooms:
             return self._error(503, "unavailable", "injected for this room")
+        if self.odd_answers:
+            status, content_type, body = self.odd_answers.pop(0)
+            return web.Response(status=status, body=body, content_type=content_type)
         if self.fail_with:
             status = self.fail_with.pop(0)
             return self._error(

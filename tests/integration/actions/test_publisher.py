@@ -109,6 +109,29 @@ async def test_retries_are_bounded(livekit: LiveKitDouble, session: aiohttp.Clie
     assert livekit.attempts == 3
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, "text/html", b"<html>sign in</html>"),  # a proxy's page, or the wrong URL
+        (200, "application/protobuf", b"\xff\xff\xff"),
+        (503, "application/json", b"[1, 2]"),  # JSON, not a Twirp error object
+        (404, "application/json", b'"not found"'),
+    ],
+    ids=["html-200", "garbage-200", "list-503", "string-404"],
+)
+async def test_an_answer_livekit_api_cannot_read_is_retried_not_a_crash(
+    livekit: LiveKitDouble, session: aiohttp.ClientSession, answer: tuple[int, str, bytes]
+) -> None:
+    livekit.odd_answers = [answer]
+    await publisher(livekit, session).publish(packet())
+    assert livekit.attempts == 2
+    assert len(livekit.received) == 1
+    livekit.odd_answers = [answer] * 10
+    with pytest.raises(PublishError) as failed:
+        await publisher(livekit, session, retries=2).publish(packet(cause="event-2"))
+    assert not failed.value.permanent
+
+
 async def test_a_4xx_is_final(livekit: LiveKitDouble, session: aiohttp.ClientSession) -> None:
     livekit.fail_with = [400]
     with pytest.raises(PublishError) as failed:

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import aiohttp
+from google.protobuf.message import DecodeError
 from livekit import api
 from livekit.api.twirp_client import TwirpClient
 from livekit.protocol.room import SendDataRequest, SendDataResponse
@@ -235,6 +236,11 @@ class LiveKitPublisher:
                     reason = f"{exc.status} {exc.code}"
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     reason = type(exc).__name__
+                except (DecodeError, AttributeError, ValueError) as exc:
+                    # An answer livekit-api cannot read: a 200 that is not a
+                    # SendDataResponse (a proxy's HTML page), an error body that is JSON
+                    # but not an object. Not LiveKit's word on the packet: retried.
+                    reason = f"unreadable answer ({type(exc).__name__})"
                 log.warning("SendData failed (%s), attempt %d", reason, attempt + 1)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "retries exhausted"))
             raise PublishError("LiveKit unavailable after retries", permanent=False)
