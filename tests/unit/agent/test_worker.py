@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from livekit.agents.job import JobAcceptArguments
 from livekit.protocol import agent, models
 
 from avatar_agent import runtime as runtime_module
-from avatar_agent.worker import on_request
+from avatar_agent.worker import end_job, on_request
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -63,3 +64,25 @@ async def test_a_job_for_a_known_avatar_is_accepted_as_that_avatar() -> None:
 async def test_a_job_without_a_known_avatar_is_rejected(metadata: str) -> None:
     verdict, _ = await decide(metadata)
     assert verdict == "rejected"
+
+
+async def test_at_a_limit_the_job_ends_even_when_livekit_never_deletes_the_room() -> None:
+    ended: list[str] = []
+    never = asyncio.Event()
+
+    async def hanging_delete() -> None:
+        await never.wait()
+
+    async with asyncio.timeout(2):
+        await end_job(hanging_delete, ended.append, within=0.1)
+    assert ended == ["session limit"]
+
+
+async def test_at_a_limit_the_room_is_deleted_before_the_job_ends() -> None:
+    order: list[str] = []
+
+    async def delete() -> None:
+        order.append("deleted")
+
+    await end_job(delete, lambda reason: order.append(reason))
+    assert order == ["deleted", "session limit"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from livekit.agents import AgentServer, JobContext, JobRequest, cli
 
@@ -38,6 +39,25 @@ async def on_request(request: JobRequest) -> None:
     await request.accept(name=avatar.name, attributes={"avatar.id": avatar.id})
 
 
+#: How long the job waits for LiveKit to delete the room at a session limit.
+DELETE_ROOM_SECONDS = 10.0
+
+
+async def end_job(
+    delete_room: Callable[[], Awaitable[object]],
+    shutdown: Callable[[str], None],
+    within: float = DELETE_ROOM_SECONDS,
+) -> None:
+    """At a session limit: delete the room (every participant is disconnected), then end
+    the job, also when LiveKit does not answer in time: the agent leaves either way."""
+    try:
+        async with asyncio.timeout(within):
+            await asyncio.shield(delete_room())
+    except TimeoutError:
+        log.warning("LiveKit did not delete the room within %.0f s; leaving it", within)
+    shutdown("session limit")
+
+
 async def entrypoint(ctx: JobContext) -> None:
     rt = runtime()
     avatar_id = avatar_id_from_metadata(ctx.job.metadata)
@@ -49,9 +69,7 @@ async def entrypoint(ctx: JobContext) -> None:
     bus = LazyBus(rt.nats, name=f"{rt.settings.name}:{ctx.job.id}")
 
     async def end_room() -> None:
-        """At a session limit: delete the room (every participant is disconnected)."""
-        await asyncio.shield(ctx.delete_room())
-        ctx.shutdown("session limit")
+        await end_job(ctx.delete_room, ctx.shutdown)
 
     conversation = start_conversation(
         rt,
