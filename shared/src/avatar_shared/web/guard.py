@@ -34,7 +34,7 @@ def _internal_error_body(trace_id: str) -> bytes:
     return json.dumps({"error": "internal_error", "message": message}).encode()
 
 
-async def send_json(send: Send, status: int, body: bytes) -> None:
+async def _send_json(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -68,10 +68,10 @@ class ResponseGuard:
         try:
             await self.app(scope, receive, guarded_send)
         except ClientDisconnect:
-            log.info("client closed the connection before sending its request")
+            log.info("client closed the connection before its request was read")
             if not started:
                 body = b'{"error":"client_closed_request","message":"client went away"}'
-                await send_json(guarded_send, CLIENT_CLOSED, body)
+                await _send_json(guarded_send, CLIENT_CLOSED, body)
         except Exception as exc:
             span = trace.get_current_span()
             span.record_exception(exc)
@@ -83,4 +83,4 @@ class ResponseGuard:
             body = _internal_error_body(
                 format(context.trace_id, "032x") if context.is_valid else ""
             )
-            await send_json(guarded_send, 500, body)
+            await _send_json(guarded_send, 500, body)

@@ -9,8 +9,8 @@ connection is closed. Bodies are not covered: routes read them with a size limit
 
 uvicorn answers two refusals itself, in plain text: a request h11 cannot parse (a
 malformed request line or header, headers still unfinished after 16 KiB, a broken
-chunked body) and a request past ``limit_concurrency``. Here they are JSON like every other answer:
-``400 {"error": "bad_request"}`` and ``503 {"error": "overloaded"}`` with
+chunked body) and a request past ``limit_concurrency``. Here they are JSON like every
+other answer: ``400 {"error": "bad_request"}`` and ``503 {"error": "overloaded"}`` with
 ``Retry-After``, both closing the connection.
 """
 
