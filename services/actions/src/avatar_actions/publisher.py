@@ -208,14 +208,11 @@ class LiveKitPublisher:
                 if started + self._transit.estimate(started) > packet.deadline:
                     span.set_attribute(semconv.OUTCOME, "stale")
                     raise TooLate
+                authorization = self._tokens.header(packet.room)
                 try:
                     async with asyncio.timeout(self._timeout):
                         await self._twirp.request(
-                            "RoomService",
-                            "SendData",
-                            request,
-                            self._tokens.header(packet.room),
-                            SendDataResponse,
+                            "RoomService", "SendData", request, authorization, SendDataResponse
                         )
                     answered = self._clock()
                     self._transit.record(answered, answered - started)
