@@ -190,6 +190,8 @@ def test_demo_providers_need_nothing_and_bad_names_are_refused(
         ("not json", None),
         ("[1]", None),
         ('{"avatar_id": 3}', None),
+        ('{"avatar_id": "a", "n": ' + "9" * 5000 + "}", None),  # past int()'s digit limit
+        ("[" * 100_000 + "]" * 100_000, None),  # deeper than json can go
     ],
 )
 def test_the_avatar_id_comes_from_the_dispatch_metadata(

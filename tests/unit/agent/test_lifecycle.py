@@ -27,6 +27,8 @@ AGENT = SessionLimits(1800.0, 300.0)
         ('{"max_session_seconds": NaN}', (1800, 300)),
         ('{"max_session_seconds": Infinity}', (86_400, 300)),
         (json.dumps({"max_session_seconds": 10**12}), (86_400, 300)),
+        ('{"max_session_seconds": ' + "9" * 5000 + "}", (1800, 300)),  # past int()'s limit
+        ("[" * 100_000 + "]" * 100_000, (1800, 300)),  # deeper than json can go
     ],
 )
 def test_the_dispatch_sets_the_limits_within_bounds(

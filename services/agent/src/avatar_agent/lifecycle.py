@@ -34,16 +34,21 @@ class SessionLimits:
 
     def from_metadata(self, metadata: str) -> SessionLimits:
         """The dispatch's limits where it carries valid ones, these (the agent's) elsewhere."""
-        try:
-            value = json.loads(metadata or "{}")
-        except json.JSONDecodeError:
-            value = {}
-        if not isinstance(value, dict):
-            value = {}
+        value = dispatch_fields(metadata)
         return SessionLimits(
             _seconds(value.get("max_session_seconds"), self.max_session_seconds),
             _seconds(value.get("inactivity_timeout_seconds"), self.inactivity_timeout_seconds),
         )
+
+
+def dispatch_fields(metadata: str) -> dict[str, object]:
+    """The dispatch metadata's JSON object; empty if it is not one (or is too deep, or
+    holds a number past int()'s digit limit: json raises ValueError or RecursionError)."""
+    try:
+        value = json.loads(metadata or "{}")
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _seconds(value: object, fallback: float) -> float:

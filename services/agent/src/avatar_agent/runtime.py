@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from avatar_agent.avatars import Avatar, AvatarCatalog
 from avatar_agent.config import AgentSettings
 from avatar_agent.conversation import Conversation
 from avatar_agent.delivery import PublishData, RoomDeliveries
+from avatar_agent.lifecycle import dispatch_fields
 from avatar_agent.outbox import EventOutbox
 from avatar_agent.providers import build_models, connect_options
 from avatar_shared.bus import Bus
@@ -114,11 +114,7 @@ class LazyBus:
 
 def avatar_id_from_metadata(metadata: str) -> str | None:
     """The avatar id the token service put in the dispatch metadata, if any."""
-    try:
-        value = json.loads(metadata or "{}")
-    except json.JSONDecodeError:
-        return None
-    avatar_id = value.get("avatar_id") if isinstance(value, dict) else None
+    avatar_id = dispatch_fields(metadata).get("avatar_id")
     return avatar_id if isinstance(avatar_id, str) else None
 
 
