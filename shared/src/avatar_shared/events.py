@@ -300,8 +300,10 @@ def decode_event(data: bytes | str) -> Event | None:
     """Parse a message body as a consumer: unknown fields ignored, unknown types -> None."""
     try:
         obj: Any = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent(f"body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not JSON, not UTF-8, or a number past int()'s 4,300 digits;
+        # RecursionError: nested deeper than the parser goes. Each is a message to drop.
+        raise InvalidEvent(f"body is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise InvalidEvent("body is not a JSON object")
     event_type = obj.get("type")

@@ -112,13 +112,15 @@ async def test_invalid_messages_are_dropped_counted_and_do_not_block_the_room(
     await js.publish(subject, b'{"type": "playout_started", "room": "elsewhere"}')
     other_room = PlayoutStarted(room=room + "-other", speech_id="s0", seq=0)
     await js.publish(subject, other_room.to_json())  # body and subject disagree
+    await js.publish(subject, b'{"type": "playout_started", "seq": ' + b"9" * 5000 + b"}")
+    await js.publish(subject, b"[" * 200_000 + b"]" * 200_000)  # past the parser's depth
     good = PlayoutStarted(room=room, speech_id="s1", seq=0)
     await bus.publish(good)
 
     sub = await _consumer(js, room)
     assert await _drain_into(bus, sub, 1) == [good]
     assert metric_points(metric_reader, "avatar.bus.dropped") == {
-        (("avatar.reason", "invalid"),): 3
+        (("avatar.reason", "invalid"),): 5
     }
     # Dropped messages were terminated, not left for redelivery. Acks are asynchronous on
     # the server, so wait until it has applied them.

@@ -79,6 +79,8 @@ def test_speech_events_require_a_speech_id() -> None:
     [
         (b"\xff\xfe", "not JSON"),
         (b"{not json", "not JSON"),
+        (b'{"type": "speech_done", "seq": ' + b"9" * 5000 + b"}", "not JSON"),  # int() limit
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # deeper than the parser goes
         (b"[1, 2]", "not a JSON object"),
         (b'{"type": 3}', "no string 'type'"),
         (b'{"type": "speech_done", "room": "r"}', "speech_id: Field required"),
