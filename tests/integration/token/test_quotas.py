@@ -21,10 +21,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from avatar_shared.bus import Bus
+from avatar_shared.bus.identities import TOKEN_CONSUMERS
 from avatar_shared.events import SessionEnded, SessionStarted
+from avatar_shared.subjects import EVENTS_STREAM
 from avatar_shared.web.auth import hash_api_key
 from tests.support.nats_server import NatsServer, free_port
 from tests.support.service_process import (
@@ -39,6 +42,7 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[3]
 KEY = "quota-suite-key-93b1c0ffee"
 START_WINDOW = 3.0  # TOKEN_SESSION_START_SECONDS
+(ENDED_CONSUMER,) = [name for name, kind in TOKEN_CONSUMERS.items() if kind == "session_ended"]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +109,10 @@ async def until_admitted(replica: ServiceProcess, within: float) -> httpx.Respon
 
 
 async def test_quotas_hold_across_replicas_and_slots_free_by_end_and_by_expiry(
-    replicas: tuple[ServiceProcess, ServiceProcess], bus: Bus, nats_server: NatsServer
+    replicas: tuple[ServiceProcess, ServiceProcess],
+    bus: Bus,
+    nats_server: NatsServer,
+    js: JetStreamContext,
 ) -> None:
     a, b = replicas
     first, second = await ask(a), await ask(b)
@@ -125,9 +132,16 @@ async def test_quotas_hold_across_replicas_and_slots_free_by_end_and_by_expiry(
     assert third.status_code == 200
     assert (await ask(a)).status_code == 429  # the started session still holds its slot
 
-    await bus.publish(SessionEnded(room=room, seq=1, reason="inactive"))
+    # A message that is not an event, on the session_ended subject: dropped, and the
+    # session events after it are applied as usual.
+    ended_event = SessionEnded(room=room, seq=1, reason="inactive")
+    await js.publish(ended_event.subject, b'{"type": "session_ended", "seq": ' + b"9" * 5000)
+    await bus.publish(ended_event)
     fourth = await until_admitted(a, within=5)
     assert fourth.status_code == 200
+    async with asyncio.timeout(10):  # the bad one was terminated, not left to redeliver
+        while (await js.consumer_info(EVENTS_STREAM, ENDED_CONSUMER)).num_ack_pending:
+            await asyncio.sleep(0.05)
 
     trail = audit_lines(nats_server, "--principal", "api_key:suite")
     kinds = [(e["type"], e.get("reason")) for e in trail]

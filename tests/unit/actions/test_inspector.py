@@ -7,6 +7,7 @@ import pytest
 from fastapi import FastAPI
 
 from avatar_actions.inspector import Inspector, RoomLog, trace_id_of
+from avatar_shared.events import PlayoutStarted
 from avatar_shared.web.auth import Authenticator, AuthSettings, hash_api_key
 from avatar_shared.web.errors import install_error_handlers
 
@@ -80,3 +81,13 @@ async def test_only_an_api_key_of_the_policy_gets_in(
         page = await client.get("/inspector")
         assert page.status_code == 200  # the page itself holds no data
         assert '"keyNeeded": ' + ("false" if anonymous else "true") in page.text
+
+
+async def test_what_is_not_an_event_is_skipped_and_the_view_goes_on() -> None:
+    authenticator = Authenticator(AuthSettings(policy_file="p.toml"), {})  # type: ignore[call-arg]
+    log = RoomLog()
+    inspector = Inspector(None, authenticator, log=log)  # type: ignore[arg-type]
+    await inspector._seen(b"{not json", None)  # the core subscription's handler
+    await inspector._seen(b'{"type": "agent_state", "seq": ' + b"9" * 5000 + b"}", None)
+    await inspector._seen(PlayoutStarted(room="r", speech_id="s", seq=0).to_json(), None)
+    assert [e["type"] for e in log.history("r")] == ["playout_started"]

@@ -31,7 +31,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from avatar_shared.bus import Bus
-from avatar_shared.events import decode_event
+from avatar_shared.events import InvalidEvent, decode_event
 from avatar_shared.subjects import PREFIX
 from avatar_shared.web.auth import Authenticator
 from avatar_shared.web.errors import ApiError
@@ -126,7 +126,10 @@ class Inspector:
             await self._unsubscribe()
 
     async def _seen(self, data: bytes, headers: Mapping[str, str] | None) -> None:
-        event = decode_event(data)
+        try:
+            event = decode_event(data)
+        except InvalidEvent:  # the consumers count and log it; a live view skips it
+            return
         if event is None:
             return
         entry = event.model_dump(mode="json")

@@ -34,9 +34,9 @@ from avatar_shared.bus import Bus
 from avatar_shared.bus.feed import Delivered
 from avatar_shared.bus.identities import SESSIONS_PREFIX, SESSIONS_STREAM, TOKEN_CONSUMERS
 from avatar_shared.bus.streams import StreamSpec
+from avatar_shared.events import InvalidEvent, decode_event
 from avatar_shared.events import SessionEnded as AgentSessionEnded
 from avatar_shared.events import SessionStarted as AgentSessionStarted
-from avatar_shared.events import decode_event
 from avatar_shared.rooms import encode_room
 from avatar_shared.subjects import EVENTS_STREAM, PREFIX
 from avatar_shared.web.errors import ApiError
@@ -256,7 +256,12 @@ class SessionLedger:
                 await asyncio.sleep(2.0)
 
     async def _handle(self, msg: Delivered) -> None:
-        event = decode_event(msg.data)
+        try:
+            event = decode_event(msg.data)
+        except InvalidEvent as exc:  # never valid: dropped, not redelivered
+            log.warning("invalid session event dropped", extra={"error": str(exc)[:200]})
+            await msg.term()
+            return
         try:
             if isinstance(event, AgentSessionStarted):
                 await self.started(event)
