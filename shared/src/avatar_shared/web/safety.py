@@ -55,9 +55,13 @@ def broad_proxies(variable: str, networks: Iterable[str]) -> list[str]:
 
 
 def open_cors(variable: str, origins: Sequence[str]) -> list[str]:
+    problems = []
     if any("*" in origin for origin in origins):
-        return [f"{variable} allows every origin ('*')"]
-    return []
+        problems.append(f"{variable} allows every origin ('*')")
+    if any(origin.strip().lower() == "null" for origin in origins):
+        # what sandboxed frames, data: URLs and local files send: any page can be one
+        problems.append(f"{variable} allows the 'null' origin, which any page can take")
+    return problems
 
 
 def _is_loopback(host: str) -> bool:

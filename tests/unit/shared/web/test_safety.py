@@ -41,6 +41,8 @@ def test_cors_for_every_origin() -> None:
     assert open_cors("C", ["*"])
     assert open_cors("C", ["https://a", "https://*.b"])
     assert open_cors("C", ["https://app.example"]) == []
+    assert open_cors("C", ["https://app.example", "null"])  # a sandboxed frame's origin
+    assert open_cors("C", [" NULL "])
 
 
 @pytest.mark.parametrize(
