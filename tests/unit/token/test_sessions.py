@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 
 import pytest
 from pydantic import ValidationError
@@ -99,6 +100,29 @@ def test_custom_rooms_stay_out_of_the_generated_namespace() -> None:
             decide(open_rooms, anonymous, SessionRequest("demo-avatar", room=room))
         assert (refused.value.status, refused.value.body.field) == (403, "room")
     assert decide(open_rooms, anonymous, SessionRequest("d", room="team-room")).room == "team-room"
+
+
+def test_a_backtracking_room_pattern_costs_no_more_than_any_other() -> None:
+    # ^(a+)+$ makes Python's re take seconds for 26 characters; the policy's patterns run
+    # on a linear-time engine, so a 128-character name is answered at once.
+    careless = Policy.model_validate(
+        {
+            "rules": [
+                {
+                    "principals": ["anonymous"],
+                    "avatars": ["*"],
+                    "custom_rooms": True,
+                    "room_pattern": "^(a+)+$",
+                }
+            ]
+        }
+    )
+    started = time.monotonic()
+    with pytest.raises(ApiError) as refused:
+        decide(careless, anonymous, SessionRequest("d", room="a" * 127 + "-"))
+    assert time.monotonic() - started < 0.5
+    assert refused.value.status == 403
+    assert decide(careless, anonymous, SessionRequest("d", room="a" * 128)).room == "a" * 128
 
 
 @pytest.mark.parametrize(

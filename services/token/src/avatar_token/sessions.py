@@ -24,14 +24,13 @@ Pure: the principal, the policy and the request in; a :class:`Session` or an
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from avatar_shared.web.errors import ApiError
-from avatar_shared.web.policy import Lifecycle, Policy, Rule
+from avatar_shared.web.policy import Lifecycle, Policy, Rule, pattern_matches
 from avatar_shared.web.principal import Principal
 
 T = TypeVar("T")
@@ -140,7 +139,7 @@ def _room(
     generated = f"{policy.defaults.room_prefix}-"
     if request.room.lower().startswith(generated):
         raise forbidden(request.room_field, f"rooms named '{generated}...' are generated for you")
-    if not re.fullmatch(rule.room_pattern, request.room):
+    if not pattern_matches(rule.room_pattern, request.room):
         raise forbidden(request.room_field, "room name is not allowed by the policy")
     return request.room
 

@@ -7,13 +7,23 @@ the avatar decides; no matching rule means 403. A broken file stops the service 
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import SchemaError
 
 from avatar_shared.config import ConfigError, describe
 from avatar_shared.web.principal import Principal
@@ -40,8 +50,32 @@ def _avatar_ref(value: str) -> str:
 def _anchored_pattern(value: str) -> str:
     if not (value.startswith("^") and value.endswith("$")):
         raise ValueError("must be anchored with ^ and $")
-    re.compile(value)
+    try:
+        _linear(value)
+    except SchemaError as exc:
+        raise ValueError(
+            "not a pattern of the linear-time engine (no look-arounds or backreferences): "
+            + str(exc).splitlines()[-1].strip()
+        ) from None
     return value
+
+
+@functools.cache
+def _linear(pattern: str) -> TypeAdapter[str]:
+    """``pattern`` on pydantic's Rust regex engine, which does not backtrack: matching
+    costs time linear in the input whatever the pattern. Python's ``re`` needs seconds
+    for ``^(a+)+$`` against 26 characters, so a careless pattern would let any caller
+    stall the service with a room name."""
+    return TypeAdapter(Annotated[str, StringConstraints(pattern=pattern)])
+
+
+def pattern_matches(pattern: str, text: str) -> bool:
+    """Whether ``text`` matches ``pattern`` (a rule's anchored ``room_pattern``)."""
+    try:
+        _linear(pattern).validate_python(text)
+    except ValidationError:
+        return False
+    return True
 
 
 def _microphone_only() -> list[TrackSource]:

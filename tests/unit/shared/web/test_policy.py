@@ -55,6 +55,10 @@ avatars = ["ava-1"]
             '[[rules]]\nprincipals = ["anonymous"]\navatars = ["*"]\nroom_pattern = "a.*"\n',
             "anchored",
         ),
+        (  # a look-ahead: not on the linear-time engine the patterns run on
+            '[[rules]]\nprincipals = ["anonymous"]\navatars = ["*"]\nroom_pattern = "^(?!x).*$"\n',
+            "linear-time",
+        ),
         ('[[rules]]\nprincipals = ["anonymous"]\navatars = ["*"]\ncolour = 1\n', "colour"),
         ('[[api_keys]]\nname = "k"\nsha256 = "abc"\n', "api_keys.0.sha256"),
         (
