@@ -1,6 +1,6 @@
 """The access policy: one TOML file saying who may use which avatar, and how.
 
-The file is documented in ``docs/policy.md``; ``services/token/policy.example.toml`` is a
+The file is documented in ``docs/policy.md``; ``docs/policy.example.toml`` is a
 complete example. Rules are tried in order and the first rule that names the caller and
 the avatar decides; no matching rule means 403. A broken file stops the service at start.
 """
