@@ -184,6 +184,18 @@ async def read_events(js: JetStreamContext, room: str) -> list[Event]:
     return events
 
 
+def assert_heard_without_tags(run: Talk, tts: CartesiaDouble) -> None:
+    """The first reply was said whole, no tag reached the voice or the transcript, its
+    tags are on the bus, and it did not fail."""
+    spoken = " ".join(tts.spoken())
+    assert "Hello from your own model!" in spoken
+    assert "action" not in spoken
+    assert "[" not in spoken
+    assert all("action" not in line and "emotion" not in line for line in run.transcript)
+    assert [e.name for e in run.events if isinstance(e, TagParsed)] == ["happy", "wave_hand"]
+    assert [d.failure for d in run.done()] == [None]
+
+
 async def test_the_reply_is_streamed_spoken_through_cartesia_and_reported(
     nats_server: NatsServer,
     js: JetStreamContext,
@@ -192,15 +204,9 @@ async def test_the_reply_is_streamed_spoken_through_cartesia_and_reported(
     tts_server: CartesiaDouble,
 ) -> None:
     run = await talk(nats_server, js, room, llm_server, tts_server)
-    spoken = " ".join(tts_server.spoken())
-    assert "Hello from your own model!" in spoken
-    assert '<emotion value="happy"/>' in spoken  # Cartesia reads allowed emotions
-    assert "action" not in spoken
-    assert "[" not in spoken
+    assert_heard_without_tags(run, tts_server)
+    assert '<emotion value="happy"/>' in " ".join(tts_server.spoken())  # Cartesia reads it
     assert tts_server.audio_bytes > 0
-    assert all("action" not in line and "emotion" not in line for line in run.transcript)
-    assert [e.name for e in run.events if isinstance(e, TagParsed)] == ["happy", "wave_hand"]
-    assert [d.failure for d in run.done()] == [None]
     body = llm_server.completions[0].body
     assert body["model"] == "local-model"
     assert body["stream"] is True
@@ -306,13 +312,7 @@ async def test_the_realtime_models_text_is_spoken_without_its_tags_and_reported(
     tts_server: CartesiaDouble,
 ) -> None:
     run = await talk(nats_server, js, room, realtime_server, tts_server)
-    spoken = " ".join(tts_server.spoken())
-    assert "Hello from your own model!" in spoken
-    assert "action" not in spoken
-    assert "[" not in spoken
-    assert all("action" not in line and "emotion" not in line for line in run.transcript)
-    assert [e.name for e in run.events if isinstance(e, TagParsed)] == ["happy", "wave_hand"]
-    assert [d.failure for d in run.done()] == [None]
+    assert_heard_without_tags(run, tts_server)
     assert realtime_server.models == ["gpt-realtime-mini"]
     (update, *_) = [e for e in realtime_server.received if e["type"] == "session.update"]
     assert update["session"]["output_modalities"] == ["text"]
