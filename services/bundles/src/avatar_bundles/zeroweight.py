@@ -30,20 +30,15 @@ from opentelemetry import propagate, trace
 from avatar_bundles.sources import SourceError, not_found, payload_of, too_large
 from avatar_shared.retry import backoff
 from avatar_shared.retry_after import retry_after_seconds
-from avatar_shared.web.fetch import ACCEPT_ENCODING, UpstreamBodyError, read_limited
+from avatar_shared.web.fetch import (
+    ACCEPT_ENCODING,
+    UpstreamBodyError,
+    header_count,
+    read_limited,
+)
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-ZW-Api-Key"
-
-
-def _count(value: str) -> int | None:
-    """A decimal count of any length (int() refuses more than 4,300 digits); None if the
-    value is not one."""
-    digits = value.strip()
-    if not (digits.isascii() and digits.isdigit()):
-        return None
-    digits = digits.lstrip("0") or "0"
-    return int(digits) if len(digits) <= 18 else 10**18
 
 
 class UpstreamGate:
@@ -83,7 +78,7 @@ class UpstreamGate:
         if response.status_code == 429:
             self._close(retry_after or min(self.WINDOW_SECONDS, self._max_retry_after), "busy")
             return
-        remaining = _count(response.headers.get("X-RateLimit-Remaining", ""))
+        remaining = header_count(response.headers.get("X-RateLimit-Remaining", ""))
         if remaining is not None and remaining <= self._reserve:
             self._close(retry_after or min(self.WINDOW_SECONDS, self._max_retry_after), "busy")
 

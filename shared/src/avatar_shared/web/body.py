@@ -14,6 +14,7 @@ import asyncio
 from starlette.requests import Request
 
 from avatar_shared.web.errors import ApiError
+from avatar_shared.web.fetch import header_count
 
 
 def body_too_large(limit: int) -> ApiError:
@@ -21,9 +22,8 @@ def body_too_large(limit: int) -> ApiError:
 
 
 async def read_body(request: Request, limit: int, seconds: float) -> bytes:
-    declared = request.headers.get("content-length", "")
-    # ASCII digits only, and no int() of thousands of them (Python refuses over 4,300)
-    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+    declared = header_count(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:
         raise body_too_large(limit)
     body = bytearray()
     try:

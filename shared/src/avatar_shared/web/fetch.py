@@ -5,6 +5,8 @@
   bytes: a small gzip body that inflates a thousandfold is refused after ``limit`` bytes,
   not after it filled memory (httpx's own decoder inflates a whole network chunk at once).
   Only the encodings we ask for are accepted (:data:`ACCEPT_ENCODING`).
+- :func:`header_count` reads a count from a header (``X-RateLimit-Remaining``,
+  ``Content-Length``) whatever its length.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ import zlib
 import httpx
 
 ACCEPT_ENCODING = "gzip, deflate"
+
+
+def header_count(value: str) -> int | None:
+    """A header's decimal count, of any length: ``int()`` refuses more than 4,300 digits,
+    so a longer one is read as 10**18 (more than anything counts). None if the value is
+    not a count."""
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10**18
 
 
 class UpstreamBodyError(Exception):
