@@ -99,13 +99,17 @@ async def bootstrap(
     meter_provider: metrics.MeterProvider | None = None,
 ) -> ActionsService:
     """Connect, provision what the service uses (idempotent), and wire a replica."""
-    bus = await Bus.connect(
-        nats,
-        name="avatar-actions",
-        identity="actions",
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-    )
+
+    async def connect(name: str) -> Bus:
+        return await Bus.connect(
+            nats,
+            name=name,
+            identity="actions",
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+
+    bus = await connect("avatar-actions")
     try:
         replicas = nats.stream_replicas
         await bus.ensure_stream(events_stream(replicas))
@@ -125,13 +129,7 @@ async def bootstrap(
         raise
     # The leases get a connection of their own: behind a backlog of acks, writes and
     # decisions on the main one, a lease refresh waited seconds and the leases expired.
-    control = await Bus.connect(
-        nats,
-        name="avatar-actions-leases",
-        identity="actions",
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-    )
+    control = await connect("avatar-actions-leases")
     try:
         leases = await control.ensure_kv(
             settings.lease_bucket, ttl_seconds=settings.lease_ttl_seconds, replicas=replicas
