@@ -76,7 +76,23 @@ PIECES = st.sampled_from(
 MALFORMED = st.builds(
     lambda opener, sep, name, close: opener + sep + name + close,
     st.sampled_from(
-        ["[action", "[Action", "[ ACTION", "[actions", "<emotion", "< Emotion", "</emotion"]
+        [
+            "[action",
+            "[Action",
+            "[ ACTION",
+            "[actions",
+            "<emotion",
+            "< Emotion",
+            "</emotion",
+            # the keywords in each other's brackets, and closing forms of both
+            "[emotion",
+            "[ Emotions",
+            "<action",
+            "<Action",
+            "</action",
+            "[/action",
+            "[ / emotion",
+        ]
     ),
     st.sampled_from(["", ":", ": ", " : ", "=", " value=", ' value="', " value='", "\t"]),
     st.sampled_from(["", "wave hand", "Wave-Hand", "waveHand", "nod", "very happy", 'happy"']),
@@ -185,6 +201,10 @@ def test_spacing_around_removed_tags(text: str, expected: str) -> None:
         "<emotional support>",
         "[   action: three spaces are not an opener]",
         "[transaction:x]",
+        "[emotional support]",
+        "<actionable>",
+        "[emotionless face]",
+        "a </b> c",
     ],
 )
 def test_ordinary_text_passes_through_untouched(text: str) -> None:
@@ -328,6 +348,15 @@ def test_the_scanner_and_str_isspace_agree_on_every_character() -> None:
         ("<  /  emotion value=happy> Oh", "Oh", []),  # a closing tag names nothing
         ("Hi [  action:  nod ] there", "Hi there", [("action", "nod", True)]),
         ("So <emotions value=sad> sorry", "So sorry", [("emotion", "sad", True)]),
+        # the keyword, not the bracket, says the kind: LLMs mix the two forms
+        ("Hi [emotion: happy] there", "Hi there", [("emotion", "happy", True)]),
+        ("Hi [Emotion=Sad] there", "Hi there", [("emotion", "sad", True)]),
+        ("Hi <action:nod/> there", "Hi there", [("action", "nod", True)]),
+        ('Hi <action name="wave hand"/> there', "Hi there", [("action", "wave_hand", True)]),
+        ("Hi <action type='nod'> there", "Hi there", [("action", "nod", True)]),
+        ("Hi <action>nod</action> there", "Hi nod there", []),
+        ("Hi [action:nod][/action] there", "Hi there", [("action", "nod", True)]),
+        ("Hi [ / emotion] there", "Hi there", []),
     ],
 )
 def test_malformed_tags_are_removed_and_named(

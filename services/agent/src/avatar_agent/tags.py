@@ -13,13 +13,17 @@ held back, at most ``max_hold`` characters each, until the next characters decid
 
 Rule: **text that opens as a tag is never spoken.**
 
-- An *opener* is ``[action`` or ``[actions``, ``<emotion`` or ``<emotions``, or the closing
-  ``</emotion``, in any case, with spaces or tabs after ``[``, ``<`` and ``/``, and followed
-  by a character that is not a letter (so ``[actionable]`` and ``<emotional>`` are text).
-- An opener closed by ``]`` (actions) or ``>`` (emotions) within ``max_hold`` characters
-  is a tag and is removed, whatever is inside: ``[action: wave hand]``, ``[action:]``,
-  ``<emotion value="very happy"/>``, ``</emotion>``.
-- Its name is what follows ``action:`` (or ``value=`` for emotions), normalised: quotes
+- An *opener* is ``[`` or ``<``, then ``action`` or ``emotion`` (or their plurals), or
+  the closing ``</emotion``, ``</action``, ``[/action``, ``[/emotion``, in any case, with
+  spaces or tabs after ``[``, ``<`` and ``/``, and followed by a character that is not a
+  letter (so ``[actionable]`` and ``<emotional>`` are text). The keyword says the tag's
+  kind, whatever its bracket: LLMs mix the two forms (``[emotion: happy]``,
+  ``<action name="nod"/>``).
+- An opener closed by its bracket's closer (``]`` or ``>``) within ``max_hold``
+  characters is a tag and is removed, whatever is inside: ``[action: wave hand]``,
+  ``[action:]``, ``<emotion value="very happy"/>``, ``</emotion>``.
+- Its name is what follows the keyword in square brackets, or the ``value=`` (``name=``,
+  ``type=``) in angle brackets, else their first word, normalised: quotes
   dropped, ``camelCase`` split, lower-cased, every run of other characters one ``_``
   (``Wave-Hand``, ``wave hand`` and ``waveHand`` are ``wave_hand``), at most 64
   characters. A tag with a name is reported, ``valid`` when the avatar allows it; one
@@ -57,26 +61,28 @@ import regex
 from avatar_shared.events import TagKind
 
 # A whole tag: the opener, then (after a non-letter) anything but a line break or the
-# start of another tag, then the closer, which may be alone on the next line.
+# start of another tag, then the closer, which may be alone on the next line. Either
+# keyword goes with either bracket: LLMs write "[emotion: happy]" and "<action:nod/>".
 _S = r"[^\S\r\n]{0,2}"  # the spaces LLMs put inside an opener
-_ACTION_OPENER = rf"\[{_S}actions?"
-_EMOTION_OPENER = rf"<{_S}/?{_S}emotions?"
-_ACTION = regex.compile(
-    rf"{_ACTION_OPENER}(?:[^A-Za-z\[\]<\r\n][^\[\]<\r\n]*)?(?:[\r\n]\s*)?\]", regex.IGNORECASE
+_KEYWORD = r"(?:actions?|emotions?)"
+_SQUARE_OPENER = rf"\[{_S}(?:/{_S})?{_KEYWORD}"
+_ANGLE_OPENER = rf"<{_S}/?{_S}{_KEYWORD}"
+_SQUARE = regex.compile(
+    rf"{_SQUARE_OPENER}(?:[^A-Za-z\[\]<\r\n][^\[\]<\r\n]*)?(?:[\r\n]\s*)?\]", regex.IGNORECASE
 )
-_EMOTION = regex.compile(
-    rf"{_EMOTION_OPENER}(?:[^A-Za-z<>\[\r\n][^<>\[\r\n]*)?(?:[\r\n]\s*)?>", regex.IGNORECASE
+_ANGLE = regex.compile(
+    rf"{_ANGLE_OPENER}(?:[^A-Za-z<>\[\r\n][^<>\[\r\n]*)?(?:[\r\n]\s*)?>", regex.IGNORECASE
 )
 # An opener and the character after it: once a candidate has one, it is a tag, closed or
 # not, and is never spoken.
-OPENER = regex.compile(rf"(?:{_ACTION_OPENER}|{_EMOTION_OPENER})(?![A-Za-z])", regex.IGNORECASE)
+OPENER = regex.compile(rf"(?:{_SQUARE_OPENER}|{_ANGLE_OPENER})(?![A-Za-z])", regex.IGNORECASE)
 _SHORTEST_OPENED = len("[action:")
 # What may follow an opener without deciding anything.
 _BODY = {"[": regex.compile(r"[^\[\]<\r\n]*"), "<": regex.compile(r"[^<>\[\r\n]*")}
-_CLOSING_TAG = regex.compile(rf"<{_S}/")
-_EMOTION_START = regex.compile(rf"<{_S}emotions?", regex.IGNORECASE)
-_ACTION_NAME = regex.compile(rf"{_ACTION_OPENER}[\s:=]*(.*)\]", regex.IGNORECASE | regex.DOTALL)
-_EMOTION_VALUE = regex.compile(r"value\s*[:=]\s*", regex.IGNORECASE)
+# The opener's keyword (which kind of tag), and whether it closes ("</emotion>").
+_START = regex.compile(rf"[\[<]{_S}(/?){_S}(action|emotion)s?", regex.IGNORECASE)
+_SQUARE_NAME = regex.compile(r"[\s:=]*(.*)\]", regex.DOTALL)
+_ATTRIBUTE = regex.compile(r"(?:value|name|type)\s*[:=]\s*", regex.IGNORECASE)
 _SEPARATOR = regex.compile(r"[\s:=]*")
 _VALUE = regex.compile(r"\"([^\"]*)|'([^']*)|([^/>]*)")
 _CAMEL = regex.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -104,18 +110,27 @@ class Tag:
     word_index: int  # clean words before the tag
 
 
+def tag_kind(raw: str) -> TagKind:
+    """Which kind of tag a whole tag is: its keyword says, whatever its brackets."""
+    start = _START.match(raw)
+    assert start is not None  # every tag starts with an opener
+    return TagKind.ACTION if start.group(2).lower() == "action" else TagKind.EMOTION
+
+
 def tag_name(raw: str) -> str:
     """The normalised name inside a whole tag; empty when it has none."""
-    if raw[0] == "[":
-        match = _ACTION_NAME.fullmatch(raw)
-        name = match.group(1) if match else ""
-    elif _CLOSING_TAG.match(raw):
+    start = _START.match(raw)
+    assert start is not None  # every tag starts with an opener
+    if start.group(1):  # a closing tag
         return ""
+    if raw[0] == "[":
+        match = _SQUARE_NAME.fullmatch(raw, start.end())
+        name = match.group(1) if match else ""
     else:
-        body = _EMOTION_START.sub("", raw, count=1)
-        start = _EMOTION_VALUE.search(body) or _SEPARATOR.match(body)
-        assert start is not None  # the separator matches the empty string
-        value = _VALUE.match(body, start.end())
+        body = raw[start.end() :]
+        at = _ATTRIBUTE.search(body) or _SEPARATOR.match(body)
+        assert at is not None  # the separator matches the empty string
+        value = _VALUE.match(body, at.end())
         name = next((g for g in value.groups() if g is not None), "") if value else ""
     name = _CAMEL.sub("_", name).lower()
     return _NOT_NAME.sub("_", name).strip("_")[:_MAX_NAME].rstrip("_")
@@ -248,7 +263,7 @@ class TagParser:
         return i + 1
 
     def _classify(self, candidate: str) -> _Match:
-        pattern = _ACTION if candidate[0] == "[" else _EMOTION
+        pattern = _SQUARE if candidate[0] == "[" else _ANGLE
         match = pattern.fullmatch(candidate, partial=True)
         if match is None:
             return _Match.NONE
@@ -262,9 +277,8 @@ class TagParser:
         if not name:
             self.nameless += 1
             return
-        is_action = raw[0] == "["
-        kind = TagKind.ACTION if is_action else TagKind.EMOTION
-        valid = name in (self.actions if is_action else self.emotions)
+        kind = tag_kind(raw)
+        valid = name in (self.actions if kind is TagKind.ACTION else self.emotions)
         self._tags.append(Tag(kind, name, valid, self._count, self._clean_chars, self._words))
         self._count += 1
         if kind is TagKind.EMOTION and valid and self.keep_emotions:
