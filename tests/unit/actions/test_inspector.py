@@ -47,6 +47,9 @@ def test_a_slow_listener_loses_its_oldest_never_blocks() -> None:
         ),
         ("00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
         ("garbage", None),
+        # not hex: it would be put into the trace UI's link as it is
+        ("00-0af7651916cd43dd/../../evil?x=12-b7ad6b7169203331-01", None),
+        ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", None),
     ],
 )
 def test_trace_ids_come_from_traceparent(header: str, expected: str | None) -> None:

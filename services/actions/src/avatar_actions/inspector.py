@@ -29,6 +29,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from avatar_shared.bus import Bus
 from avatar_shared.events import InvalidEvent, decode_event
@@ -42,14 +44,14 @@ PER_ROOM = 300
 MAX_ROOMS = 100
 #: A room listening to the live feed gets at most this many events queued.
 LISTENER_QUEUE = 1000
+_TRACEPARENT = TraceContextTextMapPropagator()
 
 
 def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
-    """The trace id of a W3C ``traceparent`` header, if valid."""
-    parts = (headers or {}).get("traceparent", "").split("-")
-    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-        return parts[1]
-    return None
+    """The trace id of a W3C ``traceparent`` header, if valid (it goes into a link)."""
+    context = _TRACEPARENT.extract(dict(headers or {}))
+    span = trace.get_current_span(context).get_span_context()
+    return trace.format_trace_id(span.trace_id) if span.is_valid else None
 
 
 class RoomLog:
