@@ -215,3 +215,31 @@ async def test_a_token_naming_a_key_of_another_type_is_401_not_a_crash() -> None
         principal = await authenticator.authenticate({"authorization": f"Bearer {issuer.token()}"})
     assert (refused.value.status, refused.value.body.error) == (401, "unauthenticated")
     assert principal.kind == "user"
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": float("inf")},
+        {"exp": float("-inf")},
+        {"exp": float("nan")},
+        {"iat": float("inf")},
+        {"nbf": float("inf")},
+        {"exp": "tomorrow"},
+        {"aud": {"nested": True}},
+    ],
+    ids=["exp-inf", "exp-minus-inf", "exp-nan", "iat-inf", "nbf-inf", "exp-text", "aud-object"],
+)
+async def test_odd_time_and_audience_claims_are_401_not_a_crash(claims: dict[str, object]) -> None:
+    """A trusted issuer's token with claims PyJWT cannot compare (Python's json reads
+    ``Infinity`` and ``NaN``) is refused like any invalid token."""
+    issuer = oidc.Issuer()
+    async with httpx.AsyncClient(transport=issuer.transport()) as http:
+        authenticator = Authenticator(
+            settings(oidc_issuer=oidc.ISSUER, oidc_audience=oidc.AUDIENCE),
+            {},
+            JwksCache(oidc.JWKS_URL, http),
+        )
+        with pytest.raises(ApiError) as refused:
+            await authenticator.authenticate({"authorization": f"Bearer {issuer.token(**claims)}"})
+    assert (refused.value.status, refused.value.body.error) == (401, "unauthenticated")
