@@ -53,11 +53,22 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    env: dict[str, str]
+
+    @property
+    def metrics_url(self) -> str:
+        """Its Prometheus port (the ``*_METRICS_PORT`` it was started with)."""
+        port = next(v for k, v in self.env.items() if k.endswith("_METRICS_PORT"))
+        return f"http://127.0.0.1:{port}"
+
+    def threads(self) -> int:
+        return int(self._status("Threads"))
 
     def _status(self, field: str) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024  # kB -> MiB
+                value = int(line.split()[1])
+                return value / 1024 if line.endswith("kB") else value  # kB -> MiB
         raise RuntimeError(f"no {field} for process {self.proc.pid}")
 
     def rss_mib(self) -> float:
@@ -82,7 +93,7 @@ def _start(module: str, env: dict[str, str], url: str) -> ServiceProcess:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    return ServiceProcess(proc, url, log)
+    return ServiceProcess(proc, url, log, env)
 
 
 @asynccontextmanager

@@ -22,8 +22,10 @@ TOKEN_PATH = "/api/livekit/token?avatar_id=demo-avatar"
 MIB = 1024 * 1024
 
 
-async def connect(service: ServiceProcess) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    address = urlsplit(service.url)
+async def connect(
+    service: ServiceProcess, url: str = ""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    address = urlsplit(url or service.url)
     return await asyncio.open_connection(address.hostname, address.port)
 
 
@@ -93,8 +95,15 @@ def service(request: pytest.FixtureRequest) -> ServiceProcess:
     return found
 
 
-async def test_connections_with_unfinished_headers_are_closed(service: ServiceProcess) -> None:
-    connections = [await connect(service) for _ in range(50)]
+@pytest.mark.parametrize("port", ["api", "metrics"])
+async def test_connections_with_unfinished_headers_are_closed(
+    service: ServiceProcess, port: str
+) -> None:
+    """On the API's port and on the metrics port alike (which once had a thread per
+    connection, with no deadline)."""
+    url = service.metrics_url if port == "metrics" else service.url
+    threads = service.threads()
+    connections = [await connect(service, url) for _ in range(50)]
     started = time.monotonic()
     for _, writer in connections:
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
@@ -115,13 +124,18 @@ async def test_connections_with_unfinished_headers_are_closed(service: ServicePr
 
     try:
         async with asyncio.timeout(10):
+            await asyncio.sleep(0.5)
+            assert service.threads() <= threads  # none per connection
             closed_after = await asyncio.gather(*(drip_until_closed(r, w) for r, w in connections))
     finally:
         for _, writer in connections:
             writer.close()
     assert max(closed_after) < 3.0  # *_HEADER_TIMEOUT_SECONDS=1
-    async with httpx.AsyncClient(base_url=service.url) as client:
-        assert (await client.get("/healthz")).status_code == 200
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(service.url + "/healthz")).status_code == 200
+        scrape = await client.get(service.metrics_url + "/metrics")
+        assert scrape.status_code == 200
+        assert "server" not in scrape.headers
 
 
 async def test_answers_advertise_no_server_and_forbid_sniffing(service: ServiceProcess) -> None:

@@ -9,7 +9,9 @@ the OpenAPI document, and the service's HTTP client closed at shutdown. The inte
 ``/healthz`` answers while the process lives; ``/readyz`` answers 200 unless ``ready``
 names a reason not to take traffic. Metrics are not on the API's port: :func:`serve`
 exposes them on a port of their own (``metrics_port``), for Prometheus only, unless the
-app is itself internal and asks for the ``/metrics`` route.
+app is itself internal and asks for the ``/metrics`` route. That port is served in the
+event loop with the same bounds as the API's (header deadline, at most
+:data:`METRICS_CONNECTIONS` connections), not by a thread per connection.
 
 :func:`serve` bounds what a client can hold: request headers must arrive within
 ``header_timeout`` seconds, at most ``max_connections`` are served at once (``503
@@ -21,6 +23,7 @@ preStop hook covers endpoint propagation.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import signal
@@ -49,6 +52,9 @@ from avatar_shared.web.ratelimit import parse_rate
 from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
 
 log = logging.getLogger(__name__)
+#: Connections the metrics port serves at once: Prometheus scrapes one at a time, and
+#: a replica is rarely scraped by more than a couple.
+METRICS_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -246,9 +252,24 @@ async def serve(
         limit_concurrency=limits.max_connections,
         timeout_graceful_shutdown=int(graceful_timeout),
     )
-    metrics_server = None
+    scraping: asyncio.Task[None] | None = None
     if metrics_port is not None:
-        metrics_server, _ = prometheus_client.start_http_server(metrics_port, addr=host)
+        scraper = uvicorn.Server(
+            uvicorn.Config(
+                prometheus_client.make_asgi_app(),
+                host=host,
+                port=metrics_port,
+                http=with_header_timeout(limits.header_timeout),
+                log_config=None,
+                access_log=False,
+                server_header=False,
+                lifespan="off",
+                limit_concurrency=METRICS_CONNECTIONS,
+            )
+        )
+        # Bound now, so that a port in use stops the start (as the API's would).
+        sockets = [scraper.config.bind_socket()]
+        scraping = asyncio.create_task(scraper.serve(sockets), name="metrics server")
         log.info("metrics on port %d", metrics_port)
     # uvicorn handles the signal, then re-raises it to the handler that was installed
     # before it started; a no-op handler there turns that into a normal return.
@@ -262,5 +283,6 @@ async def serve(
     try:
         await uvicorn.Server(config).serve()
     finally:
-        if metrics_server is not None:
-            metrics_server.shutdown()
+        if scraping is not None:
+            scraper.should_exit = True
+            await scraping
