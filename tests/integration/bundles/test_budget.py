@@ -3,6 +3,7 @@ the negative cache, the rest after failures, big bundles in the shared cache."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 
@@ -12,7 +13,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from avatar_bundles.bundles import BundleService
-from avatar_bundles.cache import FETCHED_AT_HEADER, Cached, SharedCache
+from avatar_bundles.cache import FETCHED_AT_HEADER, MAX_CLOCK_SKEW_SECONDS, Cached, SharedCache
 from avatar_shared.bus import Bus
 from avatar_shared.web.auth import hash_api_key
 from avatar_shared.web.policy import Policy
@@ -154,8 +155,16 @@ async def test_shared_cache_entries_that_are_not_bundles_read_as_misses(
         await store.put("too-large", big.body, headers=fetched)
         await store.put("undated", Cached.of("y", 1.0).body, headers={})
         await store.put("not-a-bundle", b'{"nothing": 1}', headers=fetched)
-        for key in ("too-large", "undated", "not-a-bundle"):
+        # dated later than the skew allows: fresh for hours (or for ever) if believed
+        ahead = time.time() + MAX_CLOCK_SKEW_SECONDS + 5
+        for key, date in (("from-the-future", repr(ahead)), ("infinite", "inf"), ("nan", "nan")):
+            await store.put(key, Cached.of("w", 1.0).body, headers={FETCHED_AT_HEADER: [date]})
+        odd = ("too-large", "undated", "not-a-bundle", "from-the-future", "infinite", "nan")
+        for key in odd:
             assert await cache.get(key) is None
+        slightly_ahead = {FETCHED_AT_HEADER: [repr(time.time() + MAX_CLOCK_SKEW_SECONDS / 2)]}
+        await store.put("skewed", Cached.of("v", 1.0).body, headers=slightly_ahead)
+        assert await cache.get("skewed") is not None
         await cache.put("fine", Cached.of("z", 3.0))
         found = await cache.get("fine")
         assert found is not None
@@ -165,9 +174,9 @@ async def test_shared_cache_entries_that_are_not_bundles_read_as_misses(
     operations = metric_points(metric_reader, "avatar.bundles.shared_cache.operations")
     assert (
         operations[(("avatar.bundles.cache.operation", "get"), ("avatar.outcome", "malformed"))]
-        == 3
+        == 6
     )
-    assert operations[(("avatar.bundles.cache.operation", "get"), ("avatar.outcome", "hit"))] == 1
+    assert operations[(("avatar.bundles.cache.operation", "get"), ("avatar.outcome", "hit"))] == 2
 
 
 async def test_an_unexpected_error_is_a_json_500_with_cors(

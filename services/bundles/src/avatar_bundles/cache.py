@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 BUCKET = "AVATAR_BUNDLES"
 FETCHED_AT_HEADER = "Avatar-Fetched-At"
+#: How far ahead of this replica's clock another replica's may be. An entry dated later
+#: (a replica whose clock is hours ahead, a header of "inf") would be fresh here for as
+#: long, in the shared cache and in every replica's memory: it is read as malformed.
+MAX_CLOCK_SKEW_SECONDS = 60.0
 _MAX_PAUSE_SECONDS = 60.0
 
 
@@ -127,6 +131,7 @@ class SharedCache:
         timeout: float,
         max_bytes: int,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self._store = store
@@ -134,6 +139,7 @@ class SharedCache:
         self._timeout = timeout
         self._max_bytes = max_bytes
         self._clock = clock
+        self._wall_clock = wall_clock
         self._failures = 0
         self._resume_at = 0.0
         meter = metrics.get_meter("avatar_bundles", meter_provider=meter_provider)
@@ -160,6 +166,8 @@ class SharedCache:
                 self._done("get", "miss")
                 return None
             fetched_at = float(found.headers[FETCHED_AT_HEADER][0])
+            if not fetched_at <= self._wall_clock() + MAX_CLOCK_SKEW_SECONDS:  # NaN too
+                raise ValueError(f"fetched at {fetched_at!r}, later than this clock allows")
             payload_of(found.data)
         except (NatsError, TimeoutError) as exc:
             self._failed("get", exc)
