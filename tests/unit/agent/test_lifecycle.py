@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from avatar_agent.lifecycle import INACTIVE, MAX_DURATION, Lifecycle, SessionLimits
+from avatar_agent.lifecycle import (
+    INACTIVE,
+    MAX_DURATION,
+    START_SKEW_SECONDS,
+    Lifecycle,
+    SessionLimits,
+    started_too_late,
+)
 
 AGENT = SessionLimits(1800.0, 300.0)
 
@@ -64,3 +71,25 @@ def test_inactivity_counts_from_the_last_sign_or_the_end_of_the_agents_turn() ->
     clock.now = 155.0
     lifecycle.user_active()
     assert lifecycle.next_limit() == (160.0, MAX_DURATION)  # the length comes first
+
+
+@pytest.mark.parametrize(
+    ("metadata", "created", "late"),
+    [
+        # the room was created within the start window: the session, or a successor job
+        ('{"avatar_id": "a", "start_by": 1000}', 900.0, False),
+        ('{"avatar_id": "a", "start_by": 1000}', 1000.0 + START_SKEW_SECONDS, False),
+        # created later: the token was used again after its session ended, or too late
+        ('{"avatar_id": "a", "start_by": 1000}', 1000.0 + START_SKEW_SECONDS + 1, True),
+        ('{"avatar_id": "a", "start_by": 1000.5}', 5000.0, True),
+        # no start_by (the local run, another dispatcher), or not a number: not refused
+        ('{"avatar_id": "a"}', 5000.0, False),
+        ('{"avatar_id": "a", "start_by": "1000"}', 5000.0, False),
+        ('{"avatar_id": "a", "start_by": true}', 5000.0, False),
+        ("not json", 5000.0, False),
+    ],
+)
+def test_no_session_starts_in_a_room_created_after_the_start_window(
+    metadata: str, created: float, late: bool
+) -> None:
+    assert started_too_late(metadata, created) is late

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from livekit.agents.job import JobAcceptArguments
 from livekit.protocol import agent, models
 
 from avatar_agent import runtime as runtime_module
-from avatar_agent.worker import end_job, on_request
+from avatar_agent.worker import end_job, on_request, refused_late
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -86,3 +88,32 @@ async def test_at_a_limit_the_room_is_deleted_before_the_job_ends() -> None:
 
     await end_job(delete, lambda reason: order.append(reason))
     assert order == ["deleted", "session limit"]
+
+
+class FakeContext:
+    """What :func:`refused_late` uses of a JobContext."""
+
+    def __init__(self, metadata: str, created: int) -> None:
+        self.job = agent.Job(
+            id="AJ_2",
+            room=models.Room(name="avatar-demo-avatar-x2", creation_time=created),
+            metadata=metadata,
+        )
+        self.calls: list[str] = []
+
+    async def delete_room(self) -> None:
+        self.calls.append("delete_room")
+
+    def shutdown(self, reason: str = "") -> None:
+        self.calls.append(f"shutdown: {reason}")
+
+
+async def test_a_room_created_after_the_start_window_is_deleted_without_a_session() -> None:
+    now = int(time.time())
+    late = FakeContext(json.dumps({"avatar_id": "demo-avatar", "start_by": now - 600}), now)
+    assert await refused_late(late)  # type: ignore[arg-type]
+    assert late.calls == ["delete_room", "shutdown: session limit"]
+
+    in_time = FakeContext(json.dumps({"avatar_id": "demo-avatar", "start_by": now + 60}), now)
+    assert not await refused_late(in_time)  # type: ignore[arg-type]
+    assert in_time.calls == []

@@ -62,7 +62,13 @@ async def test_avatar_session_token_for_anonymous_caller(client: httpx.AsyncClie
     dispatch = claims["roomConfig"]["agents"]
     assert len(dispatch) == 1
     assert dispatch[0]["agentName"] == "avatar-agent"
-    assert json.loads(dispatch[0]["metadata"]) == {
+    metadata = json.loads(dispatch[0]["metadata"])
+    # no session may start in a room created after the start window (TOKEN_SESSION_START_
+    # SECONDS, 120), rounded up to 10 s so that the claims change once per 10 s
+    start_by = metadata.pop("start_by")
+    assert start_by % 10 == 0
+    assert before + 120 <= start_by < time.time() + 130
+    assert metadata == {
         "avatar_id": "demo-avatar",
         "max_session_seconds": 1800,
         "inactivity_timeout_seconds": 300,

@@ -7,7 +7,8 @@ local run, a dispatch not made by the token service) gets the agent's own settin
 user has given no sign of life (speech, typed text, data) for the inactivity timeout,
 counted from the last sign or from the moment the agent stopped talking, whichever is
 later: a long reply never makes the user inactive. It calls ``on_limit`` with the reason
-(``max_duration`` or ``inactive``) once.
+(``max_duration`` or ``inactive``) once. No session starts in a room created after the
+dispatch's ``start_by`` (:func:`started_too_late`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ MAX_DURATION = "max_duration"
 INACTIVE = "inactive"
 #: Longest session any policy may set (avatar_shared.web.policy.MAX_SESSION_SECONDS).
 _CEILING = 86_400
+#: How far LiveKit's clock (a room's creation time) may run ahead of the token service's.
+START_SKEW_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,20 @@ def dispatch_fields(metadata: str) -> dict[str, object]:
     except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def started_too_late(metadata: str, room_created: float) -> bool:
+    """Whether the room was created after the dispatch's ``start_by`` (the end of its
+    token's start window, Unix seconds), give or take :data:`START_SKEW_SECONDS`.
+
+    A deleted room comes back when someone joins it again, with the joining token's
+    dispatch: a token used again after its session ended (the agent deleted the room at
+    a limit) would otherwise start a whole new session, uncounted by the quotas. A job
+    that takes over a room created in time (the previous job died) is not late."""
+    start_by = dispatch_fields(metadata).get("start_by")
+    if not isinstance(start_by, int | float) or isinstance(start_by, bool):
+        return False  # the local run, a dispatch not made by the token service
+    return room_created > start_by + START_SKEW_SECONDS
 
 
 def _seconds(value: object, fallback: float) -> float:

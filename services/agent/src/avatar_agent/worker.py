@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from livekit.agents import AgentServer, JobContext, JobRequest, cli
+from opentelemetry import metrics
 
 from avatar_agent.delivery import publish_from
+from avatar_agent.lifecycle import started_too_late
 from avatar_agent.probes import Probes
 from avatar_agent.runtime import LazyBus, avatar_id_from_metadata, runtime, start_conversation
+from avatar_shared import semconv
 from avatar_shared.config import LiveKitSettings, load
 
 log = logging.getLogger(__name__)
+_refused = metrics.get_meter(semconv.INSTRUMENTATION_NAME).create_counter(
+    semconv.METRIC_AGENT_SESSIONS_REFUSED,
+    description="Jobs that started no session, by reason",
+)
 
 
 async def on_request(request: JobRequest) -> None:
@@ -58,7 +66,24 @@ async def end_job(
     shutdown("session limit")
 
 
+async def refused_late(ctx: JobContext) -> bool:
+    """A room created after its token's start window gets no session: the room is
+    deleted (the user is disconnected) and the job ends before anything is started."""
+    created = ctx.job.room.creation_time or time.time()
+    if not started_too_late(ctx.job.metadata, created):
+        return False
+    log.warning(
+        "room created after its token's start window: no session, the room is deleted",
+        extra={"room": ctx.job.room.name, "job_id": ctx.job.id},
+    )
+    _refused.add(1, {semconv.REASON: "start_window_passed"})
+    await end_job(ctx.delete_room, ctx.shutdown)
+    return True
+
+
 async def entrypoint(ctx: JobContext) -> None:
+    if await refused_late(ctx):
+        return
     rt = runtime()
     avatar_id = avatar_id_from_metadata(ctx.job.metadata)
     avatar = rt.catalog.get(avatar_id or "")

@@ -70,6 +70,7 @@ def create_app(
             RateLimiter(settings.rate_per_principal),
             what="token requests",
         ),
+        start_window=settings.session_start_seconds,
         admission=admission,
         audit=audit,
         audit_settings=audit_settings,

@@ -31,7 +31,7 @@ class TokenSettings(HttpServiceSettings):
         120.0,
         gt=0,
         le=3600,
-        description="How long an issued token holds a quota slot before its session starts",
+        description="How long after issue its session may start (and a quota slot is held)",
     )
     quota_timeout_seconds: float = Field(
         1.0, gt=0, le=10, description="Longest wait for the session count; then 503"

@@ -10,6 +10,8 @@ refused becomes an audit event (avatar_shared.audit), the token itself never.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +28,9 @@ from avatar_shared.web.limits import REMAINING_HEADER, RequestLimits
 from avatar_shared.web.policy import Policy
 from avatar_token.minting import Minter
 from avatar_token.sessions import Session, SessionRequest, decide
+
+#: Granularity of a session's ``start_by`` (seconds).
+START_BY_STEP = 10
 
 
 class Admission(Protocol):
@@ -49,12 +54,16 @@ class TokenIssuer:
         minter: Minter,
         limits: RequestLimits,
         *,
+        start_window: float = 120.0,
         admission: Admission | None = None,
         audit: AuditTrail | None = None,
         audit_settings: AuditSettings | None = None,
+        clock: Callable[[], float] = time.time,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self._policy = policy
+        self._start_window = start_window
+        self._clock = clock
         self._admission = admission
         self._audit = audit
         self._audit_settings = audit_settings or AuditSettings()
@@ -66,6 +75,13 @@ class TokenIssuer:
         self._refused = tally(
             meter, semconv.METRIC_TOKENS_REFUSED, "Token requests refused, by reason"
         )
+
+    def _start_by(self) -> int:
+        """The end of the start window, rounded up to :data:`START_BY_STEP` seconds: the
+        dispatch metadata, and the room configuration claims built from it once per
+        distinct value (:mod:`avatar_token.minting`), change once per step, not per token."""
+        end = self._clock() + self._start_window
+        return math.ceil(end / START_BY_STEP) * START_BY_STEP
 
     async def issue(
         self,
@@ -88,7 +104,7 @@ class TokenIssuer:
             who = principal.ref
             span.set_attribute(semconv.PRINCIPAL_KIND, principal.kind)
             remaining = self._limits.check_caller(principal, remaining)
-            session = decide(self._policy, principal, request)
+            session = decide(self._policy, principal, request, start_by=self._start_by())
             if self._admission is not None:
                 await self._admission.admit(session)
             token, expires_at = self._minter.mint(session)
