@@ -69,5 +69,6 @@ METRIC_AGENT_REPLIES_FAILED: Final = "avatar.agent.replies.failed"
 METRIC_AGENT_SESSIONS_ACTIVE: Final = "avatar.agent.sessions.active"
 METRIC_AGENT_SESSIONS_ENDED: Final = "avatar.agent.sessions.ended"
 METRIC_AGENT_SESSIONS_REFUSED: Final = "avatar.agent.sessions.refused"
+METRIC_AGENT_INPUT_TRUNCATED: Final = "avatar.agent.input.truncated"
 
 INSTRUMENTATION_NAME: Final = "avatar_shared"

@@ -100,6 +100,9 @@ class AgentSettings(BaseSettings):
         1800, gt=0, description="On SIGTERM, how long running calls may go on"
     )
     max_tag_hold: int = Field(64, ge=16, le=1024, description="Longest tag held back, in chars")
+    max_text_input_chars: int = Field(
+        2000, ge=1, le=100_000, description="Longest typed message taken; the rest is cut"
+    )
     events_queue: int = Field(1000, ge=1, description="Events a call may queue for NATS")
     events_max_wait_seconds: float = Field(
         30.0, gt=0, description="How long an event may wait for NATS before it is dropped"

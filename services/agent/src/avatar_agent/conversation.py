@@ -21,7 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from livekit import rtc
-from livekit.agents import AgentSession, llm
+from livekit.agents import AgentSession, llm, room_io
+from livekit.agents.types import TOPIC_CHAT
 from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.events import (
     AgentStateChangedEvent,
@@ -38,6 +39,7 @@ from opentelemetry import metrics
 
 from avatar_agent.agent import AvatarAgent, provider_name
 from avatar_agent.avatars import Avatar
+from avatar_agent.chat import ChatInput
 from avatar_agent.delivery import RoomDeliveries
 from avatar_agent.lifecycle import Lifecycle, SessionLimits
 from avatar_agent.outbox import EventOutbox, TraceParent
@@ -85,6 +87,7 @@ class Conversation:
         agent_name: str,
         tts_keeps_emotions: bool,
         max_hold: int = 64,
+        max_text_input: int = 2000,
         deliveries: RoomDeliveries | None = None,
         models: Models | None = None,
         limits: SessionLimits | None = None,
@@ -92,6 +95,7 @@ class Conversation:
     ) -> None:
         self.session = session
         self.models = models
+        self.chat = ChatInput(session, self._linked_identity, max_chars=max_text_input)
         self.lifecycle = Lifecycle(limits, self.close_for) if limits is not None else None
         self._end_room = end_room
         self.outbox = outbox
@@ -141,8 +145,15 @@ class Conversation:
         if room is None:
             await self.session.start(self.agent)
         else:
-            await self.session.start(agent=self.agent, room=room)
+            # typed messages are read by ChatInput, bounded, not whole by livekit-agents
+            options = room_io.RoomOptions(text_input=False)
+            await self.session.start(agent=self.agent, room=room, room_options=options)
+            room.register_text_stream_handler(TOPIC_CHAT, self.chat.on_stream)
         self._announce()
+
+    def _linked_identity(self) -> str | None:
+        linked = self.session.room_io.linked_participant
+        return linked.identity if linked is not None else None
 
     def begin(self) -> None:
         """Start publishing (:meth:`start` calls it)."""
@@ -204,6 +215,7 @@ class Conversation:
             await self.lifecycle.aclose()
         if self.deliveries is not None:
             await self.deliveries.aclose()
+        await self.chat.aclose()
         self.end(reason)
         await self.outbox.aclose(flush_timeout)
         if self.models is not None:

@@ -165,6 +165,7 @@ def start_conversation(
         agent_name=settings.name,
         tts_keeps_emotions=models.tts_keeps_emotions,
         max_hold=settings.max_tag_hold,
+        max_text_input=settings.max_text_input_chars,
         deliveries=deliveries,
         models=models,
         limits=settings.session_limits.from_metadata(dispatch_metadata),

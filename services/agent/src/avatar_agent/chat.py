@@ -1,0 +1,106 @@
+"""Typed input from the room (LiveKit's ``lk.chat`` text streams), bounded.
+
+livekit-agents reads each chat message whole (``TextStreamReader.read_all``) and hands it
+to the LLM as it is, so a participant could stream megabytes into the agent's memory and
+into this turn's and every later turn's prompt: the spend the session controls are there
+to cap. :class:`ChatInput` takes its place (the session is started with livekit-agents'
+text input off): it reads a message chunk by chunk, keeps at most ``max_chars``
+characters (``AGENT_MAX_TEXT_INPUT_CHARS``), stops reading there, and logs and counts
+the cut (``avatar.agent.input.truncated``). Then it does what livekit-agents'
+default does with a message: interrupt the agent and reply to it as the user's turn.
+As there, only the participant the session is linked to (the user) is heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from livekit import rtc
+from opentelemetry import metrics
+
+from avatar_shared import semconv
+
+log = logging.getLogger(__name__)
+
+_truncated = metrics.get_meter(semconv.INSTRUMENTATION_NAME).create_counter(
+    semconv.METRIC_AGENT_INPUT_TRUNCATED,
+    description="Typed messages cut to AGENT_MAX_TEXT_INPUT_CHARS",
+)
+
+
+class TextReader(Protocol):
+    """What is read of an ``rtc.TextStreamReader``."""
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+class Session(Protocol):
+    """What is used of an ``AgentSession``."""
+
+    def _claim_user_turn(self) -> AbstractAsyncContextManager[None]: ...
+
+    def interrupt(self) -> Awaitable[None]: ...
+
+    def generate_reply(self, *, user_input: str) -> object: ...
+
+
+async def read_bounded(reader: TextReader, max_chars: int) -> tuple[str, bool]:
+    """The message's first ``max_chars`` characters, and whether there were more. Past
+    them the reader is closed: the rest is not even received."""
+    text = ""
+    async for chunk in reader:
+        text += chunk
+        if len(text) > max_chars:
+            reader.close()
+            return text[:max_chars], True
+    return text, False
+
+
+class ChatInput:
+    def __init__(
+        self, session: Session, linked: Callable[[], str | None], *, max_chars: int
+    ) -> None:
+        self._session = session
+        self._linked = linked
+        self._max_chars = max_chars
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_stream(self, reader: rtc.TextStreamReader, participant_identity: str) -> None:
+        """The room's ``lk.chat`` handler."""
+        linked = self._linked()
+        if linked is not None and participant_identity != linked:
+            reader.close()  # not the user's: nobody reads it, free its subscription
+            return
+        task = asyncio.create_task(self._take(reader, participant_identity))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _take(self, reader: TextReader, participant_identity: str) -> None:
+        try:
+            text, cut = await read_bounded(reader, self._max_chars)
+        except rtc.StreamError as exc:  # aborted by the sender, the room left mid-message
+            log.warning("typed message not read whole: %s", exc)
+            return
+        if cut:
+            _truncated.add(1)
+            log.warning(
+                "typed message cut to its first %d characters",
+                self._max_chars,
+                extra={"participant": participant_identity},
+            )
+        if not text.strip():
+            return
+        async with self._session._claim_user_turn():
+            await self._session.interrupt()
+            self._session.generate_reply(user_input=text)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
