@@ -8,7 +8,9 @@ for any other model is a 404 ``model_not_found``, as a real server answers.
 
 Error modes, for the next calls or for every call: HTTP statuses (429 and 503 with
 ``Retry-After``), a stream cut after some chunks (the connection dropped without the
-terminating chunk), and a stream that stalls after some chunks. Every call is recorded
+terminating chunk), a stream that stalls after some chunks, and a stream that ends early
+after some chunks: with an ``{"error": ...}`` event as OpenAI streams one, with a line
+that is not JSON, or with a ``finish_reason`` (``length``, ``content_filter``, ``stop``). Every call is recorded
 with its arrival time.
 
 Also a process for ``make run``: ``python -m tests.support.openai_compatible --port 18080
@@ -55,6 +57,10 @@ class OpenAICompatibleDouble:
     retry_after: str | None = "1"  # Retry-After of 429 and 503 answers
     cut_after: int | None = None  # drop the connection after this many chunks
     stall_after: int | None = None  # stop sending (and hold the call) after this many
+    #: after this many chunks, instead of the next one: an ``error`` event as OpenAI streams
+    #: one, a line that is not JSON, or the end (``finish_reason`` ``finish``, then [DONE])
+    broken_after: int | None = None
+    broken_with: str = "error"  # "error", "garbage" or a finish_reason ("length", ...)
     chunk_delay: float = 0.01
     calls: list[Call] = field(default_factory=list)
     port: int = 0
@@ -128,6 +134,9 @@ class OpenAICompatibleDouble:
                 return response
             if sent == self.stall_after:
                 await asyncio.sleep(3600)
+            if sent == self.broken_after:
+                await self._break(response, send)
+                return response
             await send({"content": reply[start : start + CHUNK]})
             await asyncio.sleep(self.chunk_delay)
         await send({}, "stop")
@@ -137,6 +146,17 @@ class OpenAICompatibleDouble:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _break(self, response: web.StreamResponse, send: Any) -> None:
+        if self.broken_with == "error":
+            error = {"message": "The server had an error", "type": "server_error", "code": None}
+            await response.write(f"data: {json.dumps({'error': error})}\n\n".encode())
+        elif self.broken_with == "garbage":
+            await response.write(b"data: {not json\n\n")
+        else:
+            await send({}, self.broken_with)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
 
 
 def _error(

@@ -242,6 +242,40 @@ async def test_a_stream_cut_mid_reply_is_a_failure_and_nothing_is_said_twice(
     assert FALLBACK not in " ".join(tts_server.spoken())
 
 
+@pytest.mark.parametrize(
+    ("after", "ending", "failure"),
+    [
+        # before a word: the fallback line follows
+        (0, "stop", "llm_empty"),  # a "complete" reply with nothing in it
+        (0, "content_filter", "llm_content_filter"),
+        (0, "error", "llm_server_error"),  # {"error": ...} streamed, as OpenAI does
+        (0, "garbage", "llm_bad_response"),  # a line that is not JSON
+        # after some words: heard, so no fallback line
+        (5, "length", "llm_length"),  # the provider's token limit
+        (5, "content_filter", "llm_content_filter"),
+        (5, "error", "llm_server_error"),
+        (5, "stop", None),  # a short reply that ended as replies do
+    ],
+)
+async def test_a_reply_the_provider_ends_early_is_a_failure(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    llm_server: OpenAICompatibleDouble,
+    tts_server: CartesiaDouble,
+    after: int,
+    ending: str,
+    failure: str | None,
+) -> None:
+    llm_server.broken_after, llm_server.broken_with = after, ending
+    run = await talk(nats_server, js, room, llm_server, tts_server)
+    heard = after > 0
+    assert [d.failure for d in run.done()] == [failure] + ([] if heard else [None])
+    assert (FALLBACK in tts_server.spoken()) is (not heard)
+    if failure is not None:
+        assert run.failures("llm", failure.removeprefix("llm_")) == 1
+
+
 @pytest.mark.parametrize("stall_after", [0, 5])
 async def test_a_stalled_stream_fails_within_the_attempt_timeouts(
     nats_server: NatsServer,

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from email.utils import formatdate
 
 import httpx2 as httpx
+import openai
 import pytest
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 
 from avatar_agent.failures import ReplyFailures, failure_kind
-from avatar_agent.provider_http import RetryAfterGate
+from avatar_agent.provider_http import FinishReasons, RetryAfterGate
 
 
 def wrapped(cause: Exception) -> Exception:
@@ -20,6 +22,13 @@ def wrapped(cause: Exception) -> Exception:
         raise APIConnectionError("failed after 3 attempts") from cause
     except APIConnectionError as exc:
         return exc
+
+
+REQUEST = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+#: How the OpenAI SDK raises an ``{"error": ...}`` event of a stream.
+STREAMED_ERROR = openai.APIError(
+    "The server had an error", REQUEST, body={"type": "server_error", "code": None}
+)
 
 
 @dataclass
@@ -51,6 +60,10 @@ class Body:
         (wrapped(APIStatusError("x", status_code=429)), "rate_limited"),
         (wrapped(APITimeoutError()), "timeout"),
         (wrapped(RuntimeError("not an API error")), "connection"),
+        # what broke the stream was the provider's answer, not the connection
+        (wrapped(STREAMED_ERROR), "server_error"),
+        (wrapped(json.JSONDecodeError("Expecting value", "{not json", 1)), "bad_response"),
+        (wrapped(openai.APIConnectionError(request=REQUEST)), "connection"),
     ],
 )
 def test_the_kind_is_the_providers_own_error_under_any_wrapping(
@@ -131,3 +144,69 @@ def test_a_shorter_retry_after_never_shortens_the_wait() -> None:
     asyncio.run(gate.note(response(429, **{"Retry-After": "5"})))
     asyncio.run(gate.note(response(429, **{"Retry-After": "1"})))
     assert gate.wait_seconds() == pytest.approx(5.0)
+
+
+def completion(*finishes: str | None) -> bytes:
+    """A streamed completion whose chunks end with these finish_reasons, then [DONE]."""
+    chunks = [
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": f}]}
+        for f in finishes
+    ]
+    lines = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+    return "".join(lines).encode()
+
+
+async def read_through(finishes: FinishReasons, body: bytes, *, step: int, path: str) -> bytes:
+    """The body as the client reads it, through the tap, ``step`` bytes a network read."""
+    request = httpx.Request("POST", f"http://127.0.0.1/v1{path}")
+    pieces = [body[i : i + step] for i in range(0, len(body), step)]
+    response = httpx.Response(200, request=request, stream=httpx.ByteStream(b""))
+    response.stream = Pieces(pieces)
+    await finishes.watch(response)
+    return b"".join([chunk async for chunk in response.stream])
+
+
+class Pieces(httpx.AsyncByteStream):
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        for piece in self.pieces:
+            yield piece
+
+
+@pytest.mark.parametrize("step", [1, 7, 10_000])
+@pytest.mark.parametrize(
+    ("ends", "cut"),
+    [
+        ((None, None, "stop"), None),
+        ((None, "length"), "length"),
+        ((None, "content_filter"), "content_filter"),
+        ((None, None), None),  # no finish_reason at all: the stream's own business
+    ],
+)
+async def test_a_reply_the_provider_cut_short_is_known_by_its_speech(
+    ends: tuple[str | None, ...], cut: str | None, step: int
+) -> None:
+    finishes = FinishReasons(lambda: "speech-1")
+    body = completion(*ends)
+    assert await read_through(finishes, body, step=step, path="/chat/completions") == body
+    assert finishes.pop("speech-1") == cut
+    assert finishes.pop("speech-1") is None  # once
+
+
+async def test_only_completions_of_a_speech_are_read() -> None:
+    body = completion(None, "length")
+    outside = FinishReasons(lambda: None)
+    await read_through(outside, body, step=10, path="/chat/completions")
+    models = FinishReasons(lambda: "speech-1")
+    await read_through(models, body, step=10, path="/models")
+    assert outside.pop("speech-1") is None
+    assert models.pop("speech-1") is None
+
+
+async def test_an_endless_line_is_not_kept() -> None:
+    finishes = FinishReasons(lambda: "speech-1")
+    body = b"data: " + b"x" * 300_000 + b"\n\n" + completion(None, "length")
+    assert await read_through(finishes, body, step=4096, path="/chat/completions") == body
+    assert finishes.pop("speech-1") == "length"

@@ -25,6 +25,7 @@ from opentelemetry import metrics
 from avatar_agent.avatars import Avatar
 from avatar_agent.failures import ReplyFailures
 from avatar_agent.prompt import build_instructions
+from avatar_agent.provider_http import FinishReasons
 from avatar_agent.tags import Tag, TagParser
 from avatar_shared import semconv
 from avatar_shared.telemetry import tally
@@ -32,6 +33,14 @@ from avatar_shared.telemetry import tally
 log = logging.getLogger(__name__)
 
 TagSink = Callable[[str, Tag], None]
+
+
+def _says_something(chunk: llm.ChatChunk | str | FlushSentinel) -> bool:
+    """Whether a chunk of the LLM's stream holds text or a tool call."""
+    if isinstance(chunk, str):
+        return bool(chunk)
+    delta = getattr(chunk, "delta", None)
+    return delta is not None and bool(delta.content or delta.tool_calls)
 
 
 def current_speech_id() -> str | None:
@@ -115,6 +124,7 @@ class AvatarAgent(Agent):
         tts_keeps_emotions: bool,
         max_hold: int = 64,
         on_speech_begins: Callable[[str], None] = lambda speech_id: None,
+        finishes: FinishReasons | None = None,
         **kwargs: Any,
     ) -> None:
         """``on_speech_begins``: a speech's first node is running, inside its turn."""
@@ -123,6 +133,7 @@ class AvatarAgent(Agent):
         self._on_speech_begins = on_speech_begins
         self.speech_tags = SpeechTags(self._count_and_forward(on_tag))
         self.failures = ReplyFailures()
+        self._finishes = finishes
         self._tts_keeps_emotions = tts_keeps_emotions
         self._max_hold = max_hold
 
@@ -175,12 +186,19 @@ class AvatarAgent(Agent):
         speech_id = current_speech_id()
         if speech_id is not None:
             self._on_speech_begins(speech_id)
+        said_something = False
         try:
             async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
+                said_something = said_something or _says_something(chunk)
                 yield chunk
         except Exception as exc:
             self.failures.record(speech_id, "llm", provider_name(self.session.llm), exc)
             raise
+        # The stream ended as if complete; the provider may still have cut it short.
+        cut = self._finishes.pop(speech_id) if self._finishes and speech_id else None
+        if cut is not None or not said_something:
+            reason = cut or "empty"
+            self.failures.record_kind(speech_id, "llm", provider_name(self.session.llm), reason)
 
     async def tts_node(
         self, text: AsyncIterable[str], model_settings: ModelSettings

@@ -107,6 +107,7 @@ class Conversation:
             tts_keeps_emotions=tts_keeps_emotions,
             max_hold=max_hold,
             on_speech_begins=self._speech_begins,
+            finishes=models.finishes if models is not None else None,
         )
         #: speeches created and not yet reported: (source, user initiated), by id
         self._created: dict[str, tuple[str, bool]] = {}

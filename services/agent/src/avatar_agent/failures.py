@@ -2,15 +2,19 @@
 
 The agent's ``llm_node`` and ``tts_node`` run inside the speech they produce; when the
 provider's stream raises there (retries exhausted, a stream cut after text was sent, a
-stall past the per-attempt timeout), :meth:`ReplyFailures.record` keeps the first
-failure of that speech, and the conversation reports it in the speech's ``speech_done``
-(``failure``: ``<stage>_<kind>``).
+stall past the per-attempt timeout), or when the LLM's stream ends as if complete but
+the provider cut the reply short (``finish_reason`` ``length`` or ``content_filter``,
+:class:`~avatar_agent.provider_http.FinishReasons`) or gave no word at all (``empty``),
+:meth:`ReplyFailures.record` keeps the first failure of that speech, and the
+conversation reports it in the speech's ``speech_done`` (``failure``:
+``<stage>_<kind>``).
 """
 
 from __future__ import annotations
 
 import logging
 
+import openai
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 from opentelemetry import metrics
 
@@ -24,8 +28,8 @@ _MAX_PENDING = 64
 
 
 def failure_kind(exc: BaseException) -> str:
-    """``rate_limited``, ``server_error``, ``client_error``, ``timeout``, ``connection``
-    or ``error``, from the provider's own error under any wrapping (livekit-agents
+    """``rate_limited``, ``server_error``, ``client_error``, ``timeout``, ``connection``,
+    ``bad_response`` or ``error``, from the provider's own error under any wrapping (livekit-agents
     wraps the last attempt's error when retries run out)."""
     while isinstance(exc.__cause__, APIError):
         exc = exc.__cause__
@@ -38,6 +42,14 @@ def failure_kind(exc: BaseException) -> str:
     if isinstance(exc, APITimeoutError):  # before its base class, APIConnectionError
         return "timeout"
     if isinstance(exc, APIConnectionError):
+        # livekit-agents calls whatever broke a stream a connection error: an error the
+        # provider streamed ({"error": ...}, the OpenAI SDK's APIError) or a line that
+        # was not JSON are the provider's answers, not the connection's.
+        cause = exc.__cause__
+        if isinstance(cause, openai.APIError) and not isinstance(cause, openai.APIConnectionError):
+            return _realtime_kind(cause.body)
+        if isinstance(cause, ValueError):
+            return "bad_response"
         return "connection"
     return "error"
 
@@ -70,7 +82,13 @@ class ReplyFailures:
         )
 
     def record(self, speech_id: str | None, stage: str, provider: str, exc: BaseException) -> None:
-        kind = failure_kind(exc)
+        self.record_kind(speech_id, stage, provider, failure_kind(exc), str(exc))
+
+    def record_kind(
+        self, speech_id: str | None, stage: str, provider: str, kind: str, error: str = ""
+    ) -> None:
+        """A failure known by its kind: a reply the provider ended early (``length``,
+        ``content_filter``) or ended without a word (``empty``)."""
         self.counter.add(1, {semconv.PROVIDER: provider, semconv.STAGE: stage, "kind": kind})
         log.warning(
             "reply failed",
@@ -79,7 +97,7 @@ class ReplyFailures:
                 "stage": stage,
                 "provider": provider,
                 "kind": kind,
-                "error": str(exc)[:200],
+                "error": error[:200],
             },
         )
         if speech_id is None or speech_id in self._pending:

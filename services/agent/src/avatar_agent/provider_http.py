@@ -1,4 +1,5 @@
-"""The HTTP client of the agent's OpenAI-compatible LLM: a provider's Retry-After is honoured.
+"""The HTTP client of the agent's OpenAI-compatible LLM: a provider's Retry-After is
+honoured, and a reply the provider cut short is known as such (:class:`FinishReasons`).
 
 livekit-agents retries a failed LLM request after intervals of its own (0.1 s, then 2 s),
 whatever the provider asked for. :class:`RetryAfterGate` sits in the client's event
@@ -11,10 +12,13 @@ and then a failure the conversation reports.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx2 as httpx
 
@@ -69,11 +73,83 @@ def _retry_after_ms(value: str | None, cap: float) -> float | None:
     return min(cap, max(0.0, seconds)) if math.isfinite(seconds) else None
 
 
-def http_client(gate: RetryAfterGate) -> httpx.AsyncClient:
-    """What livekit-plugins-openai builds for itself, plus the gate. Each request carries
-    the session's per-attempt timeout, which replaces the client's default."""
+#: ``finish_reason`` values that mean the provider cut the reply short.
+CUT_SHORT = frozenset({"length", "content_filter"})
+#: A streamed line longer than this is not read for its finish_reason (nor kept).
+_MAX_LINE = 64 * 1024
+_REMEMBERED = 64
+
+
+class FinishReasons:
+    """How each speech's streamed completion ended, when the provider cut it short.
+
+    livekit-agents drops ``finish_reason``, so a reply cut at the provider's token limit
+    (``length``) or by its content filter (``content_filter``) looked like one that was
+    complete. :meth:`watch` is a response hook: it reads the completion's Server-Sent
+    Events as the OpenAI SDK receives them and notes a cut-short reason under the speech
+    being generated (the request runs in the speech's task). The agent's ``llm_node``
+    takes it when the stream ends (:meth:`pop`) and reports the reply as failed."""
+
+    def __init__(self, speech_id: Callable[[], str | None]) -> None:
+        self._speech_id = speech_id
+        self._reasons: OrderedDict[str, str] = OrderedDict()
+
+    async def watch(self, response: httpx.Response) -> None:
+        speech_id = self._speech_id()
+        if speech_id is None or not response.request.url.path.endswith("/chat/completions"):
+            return
+        response.stream = _Tap(response.stream, lambda reason: self._note(speech_id, reason))
+
+    def pop(self, speech_id: str) -> str | None:
+        return self._reasons.pop(speech_id, None)
+
+    def _note(self, speech_id: str, reason: str) -> None:
+        self._reasons[speech_id] = reason
+        while len(self._reasons) > _REMEMBERED:
+            self._reasons.popitem(last=False)
+
+
+class _Tap(httpx.AsyncByteStream):
+    """The response's bytes, unchanged, read line by line for a cut-short finish_reason."""
+
+    def __init__(self, inner: Any, found: Callable[[str], None]) -> None:
+        self._inner = inner
+        self._found = found
+        self._line = b""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._scan(chunk)
+            yield chunk
+
+    def _scan(self, chunk: bytes) -> None:
+        *lines, self._line = (self._line + chunk).split(b"\n")
+        if len(self._line) > _MAX_LINE:
+            self._line = b""
+        for line in lines:
+            if line.startswith(b"data:") and b"finish_reason" in line:
+                self._read(line[5:])
+
+    def _read(self, data: bytes) -> None:
+        try:
+            choices = json.loads(data).get("choices") or []
+        except (ValueError, AttributeError, RecursionError):
+            return  # the OpenAI SDK says what it makes of a broken line
+        for choice in choices:
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if reason in CUT_SHORT:
+                self._found(reason)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def http_client(gate: RetryAfterGate, finishes: FinishReasons) -> httpx.AsyncClient:
+    """What livekit-plugins-openai builds for itself, plus the gate and the finish_reason
+    tap. Each request carries the session's per-attempt timeout, which replaces the
+    client's default."""
     return httpx.AsyncClient(
         follow_redirects=True,
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=50, keepalive_expiry=120),
-        event_hooks={"request": [gate.hold], "response": [gate.note]},
+        event_hooks={"request": [gate.hold], "response": [gate.note, finishes.watch]},
     )

@@ -6,17 +6,18 @@ the Cartesia and OpenAI speech plugins take their HTTP session from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai as openai_sdk
 from livekit.agents import NOT_GIVEN, APIConnectOptions, llm, stt, tokenize, tts
 from livekit.agents.voice.agent_session import SessionConnectOptions
 
+from avatar_agent.agent import current_speech_id
 from avatar_agent.avatars import Avatar
 from avatar_agent.config import AgentSettings, LLMProvider, TTSProvider
 from avatar_agent.demo import DemoLLM, DemoTTS
-from avatar_agent.provider_http import RetryAfterGate, http_client
+from avatar_agent.provider_http import FinishReasons, RetryAfterGate, http_client
 
 #: Local servers need no key, but the OpenAI client insists on one.
 _NO_KEY = "unused"
@@ -29,6 +30,8 @@ class Models:
     stt: stt.STT[Any] | None = None
     #: the OpenAI client we built for the LLM (the plugin closes only clients it built)
     client: openai_sdk.AsyncClient | None = None
+    #: replies that client's provider cut short, by speech
+    finishes: FinishReasons = field(default_factory=lambda: FinishReasons(current_speech_id))
 
     async def aclose(self) -> None:
         """Close the models' connections (a session does not)."""
@@ -47,12 +50,14 @@ class Models:
 def build_models(settings: AgentSettings, avatar: Avatar, *, hears_user: bool) -> Models:
     """``hears_user``: a LiveKit job transcribes the user (a chat LLM then needs STT); the
     local run types the user's turns and needs none."""
-    chat, client = _llm(settings)
+    finishes = FinishReasons(current_speech_id)
+    chat, client = _llm(settings, finishes)
     return Models(
         llm=chat,
         tts=_tts(settings, avatar),
         stt=_stt(settings) if hears_user else None,
         client=client,
+        finishes=finishes,
     )
 
 
@@ -70,7 +75,7 @@ def _key(secret: object) -> str:
 
 
 def _llm(
-    settings: AgentSettings,
+    settings: AgentSettings, finishes: FinishReasons
 ) -> tuple[llm.LLM[Any] | llm.RealtimeModel, openai_sdk.AsyncClient | None]:
     from livekit.plugins import openai
 
@@ -88,7 +93,9 @@ def _llm(
         api_key=_key(settings.openai_api_key),
         base_url=settings.llm_base_url,  # None: OpenAI
         max_retries=0,  # livekit-agents retries (provider_retries), waiting for the gate
-        http_client=http_client(RetryAfterGate(settings.provider_max_retry_after_seconds)),
+        http_client=http_client(
+            RetryAfterGate(settings.provider_max_retry_after_seconds), finishes
+        ),
     )
     return openai.LLM(model=settings.chat_model, client=client), client
 
