@@ -10,8 +10,8 @@ Error modes, for the next calls or for every call: HTTP statuses (429 and 503 wi
 ``Retry-After``), a stream cut after some chunks (the connection dropped without the
 terminating chunk), a stream that stalls after some chunks, and a stream that ends early
 after some chunks: with an ``{"error": ...}`` event as OpenAI streams one, with a line
-that is not JSON, or with a ``finish_reason`` (``length``, ``content_filter``, ``stop``). Every call is recorded
-with its arrival time.
+that is not JSON, or with a ``finish_reason`` (``length``, ``content_filter``, ``stop``).
+Every call is recorded with its arrival time.
 
 Also a process for ``make run``: ``python -m tests.support.openai_compatible --port 18080
 --model local-model`` (docs/agent.md, "Bring your own model").
