@@ -16,9 +16,11 @@ and ``response.done`` with ``status: "completed"``.
 
 Fault modes for the next responses: ``"failed"`` (a ``response.done`` with status
 ``failed`` and an error in ``status_details``, as OpenAI reports a server error or an
-exhausted rate limit mid-reply, after ``fail_after`` deltas) and ``"error"`` (an ``error``
-event in reply to the ``response.create``, which then creates nothing). Every client event
-is recorded.
+exhausted rate limit mid-reply, after ``fail_after`` deltas), ``"incomplete:<reason>"``
+(the reply ends after ``fail_after`` deltas with status ``incomplete``, as OpenAI ends one
+at ``max_output_tokens`` or its ``content_filter``) and ``"error"`` (an ``error`` event in
+reply to the ``response.create``, which then creates nothing). Every client event is
+recorded.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ MODEL = "gpt-realtime-mini"
 class OpenAIRealtimeDouble:
     api_key: str = API_KEY
     replies: tuple[str, ...] = REPLIES
-    faults: list[str] = field(default_factory=list)  # "failed" / "error", next responses
-    fail_after: int = 0  # deltas sent before a "failed" response ends
+    #: "failed", "incomplete:<reason>" or "error", for the next responses
+    faults: list[str] = field(default_factory=list)
+    fail_after: int = 0  # deltas sent before a "failed" or "incomplete" response ends
     received: list[dict[str, Any]] = field(default_factory=list)
     models: list[str] = field(default_factory=list)  # ?model= of each connection
     port: int = 0
@@ -151,7 +154,7 @@ class OpenAIRealtimeDouble:
         part = {"type": "text", "text": ""}
         await self._send(ws, "response.content_part.added", **ids, content_index=0, part=part)
         pieces = [text[i : i + CHUNK] for i in range(0, len(text), CHUNK)]
-        if fault == "failed":
+        if fault is not None:
             pieces = pieces[: self.fail_after]
         for piece in pieces:
             await self._send(ws, "response.output_text.delta", **ids, content_index=0, delta=piece)
@@ -164,12 +167,17 @@ class OpenAIRealtimeDouble:
         await self._send(ws, "response.output_text.done", **ids, content_index=0, text=said)
         part = {"type": "text", "text": said}
         await self._send(ws, "response.content_part.done", **ids, content_index=0, part=part)
-        item |= {"status": "completed", "content": [{"type": "output_text", "text": said}]}
+        # "incomplete:<reason>": the reply ends early (the output token limit, the filter)
+        status = "incomplete" if fault and fault.startswith("incomplete:") else "completed"
+        item |= {"status": status, "content": [{"type": "output_text", "text": said}]}
         await self._send(
             ws, "response.output_item.done", response_id=response["id"], output_index=0, item=item
         )
         await self._send(ws, "conversation.item.done", previous_item_id=previous, item=item)
-        response |= {"status": "completed", "output": [item]}
+        response |= {"status": status, "output": [item]}
+        if fault and status == "incomplete":
+            reason = fault.removeprefix("incomplete:")
+            response["status_details"] = {"type": "incomplete", "reason": reason}
         await self._send(ws, "response.done", response=response)
 
 

@@ -383,3 +383,28 @@ async def test_a_realtime_reply_failing_once_heard_is_a_failure_without_the_fall
     assert "[" not in spoken
     assert FALLBACK not in spoken
     assert [e.name for e in run.events if isinstance(e, TagParsed)] == ["happy", "wave_hand"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "after", "failure"),
+    [
+        ("content_filter", 0, "llm_content_filter"),  # nothing said: the fallback line
+        ("max_output_tokens", 12, "llm_length"),  # heard up to the limit: no fallback
+    ],
+)
+async def test_a_realtime_reply_that_ends_incomplete_is_a_failure(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    realtime_server: OpenAIRealtimeDouble,
+    tts_server: CartesiaDouble,
+    reason: str,
+    after: int,
+    failure: str,
+) -> None:
+    realtime_server.faults, realtime_server.fail_after = [f"incomplete:{reason}"], after
+    run = await talk(nats_server, js, room, realtime_server, tts_server)
+    heard = after > 0
+    assert [d.failure for d in run.done()] == [failure] + ([] if heard else [None])
+    assert (FALLBACK in " ".join(tts_server.spoken())) is (not heard)
+    assert run.failures("llm", failure.removeprefix("llm_")) == 1

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from livekit import rtc
 from livekit.agents import AgentSession, llm, room_io
@@ -66,6 +67,9 @@ END_REASONS = {
     CloseReason.PARTICIPANT_DISCONNECTED.value: "user_left",
     CloseReason.ERROR.value: "agent_error",
 }
+#: A realtime reply's ``incomplete`` reasons that are failures, as a chat LLM's
+#: ``finish_reason`` names them.
+INCOMPLETE_KINDS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 #: How long the closing line may take before the room is ended anyway.
 CLOSING_LINE_SECONDS = 15.0
 _meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME)
@@ -150,7 +154,17 @@ class Conversation:
             options = room_io.RoomOptions(text_input=False)
             await self.session.start(agent=self.agent, room=room, room_options=options)
             room.register_text_stream_handler(TOPIC_CHAT, self.chat.on_stream)
+        self._watch_realtime()
         self._announce()
+
+    def _watch_realtime(self) -> None:
+        """A realtime model's reply that ends ``incomplete`` (its output token limit, its
+        content filter) is only a debug line in livekit-agents: read it from the model's
+        own events."""
+        if not isinstance(self.session.llm, llm.RealtimeModel):
+            return
+        session = self.agent.realtime_llm_session
+        session.on("openai_server_event_received", self._on_realtime_event)
 
     def _linked_identity(self) -> str | None:
         linked = self.session.room_io.linked_participant
@@ -339,6 +353,20 @@ class Conversation:
         speech = self.session.current_speech
         provider = provider_name(self.session.llm)
         self.agent.failures.record(speech.id if speech else None, "llm", provider, ev.error.error)
+
+    def _on_realtime_event(self, event: dict[str, Any]) -> None:
+        """Charged, as :meth:`_on_error` charges failures, to the speech under way."""
+        response = event.get("response") if event.get("type") == "response.done" else None
+        if not isinstance(response, dict) or response.get("status") != "incomplete":
+            return
+        details = response.get("status_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        kind = INCOMPLETE_KINDS.get(str(reason))
+        if kind is None:
+            return
+        speech = self.session.current_speech
+        provider = provider_name(self.session.llm)
+        self.agent.failures.record_kind(speech.id if speech else None, "llm", provider, kind)
 
     def _on_close(self, ev: CloseEvent) -> None:
         self.end(ev.reason.value)
