@@ -8,7 +8,8 @@ WebSocket. The client sends JSON generation requests (``model_id``, ``voice``,
 ``continue: false``, a ``done`` message. A wrong key is refused at the upgrade (401), as
 Cartesia does. Every transcript is recorded per context, so a test can read exactly what
 would have been spoken. ``stall`` makes it take transcripts and answer nothing, as a
-server that hangs mid-session.
+server that hangs mid-session; ``error`` answers each with an ``error`` message, as
+Cartesia reports a generation it could not do.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class CartesiaDouble:
     api_key: str = API_KEY
     fail_upgrade_with: int | None = None  # refuse connections with this status
     stall: bool = False  # take transcripts and never answer them (no chunk, no done)
+    #: answer transcripts with an error message, as Cartesia reports a failed generation
+    error: dict[str, object] | None = None
     transcripts: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     requests: list[dict[str, object]] = field(default_factory=list)
     audio_bytes: int = 0
@@ -71,6 +74,9 @@ class CartesiaDouble:
             transcript = str(generation.get("transcript", ""))
             self.transcripts[context].append(transcript)
             if self.stall:
+                continue
+            if self.error is not None:
+                await ws.send_json({"type": "error", "context_id": context, **self.error})
                 continue
             await self._speak(ws, generation, context, transcript)
             if not generation.get("continue", False):

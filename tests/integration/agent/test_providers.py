@@ -325,6 +325,20 @@ async def test_a_failing_tts_is_reported_and_no_line_is_tried_through_it(
     assert run.failures("tts", "server_error") == 1
 
 
+async def test_a_tts_error_message_fails_the_reply(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    llm_server: OpenAICompatibleDouble,
+    tts_server: CartesiaDouble,
+) -> None:
+    tts_server.error = {"status_code": 500, "error": "Internal error", "done": True}
+    run = await talk(nats_server, js, room, llm_server, tts_server)
+    assert [d.failure for d in run.done()] == ["tts_error"]  # no fallback through that TTS
+    assert run.failures("tts", "error") == 1
+    assert tts_server.audio_bytes == 0
+
+
 async def test_a_tts_that_stops_answering_fails_the_reply_within_the_attempt_timeouts(
     nats_server: NatsServer,
     js: JetStreamContext,
