@@ -38,7 +38,9 @@ async def zeroweight() -> AsyncIterator[ZeroWeightDouble]:
 
 
 @pytest.fixture
-async def shared_cache(bus: Bus, meter_provider: MeterProvider) -> AsyncIterator[SharedCache]:
+async def shared_cache(
+    bus: Bus, meter_provider: MeterProvider, clock: Clock
+) -> AsyncIterator[SharedCache]:
     bucket = f"bundles_{uuid.uuid4().hex[:8]}"
     store = await bus.ensure_object_store(bucket, ttl_seconds=3600, max_bytes=64 * 1024 * 1024)
     yield SharedCache(
@@ -46,6 +48,7 @@ async def shared_cache(bus: Bus, meter_provider: MeterProvider) -> AsyncIterator
         connected=lambda: bus.connected,
         timeout=1.0,
         max_bytes=8 * 1024 * 1024,
+        wall_clock=clock,  # the replicas' clock, which dates the entries
         meter_provider=meter_provider,
     )
     await bus.delete_object_store(bucket)
