@@ -8,9 +8,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.devstack import SERVICES
 from tests.support.nats_server import free_port
 
 ROOT = Path(__file__).parents[2]
+
+
+#: The block of documented service ports, before the offset.
+_PORTS = [p for s in SERVICES for p in (s.port, *s.side_ports.values())]
+SERVICE_PORTS = range(min(_PORTS), max(_PORTS) + 1)
+
+
+def _free_port_outside(taken: range) -> int:
+    while (port := free_port()) in taken:
+        pass
+    return port
 
 
 @dataclass(frozen=True)
@@ -28,14 +40,16 @@ async def start_devstack(
     offset: int | None = None,
 ) -> Devstack:
     """The stack with its output piped; ephemeral ports lie above the documented ones,
-    so the default offset puts every service on a free one."""
-    nats_port = nats_port or free_port()
-    offset = offset if offset is not None else free_port() - 8100
+    so the default offset puts every service on a free one. NATS's ports are drawn
+    outside the services' shifted block, which a free port may otherwise fall into."""
+    offset = offset if offset is not None else free_port() - SERVICE_PORTS.start
+    taken = range(SERVICE_PORTS.start + offset, SERVICE_PORTS.stop + offset)
+    nats_port = nats_port or _free_port_outside(taken)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "scripts" / "devstack.py"),
         f"--nats-port={nats_port}",
-        f"--monitor-port={free_port()}",
+        f"--monitor-port={_free_port_outside(taken)}",
         f"--data-dir={data_dir}",
         f"--port-offset={offset}",
         *args,
