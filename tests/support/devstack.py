@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +16,35 @@ from tests.support.nats_server import free_port
 ROOT = Path(__file__).parents[2]
 
 
-#: The block of documented service ports, before the offset.
-_PORTS = [p for s in SERVICES for p in (s.port, *s.side_ports.values())]
-SERVICE_PORTS = range(min(_PORTS), max(_PORTS) + 1)
+#: The documented service ports (scripts/devstack.py), which the offset shifts.
+_PORTS = sorted(p for s in SERVICES for p in (s.port, *s.side_ports.values()))
 
 
-def _free_port_outside(taken: range) -> int:
-    while (port := free_port()) in taken:
-        pass
-    return port
+def _ephemeral_start() -> int:
+    """Where the kernel's ephemeral ports begin (bind(0), outgoing connections)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_offset() -> int:
+    """An offset that puts every service on a free port below the ephemeral range, where
+    no free port drawn for NATS or a double, and no outgoing connection, can land."""
+    highest = _ephemeral_start() - (_PORTS[-1] - _PORTS[0]) - 1
+    while True:
+        offset = random.randrange(10_000, highest) - _PORTS[0]  # noqa: S311 (not secret)
+        if all(_bindable(port + offset) for port in _PORTS):
+            return offset
 
 
 @dataclass(frozen=True)
@@ -39,17 +61,15 @@ async def start_devstack(
     nats_port: int | None = None,
     offset: int | None = None,
 ) -> Devstack:
-    """The stack with its output piped; ephemeral ports lie above the documented ones,
-    so the default offset puts every service on a free one. NATS's ports are drawn
-    outside the services' shifted block, which a free port may otherwise fall into."""
-    offset = offset if offset is not None else free_port() - SERVICE_PORTS.start
-    taken = range(SERVICE_PORTS.start + offset, SERVICE_PORTS.stop + offset)
-    nats_port = nats_port or _free_port_outside(taken)
+    """The stack with its output piped, its services on free ports below the ephemeral
+    range (:func:`free_offset`), NATS on ephemeral ones."""
+    offset = offset if offset is not None else free_offset()
+    nats_port = nats_port or free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "scripts" / "devstack.py"),
         f"--nats-port={nats_port}",
-        f"--monitor-port={_free_port_outside(taken)}",
+        f"--monitor-port={free_port()}",
         f"--data-dir={data_dir}",
         f"--port-offset={offset}",
         *args,
