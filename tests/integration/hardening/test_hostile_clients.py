@@ -9,16 +9,19 @@ import asyncio
 import contextlib
 import json
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.integration.hardening.conftest import MAX_GROWTH_MIB, ROOT
+from tests.integration.hardening.conftest import CALLER_KEY, MAX_GROWTH_MIB, ROOT, bundles_env
 from tests.support.nats_server import NatsServer, free_port
 from tests.support.service_process import ServiceProcess, running_service, token_env
+from tests.support.zeroweight import ZeroWeightDouble
 
 TOKEN_PATH = "/api/livekit/token?avatar_id=demo-avatar"
+AUTH = {"X-API-Key": CALLER_KEY}
 MIB = 1024 * 1024
 
 
@@ -255,3 +258,49 @@ async def test_past_max_connections_a_request_is_a_json_503(nats_server: NatsSer
         await asyncio.sleep(0.1)
         async with httpx.AsyncClient(base_url=token.url) as client:
             assert (await client.get(TOKEN_PATH)).status_code == 200
+
+
+async def test_clients_that_stop_reading_are_cut_off_holding_little(
+    zeroweight: ZeroWeightDouble, nats_server: NatsServer, policy_file: Path
+) -> None:
+    """A bundle larger than the kernel's socket buffers, asked for by 20 clients that
+    then read nothing: each holds a slice of the process's memory, not a copy of the
+    bundle (600 MB for 30 MiB before), and is cut off once its writing has waited
+    BUNDLES_SEND_TIMEOUT_SECONDS."""
+    zeroweight.bundles["big-1"] = "x" * (24 * MIB)
+    port = free_port()
+    env = bundles_env(zeroweight, nats_server, port, policy_file) | {
+        "BUNDLES_MAX_BUNDLE_BYTES": str(32 * MIB),
+        "BUNDLES_SEND_TIMEOUT_SECONDS": "1",
+    }
+    request = b"GET /api/avatars/bundle/big-1 HTTP/1.1\r\nHost: t\r\nX-API-Key: %s\r\n\r\n"
+    request %= CALLER_KEY.encode()
+    async with running_service("avatar_bundles", env, f"http://127.0.0.1:{port}") as bundles:
+        async with httpx.AsyncClient(base_url=bundles.url, timeout=30) as client:
+            whole = await client.get("/api/avatars/bundle/big-1", headers=AUTH)  # cached now
+        assert whole.status_code == 200
+        bundles.reset_peak()
+        before = bundles.rss_mib()
+        readers = [await connect(bundles) for _ in range(20)]
+        for _, writer in readers:
+            writer.write(request)
+        await asyncio.sleep(3)  # past the send deadline
+        assert bundles.peak_mib() - before < MAX_GROWTH_MIB
+
+        async def received(reader: asyncio.StreamReader) -> int:
+            got = 0
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(1 << 20):
+                    got += len(chunk)
+            return got
+
+        try:
+            async with asyncio.timeout(20):
+                sizes = await asyncio.gather(*(received(reader) for reader, _ in readers))
+        finally:
+            for _, writer in readers:
+                writer.close()
+        assert max(sizes) < len(whole.content)  # cut off, not served whole once read
+        async with httpx.AsyncClient(base_url=bundles.url, timeout=30) as client:
+            again = await client.get("/api/avatars/bundle/big-1", headers=AUTH)
+        assert again.content == whole.content

@@ -14,12 +14,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from avatar_bundles.bundles import BundleService
 from avatar_bundles.sources import SourceError
 from avatar_shared.web.auth import Authenticator
 from avatar_shared.web.clientip import ClientAddress
 from avatar_shared.web.errors import ApiError, error_responses
+from avatar_shared.web.h11 import WRITE_BUFFER_BYTES
 from avatar_shared.web.limits import REMAINING_HEADER, RequestLimits
 from avatar_shared.web.policy import Policy
 
@@ -29,6 +31,23 @@ CACHE_HEADER = "X-Bundle-Cache"
 
 class BundleBody(BaseModel):
     payload: str
+
+
+class SlicedResponse(Response):
+    """The body sent in slices of :data:`~avatar_shared.web.h11.WRITE_BUFFER_BYTES`, with
+    its length declared: a client that stops reading holds one slice of the process's
+    memory, not a copy of the whole bundle, until the send deadline cuts it off."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = self.raw_headers
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        body = memoryview(self.body)
+        for offset in range(0, max(1, len(body)), WRITE_BUFFER_BYTES):
+            end = offset + WRITE_BUFFER_BYTES
+            more = end < len(body)
+            await send(
+                {"type": "http.response.body", "body": bytes(body[offset:end]), "more_body": more}
+            )
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
@@ -90,6 +109,6 @@ def bundle_router(
         }
         if _matches(request.headers.get("if-none-match"), served.bundle.etag):
             return Response(status_code=304, headers=headers)
-        return Response(served.bundle.body, media_type="application/json", headers=headers)
+        return SlicedResponse(served.bundle.body, media_type="application/json", headers=headers)
 
     return router

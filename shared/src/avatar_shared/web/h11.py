@@ -1,4 +1,4 @@
-"""uvicorn's h11 protocol with a deadline for request headers, refusing in JSON.
+"""uvicorn's h11 protocol with deadlines for slow clients, refusing in JSON.
 
 uvicorn arms no timer on a new connection and disarms its keep-alive timer on any byte,
 so a client sending a header line now and then holds a connection (and a file
@@ -6,6 +6,12 @@ descriptor) for as long as it likes. Here every wait for a request's headers, on
 connection or between requests, must end within ``header_timeout`` seconds or the
 connection is closed. Bodies are not covered: routes read them with a size limit, and
 :func:`~avatar_shared.web.body.read_body` bounds their time.
+
+Nor does uvicorn bound a client that stops reading the answer: the answer's unsent bytes
+wait in the connection for ever (a 30 MiB bundle, 20 such clients: 600 MB). Here a
+connection holds at most :data:`WRITE_BUFFER_BYTES` before writing waits for the client,
+and one whose writing has waited ``send_timeout`` seconds without the client taking any
+of it is aborted. Routes with large answers send them in slices of that size.
 
 uvicorn answers two refusals itself, in plain text: a request h11 cannot parse (a
 malformed request line or header, headers still unfinished after 16 KiB, a broken
@@ -41,12 +47,20 @@ def _refusal_headers(body: bytes) -> list[tuple[bytes, bytes]]:
     ]
 
 
+#: Unsent bytes a connection may hold before writing waits for the client (asyncio's
+#: default is 64 KiB): with answers sent in slices of at most this, a client that does
+#: not read holds ~2x this of the process's memory, not a whole answer.
+WRITE_BUFFER_BYTES = 16 * 1024
+
+
 class BoundedH11(H11Protocol):
     header_timeout = 10.0
+    send_timeout = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._send_deadline: asyncio.TimerHandle | None = None
         # The concurrency check is ours (``_admit``), so that its refusal is JSON.
         self._capacity = self.limit_concurrency
         self.limit_concurrency = None
@@ -77,11 +91,34 @@ class BoundedH11(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._resumed()
         super().connection_lost(exc)
+
+    # --- a client that stops reading: the answer waits for it, at most send_timeout ---
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(self.send_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._resumed()
+        super().resume_writing()
+
+    def _resumed(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _stalled(self) -> None:
+        self._send_deadline = None
+        if not self.transport.is_closing():
+            self.transport.abort()  # close() would wait to flush what it cannot send
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -108,6 +145,7 @@ class BoundedH11(H11Protocol):
             self.transport.close()
 
 
-def with_header_timeout(seconds: float) -> type[BoundedH11]:
-    """The protocol class for ``uvicorn.Config(http=...)`` with this deadline."""
-    return type("BoundedH11", (BoundedH11,), {"header_timeout": seconds})
+def bounded_h11(header_timeout: float, send_timeout: float) -> type[BoundedH11]:
+    """The protocol class for ``uvicorn.Config(http=...)`` with these deadlines."""
+    deadlines = {"header_timeout": header_timeout, "send_timeout": send_timeout}
+    return type("BoundedH11", (BoundedH11,), deadlines)

@@ -14,7 +14,8 @@ event loop with the same bounds as the API's (header deadline, at most
 :data:`METRICS_CONNECTIONS` connections), not by a thread per connection.
 
 :func:`serve` bounds what a client can hold: request headers must arrive within
-``header_timeout`` seconds, at most ``max_connections`` are served at once (``503
+``header_timeout`` seconds, an answer the client stops reading is cut off after
+``send_timeout`` seconds, at most ``max_connections`` are served at once (``503
 overloaded`` past it, :mod:`avatar_shared.web.h11`), and no ``server`` header
 advertises the stack. On SIGTERM uvicorn
 stops accepting connections and lets in-flight requests finish (bounded); Kubernetes'
@@ -47,7 +48,7 @@ from starlette.types import ASGIApp
 from avatar_shared.web.cors import JsonCors
 from avatar_shared.web.errors import install_error_handlers
 from avatar_shared.web.guard import ResponseGuard
-from avatar_shared.web.h11 import with_header_timeout
+from avatar_shared.web.h11 import bounded_h11
 from avatar_shared.web.ratelimit import parse_rate
 from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
 
@@ -71,6 +72,7 @@ class Cors:
 class ServerLimits:
     header_timeout: float = 10.0
     max_connections: int = 1000
+    send_timeout: float = 30.0
 
 
 class HttpServiceSettings(BaseSettings):
@@ -94,11 +96,16 @@ class HttpServiceSettings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="Connections served at once; more are answered 503"
     )
+    send_timeout_seconds: float = Field(
+        30.0, gt=0, description="A client that takes none of an answer for this is cut off"
+    )
     api_docs: bool = Field(False, description="Serve the interactive /docs page (loads a CDN)")
 
     @property
     def limits(self) -> ServerLimits:
-        return ServerLimits(self.header_timeout_seconds, self.max_connections)
+        return ServerLimits(
+            self.header_timeout_seconds, self.max_connections, self.send_timeout_seconds
+        )
 
     @field_validator("rate_per_ip", "rate_per_principal", check_fields=False)
     @classmethod
@@ -244,7 +251,7 @@ async def serve(
         app,
         host=host,
         port=port,
-        http=with_header_timeout(limits.header_timeout),
+        http=bounded_h11(limits.header_timeout, limits.send_timeout),
         log_config=None,
         access_log=False,
         server_header=False,
@@ -259,7 +266,7 @@ async def serve(
                 prometheus_client.make_asgi_app(),
                 host=host,
                 port=metrics_port,
-                http=with_header_timeout(limits.header_timeout),
+                http=bounded_h11(limits.header_timeout, limits.send_timeout),
                 log_config=None,
                 access_log=False,
                 server_header=False,
