@@ -102,6 +102,12 @@ def subscribe(subject: str) -> Callable[[NatsClient], Awaitable[object]]:
             "open a consumer on everyone's events",
         ),
         ("agent", request("$JS.API.STREAM.UPDATE.AVATAR_EVENTS"), "reconfigure the events"),
+        (
+            "agent",
+            request("$JS.API.DIRECT.GET.AVATAR_EVENTS.avatars.v1.agent.tag_parsed.room"),
+            "read a conversation's stored events",
+        ),
+        ("agent", request("$JS.API.DIRECT.GET.AVATAR_EVENTS"), "read stored events by number"),
         ("actions", publish("avatars.v1.agent.playout_started.room"), "forge an agent event"),
         ("actions", request("$JS.API.STREAM.DELETE.AVATAR_EVENTS"), "delete the events"),
         ("actions", request("$JS.API.STREAM.PURGE.AVATAR_EVENTS"), "purge the events"),
@@ -123,6 +129,7 @@ async def test_each_identity_is_refused_what_is_not_its_job(
     [
         ("agent", publish("avatars.v1.agent.playout_started.room")),
         ("agent", request("$JS.API.STREAM.INFO.AVATAR_EVENTS")),
+        ("agent", request("$JS.API.DIRECT.GET.AVATAR_EVENTS.avatars.v1.agent.session_ended.r")),
         ("actions", publish("avatars.v1.actions.action_decision.room")),
         ("actions", subscribe("avatars.v1.agent.delivery_done.*")),
         ("bundles", request("$JS.API.STREAM.INFO.OBJ_AVATAR_BUNDLES")),

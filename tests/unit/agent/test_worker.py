@@ -14,7 +14,7 @@ from livekit.agents.job import JobAcceptArguments
 from livekit.protocol import agent, models
 
 from avatar_agent import runtime as runtime_module
-from avatar_agent.worker import end_job, on_request, refused_late
+from avatar_agent.worker import end_job, on_request, refused
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -108,12 +108,58 @@ class FakeContext:
         self.calls.append(f"shutdown: {reason}")
 
 
+class Stored:
+    """The bus, as far as the question "has this room's session ended?" goes."""
+
+    def __init__(self, ended: set[str]) -> None:
+        self.ended = ended
+        self.asked: list[str] = []
+
+    async def get(self) -> Stored:
+        return self
+
+    async def last_on(self, stream: str, subject: str, *, direct: bool = False) -> bytes | None:
+        assert (stream, direct) == ("AVATAR_EVENTS", True)
+        self.asked.append(subject)
+        return b"{}" if subject.rsplit(".", 1)[-1] in self.ended else None
+
+
 async def test_a_room_created_after_the_start_window_is_deleted_without_a_session() -> None:
     now = int(time.time())
     late = FakeContext(json.dumps({"avatar_id": "demo-avatar", "start_by": now - 600}), now)
-    assert await refused_late(late)  # type: ignore[arg-type]
+    assert await refused(late, Stored(set()))  # type: ignore[arg-type]
     assert late.calls == ["delete_room", "shutdown: session limit"]
 
     in_time = FakeContext(json.dumps({"avatar_id": "demo-avatar", "start_by": now + 60}), now)
-    assert not await refused_late(in_time)  # type: ignore[arg-type]
+    assert not await refused(in_time, Stored(set()))  # type: ignore[arg-type]
     assert in_time.calls == []
+
+
+async def test_a_generated_room_whose_session_ended_gets_no_second_one() -> None:
+    now = int(time.time())
+    metadata = {"avatar_id": "demo-avatar", "start_by": now + 60, "single_session": True}
+    again = FakeContext(json.dumps(metadata), now)  # room avatar-demo-avatar-x2
+    bus = Stored({"avatar-demo-avatar-x2"})
+    assert await refused(again, bus)  # type: ignore[arg-type]
+    assert again.calls == ["delete_room", "shutdown: session limit"]
+    assert bus.asked == ["avatars.v1.agent.session_ended.avatar-demo-avatar-x2"]
+
+    first = FakeContext(json.dumps(metadata), now)
+    assert not await refused(first, Stored(set()))  # type: ignore[arg-type]
+    # a named room may hold one session after another: not even asked
+    shared = FakeContext(json.dumps(metadata | {"single_session": False}), now)
+    quiet = Stored({"avatar-demo-avatar-x2"})
+    assert not await refused(shared, quiet)  # type: ignore[arg-type]
+    assert quiet.asked == []
+
+
+async def test_without_an_answer_from_nats_the_session_goes_ahead() -> None:
+    class Away:
+        async def get(self) -> None:
+            raise ConnectionError("nats: no servers available")
+
+    now = int(time.time())
+    metadata = {"avatar_id": "demo-avatar", "start_by": now + 60, "single_session": True}
+    ctx = FakeContext(json.dumps(metadata), now)
+    assert not await refused(ctx, Away())  # type: ignore[arg-type]
+    assert ctx.calls == []

@@ -72,6 +72,7 @@ async def test_avatar_session_token_for_anonymous_caller(client: httpx.AsyncClie
         "avatar_id": "demo-avatar",
         "max_session_seconds": 1800,
         "inactivity_timeout_seconds": 300,
+        "single_session": True,  # a generated room: no second session after it ended
     }
     # the room closes when left or never joined; only the user and the agent get in
     room_config = {k: v for k, v in claims["roomConfig"].items() if k != "agents"}

@@ -30,6 +30,7 @@ def test_server_generates_the_room_and_dispatches_the_agent() -> None:
         "avatar_id": "demo-avatar",
         "max_session_seconds": 1800,
         "inactivity_timeout_seconds": 300,
+        "single_session": True,
     }
     assert session.room_limits == (300, 10, 2)
     assert session.identity == "anon-1"
@@ -99,7 +100,10 @@ def test_custom_rooms_stay_out_of_the_generated_namespace() -> None:
         with pytest.raises(ApiError) as refused:
             decide(open_rooms, anonymous, SessionRequest("demo-avatar", room=room))
         assert (refused.value.status, refused.value.body.field) == (403, "room")
-    assert decide(open_rooms, anonymous, SessionRequest("d", room="team-room")).room == "team-room"
+    shared = decide(open_rooms, anonymous, SessionRequest("d", room="team-room"))
+    assert shared.room == "team-room"
+    # a named room may hold one session after another: no single_session
+    assert "single_session" not in json.loads(shared.dispatch_metadata)
 
 
 def test_a_backtracking_room_pattern_costs_no_more_than_any_other() -> None:

@@ -19,12 +19,13 @@ from collections.abc import Awaitable, Callable
 from livekit.agents import AgentServer, JobContext, JobRequest, cli
 from opentelemetry import metrics
 
-from avatar_agent.delivery import publish_from
-from avatar_agent.lifecycle import started_too_late
+from avatar_agent.delivery import BusSource, publish_from
+from avatar_agent.lifecycle import single_session, started_too_late
 from avatar_agent.probes import Probes
 from avatar_agent.runtime import LazyBus, avatar_id_from_metadata, runtime, start_conversation
-from avatar_shared import semconv
+from avatar_shared import semconv, subjects
 from avatar_shared.config import LiveKitSettings, load
+from avatar_shared.events import SessionEnded
 
 log = logging.getLogger(__name__)
 _refused = metrics.get_meter(semconv.INSTRUMENTATION_NAME).create_counter(
@@ -66,24 +67,49 @@ async def end_job(
     shutdown("session limit")
 
 
-async def refused_late(ctx: JobContext) -> bool:
-    """A room created after its token's start window gets no session: the room is
-    deleted (the user is disconnected) and the job ends before anything is started."""
+#: How long a job waits to learn whether its room's session has ended.
+SESSION_CHECK_SECONDS = 5.0
+
+
+async def session_over(bus: BusSource, room: str, metadata: str) -> bool:
+    """Whether a generated room (``single_session`` in the dispatch) has had its session
+    already: a ``session_ended`` for it is on the bus, so its token joined again after
+    the agent deleted the room at a limit. NATS not answering in time lets the session
+    go ahead (the token's start window still bounds it)."""
+    if not single_session(metadata):
+        return False
+    subject = subjects.subject_for(subjects.AGENT, SessionEnded.model_fields["type"].default, room)
+    try:
+        async with asyncio.timeout(SESSION_CHECK_SECONDS):
+            ended = await (await bus.get()).last_on(subjects.EVENTS_STREAM, subject, direct=True)
+    except Exception as exc:  # NATS away or refusing
+        log.warning("could not learn whether the room's session ended: %s", exc)
+        return False
+    return ended is not None
+
+
+async def refused(ctx: JobContext, bus: BusSource) -> bool:
+    """A room created after its token's start window, or a generated room whose session
+    has ended, gets no session: the room is deleted (the user is disconnected) and the
+    job ends before anything is started."""
     created = ctx.job.room.creation_time or time.time()
-    if not started_too_late(ctx.job.metadata, created):
+    if started_too_late(ctx.job.metadata, created):
+        reason = "start_window_passed"
+    elif await session_over(bus, ctx.job.room.name, ctx.job.metadata):
+        reason = "session_over"
+    else:
         return False
     log.warning(
-        "room created after its token's start window: no session, the room is deleted",
+        "no session in this room (%s): the room is deleted",
+        reason,
         extra={"room": ctx.job.room.name, "job_id": ctx.job.id},
     )
-    _refused.add(1, {semconv.REASON: "start_window_passed"})
+    _refused.add(1, {semconv.REASON: reason})
     await end_job(ctx.delete_room, ctx.shutdown)
     return True
 
 
 async def entrypoint(ctx: JobContext) -> None:
-    if await refused_late(ctx):
-        return
     rt = runtime()
     avatar_id = avatar_id_from_metadata(ctx.job.metadata)
     avatar = rt.catalog.get(avatar_id or "")
@@ -92,6 +118,9 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("unknown avatar")
         return
     bus = LazyBus(rt.nats, name=f"{rt.settings.name}:{ctx.job.id}")
+    if await refused(ctx, bus):
+        await bus.close()
+        return
 
     async def end_room() -> None:
         await end_job(ctx.delete_room, ctx.shutdown)

@@ -104,18 +104,21 @@ def decide(
     make_room: Callable[[str, str], str] = new_room,
 ) -> Session:
     """``start_by`` (Unix seconds) goes into the dispatch: the agent starts no session in
-    a room created after it (a token used again once its session ended, or late)."""
+    a room created after it (a token used again once its session ended, or late); and,
+    for a generated room, ``single_session``: none after the room's session ended."""
     rule = policy.rule_for(principal, request.avatar_id)
     if rule is None:
         raise ApiError(403, "forbidden_avatar", "not allowed to use this avatar", field="avatar_id")
     lifecycle = policy.lifecycle(rule)
-    dispatch: dict[str, str | int] = {
+    dispatch: dict[str, str | int | bool] = {
         "avatar_id": request.avatar_id,
         "max_session_seconds": lifecycle.max_session_seconds,
         "inactivity_timeout_seconds": lifecycle.inactivity_timeout_seconds,
     }
     if start_by is not None:
         dispatch["start_by"] = start_by
+    if request.room is None:  # a room of its own: one session, not one per rejoin
+        dispatch["single_session"] = True
     return Session(
         avatar_id=request.avatar_id,
         room=_room(policy, rule, request, make_room),

@@ -348,10 +348,12 @@ class Bus:
         info = await self._js.stream_info(stream, subjects_filter=subjects_filter)
         return dict(info.state.subjects or {})
 
-    async def last_on(self, stream: str, subject: str) -> bytes | None:
-        """The body of the last message ``stream`` holds on ``subject``, if any."""
+    async def last_on(self, stream: str, subject: str, *, direct: bool = False) -> bytes | None:
+        """The body of the last message ``stream`` holds on ``subject``, if any. With
+        ``direct``, by a direct get (the stream must allow it), whose API subject names
+        ``subject``: an identity may be allowed it for some subjects only."""
         try:
-            return (await self._js.get_last_msg(stream, subject)).data or b""
+            return (await self._js.get_last_msg(stream, subject, direct=direct)).data or b""
         except NotFoundError:
             return None
 

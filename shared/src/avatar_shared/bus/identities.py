@@ -119,6 +119,9 @@ IDENTITIES: dict[str, Permissions] = {
             f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.*.{PREFIX}.actions.avatar_delivery.*",
             f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.*",
             f"$JS.ACK.{EVENTS_STREAM}.>",
+            # Whether a room's session has ended (a token used again: no second session),
+            # and nothing else of the stored events.
+            f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.{PREFIX}.agent.session_ended.*",
         ),
         subscribe=(f"{inbox('agent')}.>",),
     ),
