@@ -247,39 +247,41 @@ async def serve(
 
     With ``metrics_port``, the Prometheus exposition is served there, on the same host.
     """
-    config = uvicorn.Config(
+
+    def bounded(served: ASGIApp, on_port: int, **options: Any) -> uvicorn.Config:
+        """A server as every one of ours is: bounded clients, no logs or header of its own."""
+        return uvicorn.Config(
+            served,
+            host=host,
+            port=on_port,
+            http=bounded_h11(limits.header_timeout, limits.send_timeout),
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            **options,
+        )
+
+    config = bounded(
         app,
-        host=host,
-        port=port,
-        http=bounded_h11(limits.header_timeout, limits.send_timeout),
-        log_config=None,
-        access_log=False,
-        server_header=False,
+        port,
         lifespan="on",
         limit_concurrency=limits.max_connections,
         timeout_graceful_shutdown=int(graceful_timeout),
     )
     scraping: asyncio.Task[None] | None = None
     if metrics_port is not None:
-        scraper = uvicorn.Server(
-            uvicorn.Config(
-                prometheus_client.make_asgi_app(),
-                host=host,
-                port=metrics_port,
-                http=bounded_h11(limits.header_timeout, limits.send_timeout),
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                lifespan="off",
-                limit_concurrency=METRICS_CONNECTIONS,
-            )
+        exposition = prometheus_client.make_asgi_app()
+        metrics_config = bounded(
+            exposition, metrics_port, lifespan="off", limit_concurrency=METRICS_CONNECTIONS
         )
+        scraper = uvicorn.Server(metrics_config)
         # Bound now, so that a port in use stops the start (as the API's would).
         sockets = [scraper.config.bind_socket()]
         scraping = asyncio.create_task(scraper.serve(sockets), name="metrics server")
         log.info("metrics on port %d", metrics_port)
     # uvicorn handles the signal, then re-raises it to the handler that was installed
-    # before it started; a no-op handler there turns that into a normal return.
+    # before it started; a no-op handler there turns that into a normal return. (The
+    # metrics server, which starts after the API's, hands it on to the API's that way.)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     # Everything built so far (the app, its routes, models, settings) lives as long as
