@@ -8,7 +8,8 @@ user has given no sign of life (speech, typed text, data) for the inactivity tim
 counted from the last sign or from the moment the agent stopped talking, whichever is
 later: a long reply never makes the user inactive. It calls ``on_limit`` with the reason
 (``max_duration`` or ``inactive``) once. No session starts in a room created after the
-dispatch's ``start_by`` (:func:`started_too_late`).
+dispatch's ``start_by`` (:func:`started_too_late`), nor in a room of its own
+(:func:`single_session`) whose session has ended (``avatar_agent.worker.session_over``).
 """
 
 from __future__ import annotations
