@@ -23,6 +23,15 @@ def settings(**overrides: object) -> AuthSettings:
     return AuthSettings(policy_file="p.toml", **overrides)  # type: ignore[arg-type]
 
 
+def bearer_authenticator(http: httpx.AsyncClient) -> Authenticator:
+    """Bearer tokens of the test issuer only, its keys fetched through ``http``."""
+    return Authenticator(
+        settings(oidc_issuer=oidc.ISSUER, oidc_audience=oidc.AUDIENCE),
+        {},
+        JwksCache(oidc.JWKS_URL, http),
+    )
+
+
 async def test_api_keys_are_compared_in_constant_time_against_every_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -170,11 +179,7 @@ async def test_an_unavailable_issuer_is_503_not_a_wrong_credentials_401() -> Non
     issuer = oidc.Issuer()
     issuer.failing = True
     async with httpx.AsyncClient(transport=issuer.transport()) as http:
-        authenticator = Authenticator(
-            settings(oidc_issuer=oidc.ISSUER, oidc_audience=oidc.AUDIENCE),
-            {},
-            JwksCache(oidc.JWKS_URL, http),
-        )
+        authenticator = bearer_authenticator(http)
         with pytest.raises(ApiError) as refused:
             await authenticator.authenticate({"authorization": f"Bearer {issuer.token()}"})
     assert refused.value.status == 503
@@ -186,11 +191,7 @@ async def test_an_unavailable_issuer_is_503_not_a_wrong_credentials_401() -> Non
 async def test_identity_claims_with_control_or_bidi_characters_are_refused(sub: str) -> None:
     issuer = oidc.Issuer()
     async with httpx.AsyncClient(transport=issuer.transport()) as http:
-        authenticator = Authenticator(
-            settings(oidc_issuer=oidc.ISSUER, oidc_audience=oidc.AUDIENCE),
-            {},
-            JwksCache(oidc.JWKS_URL, http),
-        )
+        authenticator = bearer_authenticator(http)
         with pytest.raises(ApiError) as refused:
             await authenticator.authenticate({"authorization": f"Bearer {issuer.token(sub=sub)}"})
     assert refused.value.status == 401
@@ -204,11 +205,7 @@ async def test_a_token_naming_a_key_of_another_type_is_401_not_a_crash() -> None
     jwks["keys"].append(ec_jwk | {"kid": "ec-1", "use": "sig", "alg": "ES256"})
     issuer.document = json.dumps(jwks).encode()
     async with httpx.AsyncClient(transport=issuer.transport()) as http:
-        authenticator = Authenticator(
-            settings(oidc_issuer=oidc.ISSUER, oidc_audience=oidc.AUDIENCE),
-            {},
-            JwksCache(oidc.JWKS_URL, http),
-        )
+        authenticator = bearer_authenticator(http)
         forged = issuer.token(kid="ec-1")  # RS256, signed with the RSA key
         with pytest.raises(ApiError) as refused:
             await authenticator.authenticate({"authorization": f"Bearer {forged}"})
@@ -235,11 +232,7 @@ async def test_odd_time_and_audience_claims_are_401_not_a_crash(claims: dict[str
     ``Infinity`` and ``NaN``) is refused like any invalid token."""
     issuer = oidc.Issuer()
     async with httpx.AsyncClient(transport=issuer.transport()) as http:
-        authenticator = Authenticator(
-            settings(oidc_issuer=oidc.ISSUER, oidc_audience=oidc.AUDIENCE),
-            {},
-            JwksCache(oidc.JWKS_URL, http),
-        )
+        authenticator = bearer_authenticator(http)
         with pytest.raises(ApiError) as refused:
             await authenticator.authenticate({"authorization": f"Bearer {issuer.token(**claims)}"})
     assert (refused.value.status, refused.value.body.error) == (401, "unauthenticated")
