@@ -34,6 +34,7 @@ AGENT = SessionLimits(1800.0, 300.0)
         ('{"max_session_seconds": NaN}', (1800, 300)),
         ('{"max_session_seconds": Infinity}', (86_400, 300)),
         (json.dumps({"max_session_seconds": 10**12}), (86_400, 300)),
+        (json.dumps({"max_session_seconds": 10**400}), (86_400, 300)),  # past a float
         ('{"max_session_seconds": ' + "9" * 5000 + "}", (1800, 300)),  # past int()'s limit
         ("[" * 100_000 + "]" * 100_000, (1800, 300)),  # deeper than json can go
     ],
@@ -86,6 +87,9 @@ def test_inactivity_counts_from_the_last_sign_or_the_end_of_the_agents_turn() ->
         ('{"avatar_id": "a"}', 5000.0, False),
         ('{"avatar_id": "a", "start_by": "1000"}', 5000.0, False),
         ('{"avatar_id": "a", "start_by": true}', 5000.0, False),
+        # integers past a float: no crash, as far off as they say
+        (json.dumps({"avatar_id": "a", "start_by": 10**400}), 5000.0, False),
+        (json.dumps({"avatar_id": "a", "start_by": -(10**400)}), 5000.0, True),
         ("not json", 5000.0, False),
     ],
 )

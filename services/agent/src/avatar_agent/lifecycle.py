@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,8 +64,8 @@ def started_too_late(metadata: str, room_created: float) -> bool:
     dispatch: a token used again after its session ended (the agent deleted the room at
     a limit) would otherwise start a whole new session, uncounted by the quotas. A job
     that takes over a room created in time (the previous job died) is not late."""
-    start_by = dispatch_fields(metadata).get("start_by")
-    if not isinstance(start_by, int | float) or isinstance(start_by, bool):
+    start_by = _number(dispatch_fields(metadata).get("start_by"))
+    if start_by is None:
         return False  # the local run, a dispatch not made by the token service
     return room_created > start_by + START_SKEW_SECONDS
 
@@ -75,9 +76,21 @@ def single_session(metadata: str) -> bool:
     return dispatch_fields(metadata).get("single_session") is True
 
 
+def _number(value: object) -> float | None:
+    """A JSON number as a float (None for booleans and anything not a number). json reads
+    integers too large for a float, which arithmetic with floats then refuses: they are
+    infinite here, as ``Infinity`` is."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _seconds(value: object, fallback: float) -> float:
-    valid = isinstance(value, int | float) and not isinstance(value, bool) and value >= 1
-    return min(float(value), _CEILING) if valid else fallback  # type: ignore[arg-type]
+    number = _number(value)
+    return min(number, _CEILING) if number is not None and number >= 1 else fallback
 
 
 class Lifecycle:
