@@ -276,6 +276,29 @@ async def test_a_reply_the_provider_ends_early_is_a_failure(
         assert run.failures("llm", failure.removeprefix("llm_")) == 1
 
 
+async def test_a_long_conversation_sends_the_llm_its_prompt_and_newest_turns(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    llm_server: OpenAICompatibleDouble,
+) -> None:
+    turns = [f"question number {n}" for n in range(8)]
+    run = await talk(nats_server, js, room, llm_server, None, turns=turns, max_history_chars=400)
+    assert [d.failure for d in run.done()] == [None] * len(turns)
+    sent = [call.body["messages"] for call in llm_server.completions]
+    assert len(sent) == len(turns)
+    for messages in sent:
+        assert messages[0]["role"] == "system"
+        assert "Ava" in messages[0]["content"]
+        conversation = messages[1:]
+        assert sum(len(m["content"]) for m in conversation) <= 400
+    first, last = sent[0][1:], sent[-1][1:]
+    assert [m["content"] for m in first] == ["question number 0"]
+    assert last[-1] == {"role": "user", "content": "question number 7"}
+    assert len(last) < 2 * len(turns) - 1  # older turns were left out
+    assert "question number 0" not in str(last)
+
+
 @pytest.mark.parametrize("stall_after", [0, 5])
 async def test_a_stalled_stream_fails_within_the_attempt_timeouts(
     nats_server: NatsServer,

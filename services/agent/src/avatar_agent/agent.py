@@ -7,8 +7,10 @@ the allowed emotion tags. Both parsers find the same tags in the same order, and
 :class:`SpeechTags` reports each (speech, tag index) once, whichever node sees it first:
 tags reach the bus even when one of the two outputs is disabled.
 
-``llm_node`` and ``tts_node`` also record a provider failure of the speech they serve
-(:class:`~avatar_agent.failures.ReplyFailures`) before the framework sees it.
+``llm_node`` sends the LLM the newest part of the conversation
+(:mod:`avatar_agent.history`). It and ``tts_node`` also record a provider failure of the
+speech they serve (:class:`~avatar_agent.failures.ReplyFailures`) before the framework
+sees it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from opentelemetry import metrics
 
 from avatar_agent.avatars import Avatar
 from avatar_agent.failures import ReplyFailures
+from avatar_agent.history import recent
 from avatar_agent.prompt import build_instructions
 from avatar_agent.provider_http import FinishReasons
 from avatar_agent.tags import Tag, TagParser
@@ -123,6 +126,7 @@ class AvatarAgent(Agent):
         on_tag: TagSink,
         tts_keeps_emotions: bool,
         max_hold: int = 64,
+        max_history: int = 16_000,
         on_speech_begins: Callable[[str], None] = lambda speech_id: None,
         finishes: FinishReasons | None = None,
         **kwargs: Any,
@@ -136,6 +140,7 @@ class AvatarAgent(Agent):
         self._finishes = finishes
         self._tts_keeps_emotions = tts_keeps_emotions
         self._max_hold = max_hold
+        self._max_history = max_history
 
     def _count_and_forward(self, sink: TagSink) -> TagSink:
         counter = tally(
@@ -188,7 +193,8 @@ class AvatarAgent(Agent):
             self._on_speech_begins(speech_id)
         said_something = False
         try:
-            async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
+            sent = recent(chat_ctx, self._max_history)
+            async for chunk in Agent.default.llm_node(self, sent, tools, model_settings):
                 said_something = said_something or _says_something(chunk)
                 yield chunk
         except Exception as exc:

@@ -103,6 +103,13 @@ class AgentSettings(BaseSettings):
     max_text_input_chars: int = Field(
         2000, ge=1, le=100_000, description="Longest typed message taken; the rest is cut"
     )
+    max_history_chars: int = Field(
+        16_000,
+        ge=100,
+        le=1_000_000,
+        description="Conversation a chat LLM is sent each turn, newest first, in characters "
+        "(its instructions aside)",
+    )
     events_queue: int = Field(1000, ge=1, description="Events a call may queue for NATS")
     events_max_wait_seconds: float = Field(
         30.0, gt=0, description="How long an event may wait for NATS before it is dropped"

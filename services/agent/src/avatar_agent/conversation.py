@@ -92,6 +92,7 @@ class Conversation:
         tts_keeps_emotions: bool,
         max_hold: int = 64,
         max_text_input: int = 2000,
+        max_history: int = 16_000,
         deliveries: RoomDeliveries | None = None,
         models: Models | None = None,
         limits: SessionLimits | None = None,
@@ -110,6 +111,7 @@ class Conversation:
             on_tag=self._on_tag,
             tts_keeps_emotions=tts_keeps_emotions,
             max_hold=max_hold,
+            max_history=max_history,
             on_speech_begins=self._speech_begins,
             finishes=models.finishes if models is not None else None,
         )
