@@ -109,6 +109,20 @@ async def test_standard_endpoint_takes_the_avatar_from_the_query(client: httpx.A
     }
 
 
+async def test_standard_endpoint_refuses_two_different_avatars(client: httpx.AsyncClient) -> None:
+    params = {"avatar_id": "demo-avatar"}
+    same = await client.post(PATH, params=params, json={"avatar_id": "demo-avatar"})
+    assert same.status_code == 201
+    response = await client.post(PATH, params=params, json={"avatar_id": "other-avatar"})
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": "invalid_request",
+        "message": "avatar_id: the query and the body name different avatars",
+        "field": "avatar_id",
+    }
+    assert "x-ratelimit-remaining" in response.headers
+
+
 async def test_dispatch_of_the_configured_agent_may_be_asked_for(client: httpx.AsyncClient) -> None:
     body = {"avatar_id": "demo-avatar", "room_config": {"agents": [{"agent_name": "avatar-agent"}]}}
     response = await client.post(PATH, json=body)

@@ -105,9 +105,13 @@ def token_router(
             body = StandardTokenRequest.parse(
                 await read_body(request, MAX_BODY_BYTES, body_timeout)
             )
-            chosen = body.avatar_id or query.avatar_id
-            if chosen is None:
+            given = {body.avatar_id, query.avatar_id} - {None}
+            if len(given) > 1:  # refused, not resolved, like a parameter given twice
+                message = "avatar_id: the query and the body name different avatars"
+                raise ApiError(422, "invalid_request", message, field="avatar_id")
+            if not given:
                 raise ApiError(422, "invalid_request", "avatar_id is required", field="avatar_id")
+            (chosen,) = given
             return SessionRequest(
                 avatar_id=chosen,
                 room=body.room_name,
