@@ -105,7 +105,7 @@ def token_router(
             body = StandardTokenRequest.parse(
                 await read_body(request, MAX_BODY_BYTES, body_timeout)
             )
-            given = {body.avatar_id, query.avatar_id} - {None}
+            given = {a for a in (body.avatar_id, query.avatar_id) if a is not None}
             if len(given) > 1:  # refused, not resolved, like a parameter given twice
                 message = "avatar_id: the query and the body name different avatars"
                 raise ApiError(422, "invalid_request", message, field="avatar_id")
