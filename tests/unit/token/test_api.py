@@ -267,6 +267,18 @@ async def test_wrong_api_key_is_401_even_where_anonymous_is_allowed(
     assert response.json() == {"error": "unauthenticated", "message": "API key not recognised"}
 
 
+async def test_an_api_key_given_twice_is_401_even_where_anonymous_is_allowed(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = [("X-API-Key", WEB_KEY), ("X-API-Key", "a-proxy's-own")]
+    response = await client.get(PATH, params={"avatar_id": "demo-avatar"}, headers=headers)
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": "unauthenticated",
+        "message": "the x-api-key header is given more than once",
+    }
+
+
 async def test_oidc_user_identity_comes_from_the_token(
     client: httpx.AsyncClient, issuer: oidc.Issuer
 ) -> None:

@@ -7,6 +7,8 @@
   allowlisted asymmetric algorithm, ``iss``, ``aud``, ``exp``/``nbf``; the identity is the
   configured claim, groups come from another.
 - Neither header: anonymous, only when ``AUTH_ANONYMOUS=true``; otherwise 401.
+- Either header given twice is refused (401), not resolved: a proxy that adds its own
+  copy and the service would disagree on which one is the caller's.
 
 A request carrying credentials is never downgraded to anonymous when they are wrong.
 When the issuer's keys cannot be fetched the answer is 503 ``auth_unavailable`` (retry
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from avatar_shared.web.policy import Policy
 
 API_KEY_HEADER = "x-api-key"
+
+
 _ASYMMETRIC = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
@@ -91,6 +95,14 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _only(headers: Any, name: str) -> str | None:
+    """The header's one value; a 401 if it is given more than once."""
+    values = headers.getlist(name) if hasattr(headers, "getlist") else [headers.get(name)]
+    if len(values) > 1:
+        raise unauthenticated(f"the {name} header is given more than once")
+    return values[0] if values else None
+
+
 class Authenticator:
     def __init__(
         self,
@@ -113,8 +125,8 @@ class Authenticator:
 
     async def authenticate(self, headers: Any) -> Principal:
         """Identify the caller from request headers (a case-insensitive mapping)."""
-        api_key = headers.get(API_KEY_HEADER)
-        authorization = headers.get("authorization")
+        api_key = _only(headers, API_KEY_HEADER)
+        authorization = _only(headers, "authorization")
         if api_key is not None:
             return self._api_key(api_key)
         if authorization is not None:

@@ -7,6 +7,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from starlette.datastructures import Headers
 
 from avatar_shared.web import auth
 from avatar_shared.web.auth import Authenticator, AuthSettings, hash_api_key
@@ -58,6 +59,26 @@ async def test_api_key_names_the_principal() -> None:
     principal = await Authenticator(settings(), KEYS).authenticate({"x-api-key": "secret-3"})
     assert (principal.kind, principal.id) == ("api_key", "key-3")
     assert principal.refs == {"api_key:key-3"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [("x-api-key", "secret-3"), ("x-api-key", "secret-1")],
+        [("x-api-key", "secret-3"), ("x-api-key", "secret-3")],
+        [("authorization", "Bearer a.b.c"), ("authorization", "Bearer d.e.f")],
+        [("x-api-key", "secret-3"), ("authorization", "Bearer a"), ("authorization", "x")],
+    ],
+)
+async def test_a_credential_header_given_twice_is_refused(raw: list[tuple[str, str]]) -> None:
+    headers = Headers(raw=[(k.encode(), v.encode()) for k, v in raw])
+    with pytest.raises(ApiError) as refused:
+        await Authenticator(settings(anonymous=True), KEYS).authenticate(headers)
+    assert refused.value.status == 401
+    assert "given more than once" in refused.value.body.message
+    one = Headers(raw=[(b"x-api-key", b"secret-3"), (b"authorization", b"Basic eA==")])
+    principal = await Authenticator(settings(), KEYS).authenticate(one)
+    assert principal.id == "key-3"  # one of each: the API key, as before
 
 
 def test_symmetric_algorithms_are_refused_at_start() -> None:
