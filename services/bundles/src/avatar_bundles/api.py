@@ -80,12 +80,9 @@ def bundle_router(
         avatar_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")],
     ) -> Response:
         """The avatar's runtime bundle, for `LiveKitAvatarSession`'s `getBundle`."""
-        peer = request.client.host if request.client else None
         remaining = 0
         try:
-            remaining = limits.check_address(
-                client_address.resolve(peer, request.headers.get("x-forwarded-for"))
-            )
+            remaining = limits.check_address(client_address.of(request))
             principal = await authenticator.authenticate(request.headers)
             remaining = limits.check_caller(principal, remaining)
             if policy.rule_for(principal, avatar_id) is None:

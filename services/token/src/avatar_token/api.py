@@ -36,10 +36,6 @@ def token_router(
 ) -> APIRouter:
     router = APIRouter(tags=["tokens"])
 
-    def client_ip(request: Request) -> str:
-        peer = request.client.host if request.client else None
-        return client_address.resolve(peer, request.headers.get("x-forwarded-for"))
-
     def headers(issued: Issued) -> dict[str, str]:
         return {REMAINING_HEADER: str(issued.remaining), "Cache-Control": "no-store"}
 
@@ -56,7 +52,7 @@ def token_router(
             query = AvatarTokenQuery.parse(request.query_params.multi_items())
             return SessionRequest(avatar_id=query.avatar_id, room=query.room, name=query.name)
 
-        issued = await issuer.issue(request.headers, client_ip(request), read)
+        issued = await issuer.issue(request.headers, client_address.of(request), read)
         s = issued.session
         body = AvatarTokenResponse(
             token=issued.token,
@@ -123,7 +119,7 @@ def token_router(
                 room_field="room_name",
             )
 
-        issued = await issuer.issue(request.headers, client_ip(request), read)
+        issued = await issuer.issue(request.headers, client_address.of(request), read)
         answer = StandardTokenResponse(server_url=server_url, participant_token=issued.token)
         return Response(
             answer.model_dump_json(),

@@ -1,9 +1,12 @@
 """The caller's address: the socket peer, or X-Forwarded-For behind trusted proxies only.
 
 ``X-Forwarded-For`` is read right to left, skipping addresses of trusted proxies; the first
-untrusted address is the client. Without trusted proxies the header is ignored, so a
-client cannot pick its own rate-limit bucket. A hop that is not an IP address ends the
-walk: nothing to its left can be believed, so the last trusted hop stands for the client.
+untrusted address is the client. Several ``X-Forwarded-For`` lines are one list, in their
+order (RFC 9110; HAProxy adds a line of its own rather than extending the client's), so a
+line the client sent first cannot stand in for the one its proxy added. Without trusted
+proxies the header is ignored, so a client cannot pick its own rate-limit bucket. A hop
+that is not an IP address ends the walk: nothing to its left can be believed, so the last
+trusted hop stands for the client.
 
 :func:`rate_key` is the bucket an address is limited under: the address itself for IPv4,
 its /64 for IPv6 (one subscriber usually holds a whole /64, so per-address buckets would
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+
+from starlette.requests import HTTPConnection
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -44,6 +49,11 @@ class ClientAddress:
 
     def _is_trusted(self, ip: Address | None) -> bool:
         return ip is not None and any(ip in net for net in self._trusted)
+
+    def of(self, request: HTTPConnection) -> str:
+        """The address of the client that sent ``request``."""
+        peer = request.client.host if request.client else None
+        return self.resolve(peer, ",".join(request.headers.getlist("x-forwarded-for")))
 
     def resolve(self, peer: str | None, forwarded_for: str | None) -> str:
         peer = peer or "unknown"

@@ -1,4 +1,5 @@
 import pytest
+from starlette.requests import Request
 
 from avatar_shared.web.clientip import ClientAddress, rate_key
 
@@ -15,6 +16,23 @@ def test_rightmost_untrusted_hop_behind_trusted_proxies() -> None:
 
 def test_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
     assert ClientAddress(["10.0.0.0/8"]).resolve("203.0.113.9", "1.1.1.1") == "203.0.113.9"
+
+
+def request_from(peer: str, *forwarded_for: str) -> Request:
+    headers = [(b"x-forwarded-for", line.encode()) for line in forwarded_for]
+    return Request({"type": "http", "client": (peer, 50000), "headers": headers})
+
+
+def test_several_forwarded_for_lines_are_one_list_in_their_order() -> None:
+    resolver = ClientAddress(["10.0.0.0/8"])
+    # The client's own line first, the one its proxy added (as HAProxy does) last.
+    spoofed = request_from("10.0.0.2", "1.1.1.1", "198.51.100.7")
+    assert resolver.of(spoofed) == "198.51.100.7"
+    assert resolver.of(request_from("10.0.0.2", "1.1.1.1, 198.51.100.7", "10.0.0.3")) == (
+        "198.51.100.7"
+    )
+    assert resolver.of(request_from("10.0.0.2")) == "10.0.0.2"
+    assert resolver.of(request_from("203.0.113.9", "1.1.1.1")) == "203.0.113.9"
 
 
 @pytest.mark.parametrize("header", ["", " , ", "not-an-ip"])
