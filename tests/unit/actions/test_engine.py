@@ -261,6 +261,23 @@ async def test_an_ended_room_leaves_memory_once_saved(world: World) -> None:
     assert world.livekit.actions(ROOM) == ["speaking"]
 
 
+async def test_the_next_session_in_an_ended_room_is_served(world: World) -> None:
+    """A room the caller names may hold one session after another, in the state's life."""
+    engine = world.replica()
+    turn = Turns(ROOM, world.clock)
+    await engine.cycle(items(turn.opening("s1")))
+    await engine.cycle([Item(SessionEnded(room=ROOM, seq=99, reason="user_left"))])
+    await engine.settle()
+    assert engine.rooms_in_memory() == 0
+    world.clock.now += 60
+    started = SessionStarted(room=ROOM, seq=0, agent_name="avatar-agent")
+    await engine.cycle([Item(started), *items(turn.opening("s2", "nod"))])
+    world.clock.now += 2
+    await engine.cycle(items(turn.closing("s2")))
+    await world.run(engine, 1.0)
+    assert world.livekit.actions(ROOM) == ["speaking", "speaking", "nod"]
+
+
 async def test_idle_rooms_beyond_the_cap_leave_memory(world: World) -> None:
     engine = world.replica(max_rooms=10)
     for n in range(50):
@@ -421,10 +438,7 @@ async def test_events_the_rules_do_not_read_cost_no_state_read_or_write() -> Non
     world = World(rooms=CountingRooms())
     engine = world.replica()
     batch = items(
-        [
-            SessionStarted(room=ROOM, seq=0, agent_name="avatar-agent"),
-            DeliveryDone(room=ROOM, seq=1, delivery_id="a" * 32, outcome=DeliveryOutcome.SENT),
-        ]
+        [DeliveryDone(room=ROOM, seq=1, delivery_id="a" * 32, outcome=DeliveryOutcome.SENT)]
     )
     await engine.cycle(batch)
     await engine.settle()

@@ -29,6 +29,18 @@ def test_history_is_bounded_per_room_and_in_rooms() -> None:
     assert log.history("a") == []
 
 
+def test_a_room_is_ended_until_its_next_session_starts() -> None:
+    log = RoomLog()
+    log.add(entry("a", 1, "session_started"))
+    log.add(entry("a", 2))
+    assert log.rooms()[0]["ended"] is False
+    log.add(entry("a", 3, "session_ended"))
+    log.add(entry("a", 4, "action_decision"))  # a late decision: still ended
+    assert log.rooms()[0]["ended"] is True
+    log.add(entry("a", 5, "session_started"))  # a room the caller named, used again
+    assert log.rooms()[0]["ended"] is False
+
+
 def test_a_slow_listener_loses_its_oldest_never_blocks() -> None:
     log = RoomLog()
     queue = log.listen("a")

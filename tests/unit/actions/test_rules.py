@@ -204,13 +204,43 @@ def test_rule3_user_barge_in_drops_held_gestures() -> None:
     assert published(out) == [(0.1, "speaking")]
 
 
-def test_rule3_session_end_drops_everything_and_ignores_what_follows() -> None:
+def ended() -> SessionEnded:
+    return SessionEnded(room=ROOM, seq=next(_seq), reason="left")
+
+
+def started() -> SessionStarted:
+    return SessionStarted(room=ROOM, seq=next(_seq), agent_name="avatar-agent")
+
+
+def test_rule3_session_end_drops_everything_and_what_follows_sends_nothing() -> None:
     seq = RoomSequencer(CONFIG)
-    out = run(
-        seq, *reply("s1", "nod", "bow"), (2.1, SessionEnded(room=ROOM, seq=99, reason="left"))
-    )
+    out = run(seq, *reply("s1", "nod", "bow"), (2.1, ended()))
     assert dropped(out) == [("nod", DropReason.SESSION_ENDED), ("bow", DropReason.SESSION_ENDED)]
-    assert run(seq, *reply("s2", "nod", at=5.0), (8.0, None)) == []
+    late = run(seq, *reply("s2", "nod", "speaking", at=5.0), (8.0, None))
+    assert published(late) == []
+    # An action tag after the end is still decided (dropped, visible); nothing else is.
+    assert dropped(late) == [
+        ("nod", DropReason.SESSION_ENDED),
+        ("speaking", DropReason.SESSION_ENDED),
+    ]
+    assert seq.state == RoomState(ended=True)
+
+
+def test_rule3_the_rooms_next_session_starts_afresh() -> None:
+    """A room the caller names may hold one session after another."""
+    seq = RoomSequencer(CONFIG)
+    run(seq, *reply("s1", "nod", at=0.0), (1.0, user(UserState.SPEAKING)), (2.1, ended()))
+    out = run(seq, (10.0, started()), *reply("s2", "nod", at=11.0), (14.0, None))
+    assert published(out) == [(11.1, "speaking"), (14.0, "nod")]
+    assert dropped(out) == []
+
+
+def test_a_session_started_in_a_live_room_changes_nothing() -> None:
+    seq = RoomSequencer(CONFIG)
+    run(seq, (0.0, created("s1")), (0.0, tag("s1", "wave_hand")), (0.1, playout("s1")))
+    before = seq.state.model_copy(deep=True)
+    assert seq.handle(started(), 0.2) == []
+    assert seq.state == before
 
 
 def test_rule4_held_gestures_expire() -> None:
@@ -311,7 +341,6 @@ def test_the_agent_events_the_rules_do_not_read_change_nothing() -> None:
         sequencer.handle(event, 10.0)
     before = sequencer.state.model_copy(deep=True)
     unread = [
-        SessionStarted(room=ROOM, seq=next(_seq), agent_name="avatar-agent"),
         DeliveryDone(room=ROOM, seq=next(_seq), delivery_id="a" * 32, outcome=DeliveryOutcome.SENT),
     ]
     assert {e.type for e in unread} == UNREAD

@@ -45,6 +45,7 @@ MAX_ROOMS = 100
 #: A room listening to the live feed gets at most this many events queued.
 LISTENER_QUEUE = 1000
 _TRACEPARENT = TraceContextTextMapPropagator()
+_SESSION_EVENTS = frozenset({"session_started", "session_ended"})
 
 
 def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
@@ -81,7 +82,8 @@ class RoomLog:
         listed = []
         for room, history in reversed(self._rooms.items()):
             last = history[-1]
-            ended = any(e["type"] == "session_ended" for e in history)
+            sessions = (e["type"] for e in reversed(history) if e["type"] in _SESSION_EVENTS)
+            ended = next(sessions, None) == "session_ended"  # a named room may start again
             avatar = next((e.get("avatar_id") for e in history if e.get("avatar_id")), None)
             listed.append({"room": room, "avatar_id": avatar, "last": last["ts"], "ended": ended})
         return listed

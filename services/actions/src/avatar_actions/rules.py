@@ -11,7 +11,8 @@ the service can keep it durable. Every rule is a row in ``docs/actions.md``:
    order once that speech is done and not interrupted, the agent is listening or idle
    and the user is not speaking, after ``debounce`` seconds.
 3. An interrupted speech, a reply a provider failed, the user starting to speak, or the
-   session ending drops the gestures held for it.
+   session ending drops the gestures held for it; after the session's end a gesture tag
+   is dropped and nothing else changes the room until its next ``session_started``.
 4. A held gesture expires ``ttl`` seconds after its tag was parsed.
 5. An action the avatar does not allow is dropped; a repeated gesture within a speech is
    coalesced (dropped as a duplicate); past ``cap_per_speech`` gestures are dropped.
@@ -52,8 +53,8 @@ SPEAKING = "speaking"
 _RESTING = frozenset({AgentState.LISTENING, AgentState.IDLE})
 #: The agent events :meth:`RoomSequencer.handle` does not read: they change nothing in a
 #: room, so the engine neither reads nor writes the room's state for them (any other type
-#: is read, a new one included).
-UNREAD = frozenset(model.model_fields["type"].default for model in (SessionStarted, DeliveryDone))
+#: is read, a new one included; ``session_started`` opens a room's next session).
+UNREAD = frozenset({DeliveryDone.model_fields["type"].default})
 _REMEMBERED = 32  # finished speeches remembered, so late or repeated events change nothing
 #: Speeches followed at once in a room; a livekit-agents session has one or two.
 MAX_SPEECHES = 16
@@ -111,7 +112,9 @@ class RoomSequencer:
 
     def handle(self, event: Event, now: float) -> list[Decision]:
         """Apply one event; returns what it decided now (``tick`` may decide more later)."""
-        if self.state.ended or (event.speech_id and event.speech_id in self.state.finished):
+        if self.state.ended:
+            return self._after_the_end(event)
+        if event.speech_id and event.speech_id in self.state.finished:
             return []
         decisions: list[Decision] = []
         if event.speech_id and event.speech_id not in self.state.speeches:
@@ -147,6 +150,17 @@ class RoomSequencer:
                     decisions += self._drop_held(speech_id, DropReason.SESSION_ENDED)
                 self.state = RoomState(ended=True)
         return decisions + self.tick(now)
+
+    def _after_the_end(self, event: Event) -> list[Decision]:
+        """The room's session ended: a gesture tag is dropped, anything else changes
+        nothing, until a ``session_started`` opens the room's next session (a room the
+        caller names may hold one session after another)."""
+        if isinstance(event, SessionStarted):
+            self.state = RoomState()
+        elif isinstance(event, TagParsed) and event.kind is TagKind.ACTION:
+            reason = DropReason.SESSION_ENDED
+            return [Decision(Outcome.DROPPED, event.name, event.speech_id, event.id, reason)]
+        return []
 
     def _speech(self, speech_id: str | None) -> Speech:
         assert speech_id is not None  # speech events always carry one (the contract says so)
