@@ -223,7 +223,9 @@ def test_rule3_session_end_drops_everything_and_what_follows_sends_nothing() -> 
         ("nod", DropReason.SESSION_ENDED),
         ("speaking", DropReason.SESSION_ENDED),
     ]
-    assert seq.state == RoomState(ended=True)
+    assert seq.state.ended
+    assert seq.state.speeches == {}
+    assert seq.state.finished == ["s1"]  # its late events change nothing, now or later
 
 
 def test_rule3_the_rooms_next_session_starts_afresh() -> None:
@@ -233,6 +235,7 @@ def test_rule3_the_rooms_next_session_starts_afresh() -> None:
     out = run(seq, (10.0, started()), *reply("s2", "nod", at=11.0), (14.0, None))
     assert published(out) == [(11.1, "speaking"), (14.0, "nod")]
     assert dropped(out) == []
+    assert run(seq, *reply("s1", "bow", at=20.0), (23.0, None)) == []  # the last session's
 
 
 def test_a_session_started_in_a_live_room_changes_nothing() -> None:

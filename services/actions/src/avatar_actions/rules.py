@@ -148,7 +148,10 @@ class RoomSequencer:
             case SessionEnded():
                 for speech_id in list(self.state.speeches):
                     decisions += self._drop_held(speech_id, DropReason.SESSION_ENDED)
-                self.state = RoomState(ended=True)
+                # Its speeches stay known as finished: late events of theirs change
+                # nothing, in this session's end or in the room's next session.
+                finished = [*self.state.finished, *self.state.speeches][-_REMEMBERED:]
+                self.state = RoomState(ended=True, finished=finished)
         return decisions + self.tick(now)
 
     def _after_the_end(self, event: Event) -> list[Decision]:
@@ -156,7 +159,7 @@ class RoomSequencer:
         nothing, until a ``session_started`` opens the room's next session (a room the
         caller names may hold one session after another)."""
         if isinstance(event, SessionStarted):
-            self.state = RoomState()
+            self.state = RoomState(finished=self.state.finished)
         elif isinstance(event, TagParsed) and event.kind is TagKind.ACTION:
             reason = DropReason.SESSION_ENDED
             return [Decision(Outcome.DROPPED, event.name, event.speech_id, event.id, reason)]
