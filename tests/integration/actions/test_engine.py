@@ -29,6 +29,8 @@ from avatar_shared.events import (
     AgentStateChanged,
     Event,
     PlayoutStarted,
+    SessionEnded,
+    SessionStarted,
     SpeechCreated,
     SpeechDone,
     TagKind,
@@ -237,6 +239,24 @@ async def test_a_scripted_stream_for_several_rooms_yields_exactly_the_expected_p
     assert in_room(packets, rooms["c"].room) == ["speaking"]
     await asyncio.sleep(0.3)  # nothing else may follow (an absence cannot be waited for)
     assert len(livekit.received) == 6
+
+
+async def test_a_room_the_caller_named_is_served_again_in_its_next_session(
+    bus: Bus, livekit: LiveKitDouble, start: Callable[..., Any], room: str
+) -> None:
+    """A room may hold one session after another (``custom_rooms``); the ended state of
+    the first must not silence the second, nor the first's late events speak in it."""
+    await start()
+    first, second = Turns(room), Turns(room)
+    await talk(bus, livekit, first.reply("first-1", "nod"))
+    await received(livekit, 2)
+    await publish(bus, SessionEnded(room=room, seq=99, reason="user_left"))
+    await publish(bus, SessionStarted(room=room, seq=0, agent_name="avatar-agent"))
+    await publish(bus, first.reply("first-1", "wave_hand")[3])  # a late playout of the first
+    await talk(bus, livekit, second.reply("second-1", "wave_hand"))
+    assert in_room(await received(livekit, 4), room) == ["speaking", "nod", "speaking", "wave_hand"]
+    await asyncio.sleep(0.3)
+    assert len(livekit.received) == 4
 
 
 async def test_one_turn_is_one_trace_from_agent_publish_to_send_data(
