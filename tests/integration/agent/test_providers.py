@@ -387,6 +387,12 @@ async def test_the_realtime_models_text_is_spoken_without_its_tags_and_reported(
     assert realtime_server.models == ["gpt-realtime-mini"]
     (update, *_) = [e for e in realtime_server.received if e["type"] == "session.update"]
     assert update["session"]["output_modalities"] == ["text"]
+    # The server keeps the conversation within AGENT_MAX_HISTORY_CHARS' worth of tokens.
+    assert update["session"]["truncation"] == {
+        "type": "retention_ratio",
+        "retention_ratio": 0.8,
+        "token_limits": {"post_instructions": 4000},
+    }
 
 
 @pytest.mark.parametrize("fault", ["failed", "error"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from livekit.agents import llm
 
-from avatar_agent.history import recent
+from avatar_agent.history import realtime_truncation, recent
 
 PROMPT = "You are Ava. " * 500  # the instructions never count against the budget
 
@@ -56,3 +56,10 @@ def test_tool_calls_count_and_a_cut_never_leaves_an_orphan_output() -> None:
     sent = recent(ctx, 100)
     assert [item.type for item in sent.items] == ["message", "message"]
     assert texts(sent) == [PROMPT, "It is sunny."]
+
+
+def test_the_realtime_server_keeps_the_same_budget_in_tokens() -> None:
+    truncation = realtime_truncation(16_000)
+    assert truncation.token_limits is not None
+    assert truncation.token_limits.post_instructions == 4000
+    assert realtime_truncation(2).token_limits.post_instructions == 1  # type: ignore[union-attr]

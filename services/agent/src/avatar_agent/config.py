@@ -107,8 +107,8 @@ class AgentSettings(BaseSettings):
         16_000,
         ge=100,
         le=1_000_000,
-        description="Conversation a chat LLM is sent each turn, newest first, in characters "
-        "(its instructions aside)",
+        description="Conversation the LLM is given each turn, newest first, in characters "
+        "(its instructions aside; a realtime model's server keeps a quarter of it in tokens)",
     )
     events_queue: int = Field(1000, ge=1, description="Events a call may queue for NATS")
     events_max_wait_seconds: float = Field(

@@ -7,13 +7,24 @@ conversation outgrew it. :func:`recent` keeps the newest items whose text fits a
 of characters, with the instructions (the avatar's prompt) always first; the newest
 item is kept whatever its size, so the user's last words are always answered.
 
-The OpenAI Realtime model keeps the conversation on its server and cuts it there
-(its ``truncation`` setting); this bound is for the chat-completions path.
+The OpenAI Realtime model keeps the conversation on its server, which counts tokens and
+cuts it there: :func:`realtime_truncation` asks it to keep the same budget, at about
+four characters a token, and to cut back to 80% of it when it is passed (cutting less
+often keeps more of the conversation in the provider's prompt cache).
 """
 
 from __future__ import annotations
 
 from livekit.agents import llm
+from openai.types.realtime.realtime_truncation_retention_ratio import (
+    RealtimeTruncationRetentionRatio,
+    TokenLimits,
+)
+
+#: Characters per token, roughly, of English text for OpenAI's tokenizers.
+CHARS_PER_TOKEN = 4
+#: What the Realtime server keeps of the conversation when it cuts it.
+RETENTION_RATIO = 0.8
 
 
 def _chars(item: llm.ChatItem) -> int:
@@ -40,3 +51,12 @@ def recent(chat_ctx: llm.ChatContext, max_chars: int) -> llm.ChatContext:
             if used > max_chars and kept:
                 return chat_ctx.copy().truncate(max_items=kept)
     return chat_ctx
+
+
+def realtime_truncation(max_chars: int) -> RealtimeTruncationRetentionRatio:
+    """The Realtime session's ``truncation``: the conversation after the instructions
+    kept within ``max_chars`` worth of tokens."""
+    limits = TokenLimits(post_instructions=max(1, max_chars // CHARS_PER_TOKEN))
+    return RealtimeTruncationRetentionRatio(
+        type="retention_ratio", retention_ratio=RETENTION_RATIO, token_limits=limits
+    )

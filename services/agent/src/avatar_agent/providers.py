@@ -17,6 +17,7 @@ from avatar_agent.agent import current_speech_id
 from avatar_agent.avatars import Avatar
 from avatar_agent.config import AgentSettings, LLMProvider, TTSProvider
 from avatar_agent.demo import DemoLLM, DemoTTS
+from avatar_agent.history import realtime_truncation
 from avatar_agent.provider_http import FinishReasons, RetryAfterGate, http_client
 
 #: Local servers need no key, but the OpenAI client insists on one.
@@ -87,6 +88,7 @@ def _llm(
             modalities=["text"],
             api_key=_key(settings.openai_api_key),
             base_url=settings.realtime_base_url or NOT_GIVEN,  # unset: OpenAI
+            truncation=realtime_truncation(settings.max_history_chars),
         )
         return realtime, None
     client = openai_sdk.AsyncClient(
