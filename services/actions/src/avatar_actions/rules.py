@@ -11,7 +11,7 @@ the service can keep it durable. Every rule is a row in ``docs/actions.md``:
    order once that speech is done and not interrupted, the agent is listening or idle
    and the user is not speaking, after ``debounce`` seconds.
 3. An interrupted speech, a reply a provider failed, the user starting to speak, or the
-   session ending drops the gestures held for it; after the session's end a gesture tag
+   session ending drops the gestures held for it; after the session's end an action tag
    is dropped and nothing else changes the room until its next ``session_started``.
 4. A held gesture expires ``ttl`` seconds after its tag was parsed.
 5. An action the avatar does not allow is dropped; a repeated gesture within a speech is
@@ -155,7 +155,7 @@ class RoomSequencer:
         return decisions + self.tick(now)
 
     def _after_the_end(self, event: Event) -> list[Decision]:
-        """The room's session ended: a gesture tag is dropped, anything else changes
+        """The room's session ended: an action tag is dropped, anything else changes
         nothing, until a ``session_started`` opens the room's next session (a room the
         caller names may hold one session after another)."""
         if isinstance(event, SessionStarted):

@@ -1,4 +1,4 @@
-"""How much of the conversation a chat LLM is sent each turn.
+"""How much of the conversation the LLM is given each turn.
 
 livekit-agents sends the whole conversation with every request. A session may last a day
 (``max_session_seconds``), so without a bound each reply would cost more than the last

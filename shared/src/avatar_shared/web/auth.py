@@ -40,8 +40,6 @@ if TYPE_CHECKING:
     from avatar_shared.web.policy import Policy
 
 API_KEY_HEADER = "x-api-key"
-
-
 _ASYMMETRIC = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
