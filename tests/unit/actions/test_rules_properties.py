@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from avatar_actions.rules import MAX_SPEECHES, Decision, RoomSequencer, RulesConfig
+from avatar_actions.rules import MAX_SPEECHES, Decision, RoomSequencer
 from avatar_shared.events import (
     AgentState,
     AgentStateChanged,
@@ -32,15 +32,8 @@ from avatar_shared.events import (
     UserState,
     UserStateChanged,
 )
+from tests.unit.actions.test_rules import CONFIG, ROOM
 
-ROOM = "room-1"
-CONFIG = RulesConfig(
-    allowed={"speaking", "wave_hand", "nod", "bow", "shrug"},
-    debounce=0.2,
-    ttl=30.0,
-    cap_per_speech=3,
-    min_gap=1.0,
-)
 #: A few speeches most of the time (so replies interleave and finish), sometimes more
 #: than a room follows at once.
 SPEECHES = st.one_of(
