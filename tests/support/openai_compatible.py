@@ -8,7 +8,8 @@ for any other model is a 404 ``model_not_found``, as a real server answers.
 
 Error modes, for the next calls or for every call: HTTP statuses (429 and 503 with
 ``Retry-After``), a stream cut after some chunks (the connection dropped without the
-terminating chunk), a stream that stalls after some chunks, and a stream that ends early
+terminating chunk), a stream that stalls after some chunks, one that sends only SSE
+comments after some chunks (bytes without words), and a stream that ends early
 after some chunks: with an ``{"error": ...}`` event as OpenAI streams one, with a line
 that is not JSON, or with a ``finish_reason`` (``length``, ``content_filter``, ``stop``).
 Every call is recorded with its arrival time.
@@ -57,6 +58,9 @@ class OpenAICompatibleDouble:
     retry_after: str | None = "1"  # Retry-After of 429 and 503 answers
     cut_after: int | None = None  # drop the connection after this many chunks
     stall_after: int | None = None  # stop sending (and hold the call) after this many
+    #: after this many chunks, only an SSE comment (``: keep-alive``) every ``chunk_delay``
+    #: for ever: bytes keep coming, words never do
+    drip_after: int | None = None
     #: after this many chunks, instead of the next one: an ``error`` event as OpenAI streams
     #: one, a line that is not JSON, or the end (``finish_reason`` ``finish``, then [DONE])
     broken_after: int | None = None
@@ -134,6 +138,10 @@ class OpenAICompatibleDouble:
                 return response
             if sent == self.stall_after:
                 await asyncio.sleep(3600)
+            if sent == self.drip_after:
+                for _ in range(round(3600 / self.chunk_delay)):
+                    await response.write(b": keep-alive\n\n")
+                    await asyncio.sleep(self.chunk_delay)
             if sent == self.broken_after:
                 await self._break(response, send)
                 return response

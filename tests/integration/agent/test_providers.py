@@ -315,6 +315,22 @@ async def test_a_stalled_stream_fails_within_the_attempt_timeouts(
     assert run.elapsed < 2 * 2.0 + 6  # two 2 s attempts, then a short fallback line
 
 
+@pytest.mark.parametrize("drip_after", [0, 5])
+async def test_a_stream_that_drips_no_words_fails_within_the_attempt_timeouts(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    llm_server: OpenAICompatibleDouble,
+    drip_after: int,
+) -> None:
+    """Bytes keep coming (SSE comments every 0.1 s), words never do: a per-read timeout
+    would wait for ever; an attempt is bounded as a whole."""
+    llm_server.drip_after, llm_server.chunk_delay = drip_after, 0.1
+    run = await talk(nats_server, js, room, llm_server, None)
+    assert run.done()[0].failure == "llm_timeout"
+    assert run.elapsed < 2 * 2.0 + 6
+
+
 @pytest.mark.parametrize(("retry_after", "waited"), [("2", 2.0), ("600", 1.0)])
 async def test_a_rate_limited_request_waits_for_retry_after_within_the_cap(
     nats_server: NatsServer,

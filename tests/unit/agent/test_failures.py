@@ -13,7 +13,7 @@ import pytest
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 
 from avatar_agent.failures import ReplyFailures, failure_kind
-from avatar_agent.provider_http import FinishReasons, RetryAfterGate
+from avatar_agent.provider_http import FinishReasons, RetryAfterGate, data_deadline
 
 
 def wrapped(cause: Exception) -> Exception:
@@ -210,3 +210,65 @@ async def test_an_endless_line_is_not_kept() -> None:
     body = b"data: " + b"x" * 300_000 + b"\n\n" + completion(None, "length")
     assert await read_through(finishes, body, step=4096, path="/chat/completions") == body
     assert finishes.pop("speech-1") == "length"
+
+
+class Timed(httpx.AsyncByteStream):
+    """Pieces of a body, each after its pause (seconds), as a slow server sends them."""
+
+    def __init__(self, pieces: list[tuple[float, bytes]]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        for pause, piece in self.pieces:
+            await asyncio.sleep(pause)
+            yield piece
+
+
+async def read_timed(
+    pieces: list[tuple[float, bytes]],
+    *,
+    read_timeout: float | None = 0.6,
+    content_type: str = "text/event-stream",
+) -> bytes:
+    extensions = {"timeout": httpx.Timeout(read_timeout).as_dict()} if read_timeout else {}
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions", extensions=extensions)
+    response = httpx.Response(
+        200, request=request, headers={"content-type": content_type}, stream=Timed(pieces)
+    )
+    await data_deadline(response)
+    return b"".join([chunk async for chunk in response.stream])
+
+
+async def test_a_stream_of_comments_without_words_times_out() -> None:
+    pieces = [(0.0, b'data: {"id": "c"}\n\n')] + [(0.05, b": keep-alive\n\n")] * 100
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(httpx.ReadTimeout, match="no data line"):
+        await read_timed(pieces)
+    assert asyncio.get_running_loop().time() - started < 1.5  # 0.6 s after the last line
+
+
+async def test_data_lines_in_time_pass_unchanged_however_they_are_cut() -> None:
+    line = b'data: {"id": "c"}\n\n'
+    pieces = [(0.15, line[:2]), (0.15, line[2:9]), (0.0, line[9:])] * 4  # a line each 0.3 s
+    assert await read_timed(pieces) == line * 4
+
+
+async def test_a_line_that_never_ends_times_out_and_a_long_one_that_does_counts() -> None:
+    # 70 KB in one line, ended 0.4 s later: only its end keeps the next line in time.
+    long_line = [(0.0, b"data: ")] + [(0.0, b"x" * 10_000)] * 7 + [(0.4, b"\n\n")]
+    later = [(0.4, b'data: {"id": "c"}\n\n')]
+    body = await read_timed(later + long_line + later + long_line + later)
+    assert body.count(b"data: ") == 5
+    dripping = [(0.0, b"data: ")] + [(0.05, b"x")] * 30
+    with pytest.raises(httpx.ReadTimeout):
+        await read_timed(dripping)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "read_timeout"), [("application/json", 0.3), ("text/event-stream", None)]
+)
+async def test_only_event_streams_with_a_read_timeout_have_a_deadline(
+    content_type: str, read_timeout: float | None
+) -> None:
+    pieces = [(0.0, b"{"), (0.8, b"}")]
+    assert await read_timed(pieces, content_type=content_type, read_timeout=read_timeout) == b"{}"

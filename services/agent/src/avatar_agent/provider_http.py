@@ -1,5 +1,6 @@
 """The HTTP client of the agent's OpenAI-compatible LLM: a provider's Retry-After is
-honoured, and a reply the provider cut short is known as such (:class:`FinishReasons`).
+honoured, a reply the provider cut short is known as such (:class:`FinishReasons`), and
+a stream that sends bytes but no words fails in time (:func:`data_deadline`).
 
 livekit-agents retries a failed LLM request after intervals of its own (0.1 s, then 2 s),
 whatever the provider asked for. :class:`RetryAfterGate` sits in the client's event
@@ -144,12 +145,66 @@ class _Tap(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
+async def data_deadline(response: httpx.Response) -> None:
+    """Response hook: a streamed completion must send a ``data:`` line within the
+    request's read timeout of the last one.
+
+    httpx's read timeout is per read, so a server (or a proxy before it) sending SSE
+    comments (``: keep-alive``) and no words would hold the reply for ever; so would one
+    dripping a line that never ends. Past the deadline the stream raises
+    ``httpx.ReadTimeout``, as a silent server's would: the attempt fails as timed out
+    and is retried if nothing was said yet."""
+    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+        return
+    read = response.request.extensions.get("timeout", {}).get("read")
+    if read:
+        response.stream = _DataDeadline(response.stream, float(read))
+
+
+class _DataDeadline(httpx.AsyncByteStream):
+    """The response's bytes, unchanged, failing once no ``data:`` line completes in time."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self._inner = inner
+        self._seconds = seconds
+        self._line = b""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = aiter(self._inner)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._seconds
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                message = f"no data line from the provider within {self._seconds:g} s"
+                raise httpx.ReadTimeout(message) from None
+            if self._has_data_line(chunk):
+                deadline = loop.time() + self._seconds
+            yield chunk
+
+    def _has_data_line(self, chunk: bytes) -> bool:
+        *lines, self._line = (self._line + chunk).split(b"\n")
+        if len(self._line) > _MAX_LINE:
+            self._line = self._line[: len(b"data:")]  # only its start matters
+        return any(line.startswith(b"data:") for line in lines)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def http_client(gate: RetryAfterGate, finishes: FinishReasons) -> httpx.AsyncClient:
-    """What livekit-plugins-openai builds for itself, plus the gate and the finish_reason
-    tap. Each request carries the session's per-attempt timeout, which replaces the
-    client's default."""
+    """What livekit-plugins-openai builds for itself, plus the gate, the finish_reason
+    tap and the data-line deadline. Each request carries the session's per-attempt
+    timeout, which replaces the client's default."""
     return httpx.AsyncClient(
         follow_redirects=True,
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=50, keepalive_expiry=120),
-        event_hooks={"request": [gate.hold], "response": [gate.note, finishes.watch]},
+        event_hooks={
+            "request": [gate.hold],
+            "response": [gate.note, finishes.watch, data_deadline],
+        },
     )
