@@ -70,5 +70,6 @@ METRIC_AGENT_SESSIONS_ACTIVE: Final = "avatar.agent.sessions.active"
 METRIC_AGENT_SESSIONS_ENDED: Final = "avatar.agent.sessions.ended"
 METRIC_AGENT_SESSIONS_REFUSED: Final = "avatar.agent.sessions.refused"
 METRIC_AGENT_INPUT_TRUNCATED: Final = "avatar.agent.input.truncated"
+METRIC_AGENT_INPUT_DROPPED: Final = "avatar.agent.input.dropped"
 
 INSTRUMENTATION_NAME: Final = "avatar_shared"

@@ -113,3 +113,54 @@ async def test_before_a_participant_is_linked_any_sender_is_heard() -> None:
 async def test_blank_or_broken_messages_get_no_reply(reader: Reader) -> None:
     session = await typed(reader)
     assert session.calls == []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_messages_past_the_rate_are_not_read_and_are_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    session, clock = Session(), Clock()
+    chat = ChatInput(session, lambda: USER, max_chars=2000, rate="3/minute", clock=clock)
+    readers = [Reader([f"message {n}"]) for n in range(5)]
+    with caplog.at_level(logging.WARNING):
+        for reader in readers:  # a burst of five at once
+            chat.on_stream(reader, USER)  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+    assert session.replies == ["message 0", "message 1", "message 2"]
+    assert [r.read for r in readers[3:]] == [0, 0]
+    assert all(r.closed for r in readers[3:])
+    assert caplog.text.count("typed message not taken: rate_limited") == 2
+    clock.now += 20  # one message's worth of the rate has come back
+    chat.on_stream(Reader(["later"]), USER)  # type: ignore[arg-type]
+    chat.on_stream(Reader(["too soon"]), USER)  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    await chat.aclose()
+    assert session.replies[3:] == ["later"]
+
+
+async def test_a_message_that_takes_too_long_to_arrive_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Dripping(Reader):
+        async def _chunks(self) -> AsyncIterator[str]:
+            while not self.closed:
+                self.read += 1
+                yield "x"
+                await asyncio.sleep(0.01)
+
+    session, reader = Session(), Dripping([])
+    chat = ChatInput(session, lambda: USER, max_chars=2000, read_seconds=0.1)
+    with caplog.at_level(logging.WARNING):
+        chat.on_stream(reader, USER)  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+    assert reader.closed
+    assert session.calls == []
+    assert "typed message not taken: too_slow" in caplog.text
+    await chat.aclose()

@@ -182,6 +182,15 @@ def test_demo_providers_need_nothing_and_bad_names_are_refused(
         load(AgentSettings)
 
 
+@pytest.mark.parametrize("rate", ["10", "0/minute", "10/fortnight", ""])
+def test_a_typed_input_rate_that_is_not_a_rate_stops_the_start(
+    agent_env: pytest.MonkeyPatch, rate: str
+) -> None:
+    agent_env.setenv("AGENT_TEXT_INPUT_RATE", rate)
+    with pytest.raises(ConfigError, match="AGENT_TEXT_INPUT_RATE"):
+        load(AgentSettings)
+
+
 @pytest.mark.parametrize(
     ("metadata", "expected"),
     [

@@ -9,12 +9,20 @@ characters (``AGENT_MAX_TEXT_INPUT_CHARS``), stops reading there, and logs and c
 the cut (``avatar.agent.input.truncated``). Then it does what livekit-agents'
 default does with a message: interrupt the agent and reply to it as the user's turn.
 As there, only the participant the session is linked to (the user) is heard.
+
+Each message is an LLM request, and typing, unlike speaking, has no natural pace: a
+script could send hundreds a second. Messages are taken at ``rate``
+(``AGENT_TEXT_INPUT_RATE``, a token bucket: a burst, then a steady rate), and each must
+arrive whole within :data:`READ_SECONDS`; any other is not read, and is logged and
+counted (``avatar.agent.input.dropped``, reason ``rate_limited`` or ``too_slow``). So
+the messages being read at once, and the replies they cost, are bounded too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -23,13 +31,21 @@ from livekit import rtc
 from opentelemetry import metrics
 
 from avatar_shared import semconv
+from avatar_shared.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
-_truncated = metrics.get_meter(semconv.INSTRUMENTATION_NAME).create_counter(
+_meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME)
+_truncated = _meter.create_counter(
     semconv.METRIC_AGENT_INPUT_TRUNCATED,
     description="Typed messages cut to AGENT_MAX_TEXT_INPUT_CHARS",
 )
+_dropped = _meter.create_counter(
+    semconv.METRIC_AGENT_INPUT_DROPPED,
+    description="Typed messages not taken, by reason (rate_limited, too_slow)",
+)
+#: A typed message is sent at once; one still arriving after this is not waited for.
+READ_SECONDS = 30.0
 
 
 class TextReader(Protocol):
@@ -64,11 +80,20 @@ async def read_bounded(reader: TextReader, max_chars: int) -> tuple[str, bool]:
 
 class ChatInput:
     def __init__(
-        self, session: Session, linked: Callable[[], str | None], *, max_chars: int
+        self,
+        session: Session,
+        linked: Callable[[], str | None],
+        *,
+        max_chars: int,
+        rate: str = "10/minute",
+        read_seconds: float = READ_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
         self._linked = linked
         self._max_chars = max_chars
+        self._read_seconds = read_seconds
+        self._rate = RateLimiter(rate, clock=clock, max_keys=1)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_stream(self, reader: rtc.TextStreamReader, participant_identity: str) -> None:
@@ -77,15 +102,32 @@ class ChatInput:
         if linked is not None and participant_identity != linked:
             reader.close()  # not the user's: nobody reads it, free its subscription
             return
+        if not self._rate.hit("user").allowed:
+            reader.close()
+            self._drop("rate_limited", participant_identity)
+            return
         task = asyncio.create_task(self._take(reader, participant_identity))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _drop(self, reason: str, participant_identity: str) -> None:
+        _dropped.add(1, {semconv.REASON: reason})
+        log.warning(
+            "typed message not taken: %s",
+            reason,
+            extra={"participant": participant_identity, "reason": reason},
+        )
+
     async def _take(self, reader: TextReader, participant_identity: str) -> None:
         try:
-            text, cut = await read_bounded(reader, self._max_chars)
+            async with asyncio.timeout(self._read_seconds):
+                text, cut = await read_bounded(reader, self._max_chars)
         except rtc.StreamError as exc:  # aborted by the sender, the room left mid-message
             log.warning("typed message not read whole: %s", exc)
+            return
+        except TimeoutError:
+            reader.close()
+            self._drop("too_slow", participant_identity)
             return
         if cut:
             _truncated.add(1)

@@ -12,11 +12,12 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avatar_agent.lifecycle import SessionLimits
 from avatar_shared.config import ConfigError
+from avatar_shared.ratelimit import parse_rate
 
 #: OpenAI's models, used when the provider is OpenAI itself (no base URL).
 OPENAI_CHAT_MODEL = "gpt-4.1-mini"
@@ -103,6 +104,11 @@ class AgentSettings(BaseSettings):
     max_text_input_chars: int = Field(
         2000, ge=1, le=100_000, description="Longest typed message taken; the rest is cut"
     )
+    text_input_rate: str = Field(
+        "10/minute",
+        description="Typed messages taken per session: a burst of N, then N per period; "
+        "more are dropped (e.g. 10/minute)",
+    )
     max_history_chars: int = Field(
         16_000,
         ge=100,
@@ -129,6 +135,12 @@ class AgentSettings(BaseSettings):
     trace_content: bool = Field(
         False, description="Record conversation text in the framework's spans"
     )
+
+    @field_validator("text_input_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
 
     @property
     def session_limits(self) -> SessionLimits:

@@ -92,6 +92,7 @@ class Conversation:
         tts_keeps_emotions: bool,
         max_hold: int = 64,
         max_text_input: int = 2000,
+        text_input_rate: str = "10/minute",
         max_history: int = 16_000,
         deliveries: RoomDeliveries | None = None,
         models: Models | None = None,
@@ -100,7 +101,9 @@ class Conversation:
     ) -> None:
         self.session = session
         self.models = models
-        self.chat = ChatInput(session, self._linked_identity, max_chars=max_text_input)
+        self.chat = ChatInput(
+            session, self._linked_identity, max_chars=max_text_input, rate=text_input_rate
+        )
         self.lifecycle = Lifecycle(limits, self.close_for) if limits is not None else None
         self._end_room = end_room
         self.outbox = outbox

@@ -166,6 +166,7 @@ def start_conversation(
         tts_keeps_emotions=models.tts_keeps_emotions,
         max_hold=settings.max_tag_hold,
         max_text_input=settings.max_text_input_chars,
+        text_input_rate=settings.text_input_rate,
         max_history=settings.max_history_chars,
         deliveries=deliveries,
         models=models,

@@ -17,11 +17,11 @@ from avatar_bundles.config import BundlesSettings
 from avatar_bundles.sources import BundleSource, DirectorySource
 from avatar_bundles.zeroweight import UpstreamGate, ZeroWeightSource
 from avatar_shared import semconv
+from avatar_shared.ratelimit import RateLimiter
 from avatar_shared.web.auth import Authenticator, AuthSettings, security_requirements
 from avatar_shared.web.clientip import ClientAddress
 from avatar_shared.web.limits import REMAINING_HEADER, RequestLimits
 from avatar_shared.web.policy import Policy
-from avatar_shared.web.ratelimit import RateLimiter
 from avatar_shared.web.safety import anonymous_everything, broad_proxies, open_cors, plain_text_url
 from avatar_shared.web.service import Cors, build_app
 

@@ -8,11 +8,11 @@ from opentelemetry import metrics, trace
 
 from avatar_shared.audit import AuditSettings, AuditTrail
 from avatar_shared.config import LiveKitSettings
+from avatar_shared.ratelimit import RateLimiter
 from avatar_shared.web.auth import Authenticator, AuthSettings, security_requirements
 from avatar_shared.web.clientip import ClientAddress
 from avatar_shared.web.limits import REMAINING_HEADER, RequestLimits
 from avatar_shared.web.policy import Policy
-from avatar_shared.web.ratelimit import RateLimiter
 from avatar_shared.web.safety import (
     anonymous_everything,
     broad_proxies,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
+from avatar_shared.ratelimit import RateLimiter
 from avatar_shared.web.clientip import rate_key
 from avatar_shared.web.errors import ApiError
 from avatar_shared.web.principal import Principal
-from avatar_shared.web.ratelimit import RateLimiter
 
 REMAINING_HEADER = "X-RateLimit-Remaining"
 

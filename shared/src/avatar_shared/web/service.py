@@ -45,11 +45,11 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings
 from starlette.types import ASGIApp
 
+from avatar_shared.ratelimit import parse_rate
 from avatar_shared.web.cors import JsonCors
 from avatar_shared.web.errors import install_error_handlers
 from avatar_shared.web.guard import ResponseGuard
 from avatar_shared.web.h11 import bounded_h11
-from avatar_shared.web.ratelimit import parse_rate
 from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
 
 log = logging.getLogger(__name__)

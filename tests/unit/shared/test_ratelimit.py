@@ -1,6 +1,6 @@
 import pytest
 
-from avatar_shared.web.ratelimit import RateLimiter, parse_rate
+from avatar_shared.ratelimit import RateLimiter, parse_rate
 
 
 class Clock:
