@@ -210,6 +210,7 @@ async def test_the_reply_is_streamed_spoken_through_cartesia_and_reported(
     body = llm_server.completions[0].body
     assert body["model"] == "local-model"
     assert body["stream"] is True
+    assert body["max_completion_tokens"] == 1000  # a runaway reply is cut (llm_length)
 
 
 async def test_a_reply_the_llm_never_gives_is_a_failure_and_the_fallback_line_is_said(

@@ -104,6 +104,13 @@ class AgentSettings(BaseSettings):
     max_text_input_chars: int = Field(
         2000, ge=1, le=100_000, description="Longest typed message taken; the rest is cut"
     )
+    max_reply_tokens: int = Field(
+        1000,
+        ge=16,
+        le=32_768,
+        description="Longest reply asked of a chat LLM, in tokens (max_completion_tokens); "
+        "a reply cut there is reported as llm_length",
+    )
     text_input_rate: str = Field(
         "10/minute",
         description="Typed messages taken per session: a burst of N, then N per period; "

@@ -99,7 +99,10 @@ def _llm(
             RetryAfterGate(settings.provider_max_retry_after_seconds), finishes
         ),
     )
-    return openai.LLM(model=settings.chat_model, client=client), client
+    chat = openai.LLM(
+        model=settings.chat_model, client=client, max_completion_tokens=settings.max_reply_tokens
+    )
+    return chat, client
 
 
 def _stt(settings: AgentSettings) -> stt.STT[Any] | None:
