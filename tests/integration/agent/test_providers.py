@@ -410,6 +410,7 @@ async def test_the_realtime_models_text_is_spoken_without_its_tags_and_reported(
         "retention_ratio": 0.8,
         "token_limits": {"post_instructions": 4000},
     }
+    assert update["session"]["max_output_tokens"] == 1000  # AGENT_MAX_REPLY_TOKENS
 
 
 @pytest.mark.parametrize("fault", ["failed", "error"])

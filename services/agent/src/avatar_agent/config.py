@@ -108,8 +108,8 @@ class AgentSettings(BaseSettings):
         1000,
         ge=16,
         le=32_768,
-        description="Longest reply asked of a chat LLM, in tokens (max_completion_tokens); "
-        "a reply cut there is reported as llm_length",
+        description="Longest reply asked of the LLM, in tokens (max_completion_tokens, "
+        "max_output_tokens); a reply cut there is reported as llm_length",
     )
     text_input_rate: str = Field(
         "10/minute",

@@ -90,6 +90,7 @@ def _llm(
             base_url=settings.realtime_base_url or NOT_GIVEN,  # unset: OpenAI
             truncation=realtime_truncation(settings.max_history_chars),
         )
+        realtime.update_options(max_response_output_tokens=settings.max_reply_tokens)
         return realtime, None
     client = openai_sdk.AsyncClient(
         api_key=_key(settings.openai_api_key),
