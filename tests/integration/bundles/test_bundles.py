@@ -209,6 +209,22 @@ async def test_callers_are_authenticated_and_checked_against_the_policy(
     assert zeroweight.calls == []
 
 
+async def test_anonymous_calls_from_pages_on_other_sites_need_an_allowed_origin(
+    make_client: Callable[..., httpx.AsyncClient], zeroweight: ZeroWeightDouble
+) -> None:
+    """Else any page could make its visitors' browsers spend the ZeroWeight budget."""
+    async with make_client(cors_origins=["https://app.example"]) as client:
+        elsewhere = await client.get(PATH.format("ava-1"), headers={"Sec-Fetch-Site": "cross-site"})
+        allowed = await client.get(
+            PATH.format("ava-1"),
+            headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://app.example"},
+        )
+    assert elsewhere.status_code == 403
+    assert elsewhere.json()["error"] == "cross_site_refused"
+    assert allowed.status_code == 200
+    assert len(zeroweight.calls) == 1
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -279,6 +279,31 @@ async def test_an_api_key_given_twice_is_401_even_where_anonymous_is_allowed(
     }
 
 
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Sec-Fetch-Site": "cross-site"}, 403),  # an <img> on another site: no Origin
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, 403),
+        ({"Sec-Fetch-Site": "same-site", "Origin": "https://other.token.test"}, 403),
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "https://app.example"}, 200),
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "http://token.test"}, 200),
+        ({"Sec-Fetch-Site": "none"}, 200),  # typed in the address bar
+        ({}, 200),  # not a browser
+        ({"Sec-Fetch-Site": "cross-site", "X-API-Key": WEB_KEY}, 200),  # credentials
+    ],
+)
+async def test_anonymous_calls_from_pages_on_other_sites_need_an_allowed_origin(
+    make_client: Callable[..., httpx.AsyncClient], headers: dict[str, str], status: int
+) -> None:
+    """Else any page could make its visitors' browsers mint tokens, holding session slots."""
+    async with make_client(cors_origins=["https://app.example"]) as client:
+        response = await client.get(PATH, params={"avatar_id": "demo-avatar"}, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert response.json()["error"] == "cross_site_refused"
+        assert "x-ratelimit-remaining" in response.headers
+
+
 async def test_oidc_user_identity_comes_from_the_token(
     client: httpx.AsyncClient, issuer: oidc.Issuer
 ) -> None:

@@ -96,7 +96,7 @@ def create_app(
     )
     router = bundle_router(
         service,
-        Authenticator.from_settings(auth, policy, http),
+        Authenticator.from_settings(auth, policy, http, browser_origins=settings.cors_origins),
         policy,
         RequestLimits(
             RateLimiter(settings.rate_per_ip),

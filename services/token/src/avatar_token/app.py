@@ -63,7 +63,7 @@ def create_app(
     http = http or httpx.AsyncClient()
     issuer = TokenIssuer(
         policy,
-        Authenticator.from_settings(auth, policy, http),
+        Authenticator.from_settings(auth, policy, http, browser_origins=settings.cors_origins),
         Minter(livekit.api_key, livekit.api_secret.get_secret_value()),
         RequestLimits(
             RateLimiter(settings.rate_per_ip),

@@ -10,7 +10,9 @@
 - Either header given twice is refused (401), not resolved: a proxy that adds its own
   copy and the service would disagree on which one is the caller's.
 
-A request carrying credentials is never downgraded to anonymous when they are wrong.
+A request carrying credentials is never downgraded to anonymous when they are wrong. An
+anonymous request a browser sent for a page on another site is refused (403
+``cross_site_refused``) unless the page's origin is one the service lets call.
 When the issuer's keys cannot be fetched the answer is 503 ``auth_unavailable`` (retry
 later), not a 401 that would tell a valid user their credentials are wrong. An identity
 claim with control, bidi or non-printable characters is refused (401): it would become a
@@ -23,6 +25,7 @@ import hashlib
 import hmac
 import math
 import secrets
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -107,19 +110,30 @@ class Authenticator:
         settings: AuthSettings,
         api_keys: dict[str, str],
         jwks: JwksCache | None = None,
+        *,
+        browser_origins: Collection[str] = (),
     ) -> None:
-        """``api_keys`` maps key names to hex SHA-256 hashes."""
+        """``api_keys`` maps key names to hex SHA-256 hashes; ``browser_origins``: the
+        pages on other sites whose browsers may call anonymously (the service's CORS
+        origins)."""
         self._settings = settings
         self._keys = [(name, bytes.fromhex(digest)) for name, digest in api_keys.items()]
         self._jwks = jwks
+        self._browser_origins = frozenset(browser_origins)
 
     @classmethod
     def from_settings(
-        cls, settings: AuthSettings, policy: Policy, http: httpx.AsyncClient
+        cls,
+        settings: AuthSettings,
+        policy: Policy,
+        http: httpx.AsyncClient,
+        *,
+        browser_origins: Collection[str] = (),
     ) -> Authenticator:
         """API keys from the policy file; OIDC when AUTH_OIDC_ISSUER is set."""
         jwks = JwksCache(settings.oidc_jwks_url, http) if settings.oidc_jwks_url else None
-        return cls(settings, {key.name: key.sha256 for key in policy.api_keys}, jwks)
+        keys = {key.name: key.sha256 for key in policy.api_keys}
+        return cls(settings, keys, jwks, browser_origins=browser_origins)
 
     async def authenticate(self, headers: Any) -> Principal:
         """Identify the caller from request headers (a case-insensitive mapping)."""
@@ -133,8 +147,26 @@ class Authenticator:
                 raise unauthenticated("Authorization must be 'Bearer <token>'")
             return await self._bearer(credentials.strip())
         if self._settings.anonymous:
+            self._refuse_other_sites(headers)
             return Principal("anonymous", f"anon-{secrets.token_hex(8)}")
         raise unauthenticated("credentials required: X-API-Key or Authorization: Bearer")
+
+    def _refuse_other_sites(self, headers: Any) -> None:
+        """An anonymous request a browser sent for a page on another site (it says so in
+        ``Sec-Fetch-Site``) is served only if that page's ``Origin`` is one of ours.
+
+        Anonymous callers carry no credentials, so any page could otherwise make its
+        visitors' browsers call (an ``<img>`` or a form needs no CORS), each call minting
+        a token and holding a session slot: the quotas filled from another site."""
+        site = headers.get("sec-fetch-site")
+        if site in ("cross-site", "same-site") and headers.get("origin") not in (
+            self._browser_origins
+        ):
+            raise ApiError(
+                403,
+                "cross_site_refused",
+                "anonymous requests from pages on other sites need an allowed Origin",
+            )
 
     def _api_key(self, key: str) -> Principal:
         digest = hashlib.sha256(key.encode()).digest()
