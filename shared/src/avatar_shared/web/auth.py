@@ -158,10 +158,8 @@ class Authenticator:
         Anonymous callers carry no credentials, so any page could otherwise make its
         visitors' browsers call (an ``<img>`` or a form needs no CORS), each call minting
         a token and holding a session slot: the quotas filled from another site."""
-        site = headers.get("sec-fetch-site")
-        if site in ("cross-site", "same-site") and headers.get("origin") not in (
-            self._browser_origins
-        ):
+        elsewhere = headers.get("sec-fetch-site") in ("cross-site", "same-site")
+        if elsewhere and headers.get("origin") not in self._browser_origins:
             raise ApiError(
                 403,
                 "cross_site_refused",
