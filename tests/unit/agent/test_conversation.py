@@ -53,3 +53,24 @@ async def test_states_and_the_end_of_a_session_become_events() -> None:
     assert isinstance(ended, SessionEnded)
     assert ended.reason == "user_left"
     assert [e.seq for e in bus.events] == [0, 1, 2, 3]
+
+
+async def test_only_data_the_user_sent_is_a_sign_of_life() -> None:
+    """Not the avatar packets the server sends to the room, nor another participant's."""
+    avatar = AvatarCatalog.parse({"avatars": {"ava": {"name": "Ava"}}}).get("ava")
+    assert avatar is not None
+    session: AgentSession[None] = AgentSession(llm=DemoLLM(), tts=DemoTTS())
+    outbox = EventOutbox(Recorder(), room="room-1", avatar_id="ava")
+    conversation = Conversation(
+        session, avatar, outbox, agent_name="avatar-agent", tts_keeps_emotions=False
+    )
+    signs: list[str] = []
+    conversation.user_active = lambda: signs.append("sign")  # type: ignore[method-assign]
+    conversation._linked_identity = lambda: "user-1"  # type: ignore[method-assign]
+    for sender in (None, "someone-else", "user-1"):
+        conversation.data_received(sender)
+    assert signs == ["sign"]
+    conversation._linked_identity = lambda: None  # type: ignore[method-assign]
+    conversation.data_received("user-1")  # not linked yet: nobody's data counts
+    assert signs == ["sign"]
+    await outbox.aclose()

@@ -210,9 +210,16 @@ class Conversation:
         log.info("session ended", extra={"reason": reason, "room": self.outbox.room})
 
     def user_active(self) -> None:
-        """A sign of life from the user outside the voice pipeline (data from the room)."""
+        """A sign of life from the user outside the voice pipeline."""
         if self.lifecycle is not None:
             self.lifecycle.user_active()
+
+    def data_received(self, sender: str | None) -> None:
+        """Data from the room (``sender``: its participant, None when the server sent it)
+        is a sign of life only when the user sent it: not the avatar packets the actions
+        service sends to the room, nor another participant's in a room shared."""
+        if sender is not None and sender == self._linked_identity():
+            self.user_active()
 
     async def close_for(self, reason: str) -> None:
         """End the session at a limit: the closing line (bounded), ``session_ended``, then

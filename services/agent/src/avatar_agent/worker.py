@@ -135,7 +135,12 @@ async def entrypoint(ctx: JobContext) -> None:
         dispatch_metadata=ctx.job.metadata,
         end_room=end_room,
     )
-    ctx.room.on("data_received", lambda _packet: conversation.user_active())
+    ctx.room.on(
+        "data_received",
+        lambda packet: conversation.data_received(
+            packet.participant.identity if packet.participant is not None else None
+        ),
+    )
 
     async def finish(reason: str) -> None:
         await conversation.finish(reason or "job_shutdown")
