@@ -13,9 +13,10 @@ As there, only the participant the session is linked to (the user) is heard.
 Each message is an LLM request, and typing, unlike speaking, has no natural pace: a
 script could send hundreds a second. Messages are taken at ``rate``
 (``AGENT_TEXT_INPUT_RATE``, a token bucket: a burst, then a steady rate), and each must
-arrive whole within :data:`READ_SECONDS`; any other is not read, and is logged and
-counted (``avatar.agent.input.dropped``, reason ``rate_limited`` or ``too_slow``). So
-the messages being read at once, and the replies they cost, are bounded too.
+arrive whole within :data:`READ_SECONDS`. One past the rate is not read, one still
+arriving then is closed there; both are logged and counted (``avatar.agent.input.dropped``,
+reason ``rate_limited`` or ``too_slow``). So the messages being read at once, and the
+replies they cost, are bounded too.
 """
 
 from __future__ import annotations
