@@ -197,7 +197,7 @@ def feed(raw: list[Step]) -> tuple[RoomSequencer, Run]:
     return sequencer, run
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500)
 @given(steps)
 def test_the_rules_hold_whatever_the_agent_sends(raw: list[Step]) -> None:
     sequencer, run = feed(raw)
