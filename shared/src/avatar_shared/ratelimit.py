@@ -15,6 +15,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 _UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
@@ -26,6 +29,15 @@ def parse_rate(spec: str) -> tuple[int, float]:
     if not match or int(match.group(1)) < 1:
         raise ValueError(f"rate limit {spec!r} must look like '30/minute' (second|minute|hour)")
     return int(match.group(1)), _UNITS[match.group(2)]
+
+
+def _checked(spec: str) -> str:
+    parse_rate(spec)
+    return spec
+
+
+#: A setting that is a rate limit, refused at start unless it looks like ``30/minute``.
+Rate = Annotated[str, AfterValidator(_checked)]
 
 
 @dataclass(frozen=True, slots=True)

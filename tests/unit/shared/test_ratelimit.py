@@ -1,6 +1,7 @@
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from avatar_shared.ratelimit import RateLimiter, parse_rate
+from avatar_shared.ratelimit import Rate, RateLimiter, parse_rate
 
 
 class Clock:
@@ -47,3 +48,6 @@ def test_memory_is_bounded_by_evicting_the_least_recent_key() -> None:
 def test_bad_specs_are_refused(spec: str) -> None:
     with pytest.raises(ValueError, match="must look like"):
         parse_rate(spec)
+    with pytest.raises(ValidationError, match="must look like"):  # as a setting, too
+        TypeAdapter(Rate).validate_python(spec)
+    assert TypeAdapter(Rate).validate_python("30/minute") == "30/minute"

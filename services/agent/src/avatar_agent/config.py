@@ -12,12 +12,12 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avatar_agent.lifecycle import SessionLimits
 from avatar_shared.config import ConfigError
-from avatar_shared.ratelimit import parse_rate
+from avatar_shared.ratelimit import Rate
 
 #: OpenAI's models, used when the provider is OpenAI itself (no base URL).
 OPENAI_CHAT_MODEL = "gpt-4.1-mini"
@@ -111,7 +111,7 @@ class AgentSettings(BaseSettings):
         description="Longest reply asked of the LLM, in tokens (max_completion_tokens, "
         "max_output_tokens); a reply cut there is reported as llm_length",
     )
-    text_input_rate: str = Field(
+    text_input_rate: Rate = Field(
         "10/minute",
         description="Typed messages taken per session: a burst of N, then N per period; "
         "more are dropped (e.g. 10/minute)",
@@ -142,12 +142,6 @@ class AgentSettings(BaseSettings):
     trace_content: bool = Field(
         False, description="Record conversation text in the framework's spans"
     )
-
-    @field_validator("text_input_rate")
-    @classmethod
-    def _rate(cls, value: str) -> str:
-        parse_rate(value)
-        return value
 
     @property
     def session_limits(self) -> SessionLimits:

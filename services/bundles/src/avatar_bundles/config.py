@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from avatar_shared.config import Secret
+from avatar_shared.ratelimit import Rate
 from avatar_shared.web.service import HttpServiceSettings
 
 MIB = 1024 * 1024
@@ -77,8 +78,8 @@ class BundlesSettings(HttpServiceSettings):
         60, gt=0, description="Longest pause in calls after ZeroWeight failed, doubling from 1 s"
     )
     browser_max_age_seconds: int = Field(60, ge=0, description="Cache-Control max-age for browsers")
-    rate_per_ip: str = Field("120/minute", description="Bundle requests allowed per client IP")
-    rate_per_principal: str = Field("60/minute", description="Bundle requests allowed per caller")
+    rate_per_ip: Rate = Field("120/minute", description="Bundle requests allowed per client IP")
+    rate_per_principal: Rate = Field("60/minute", description="Bundle requests allowed per caller")
 
     @model_validator(mode="after")
     def _key_for_zeroweight(self) -> Self:

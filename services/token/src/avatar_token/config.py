@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from avatar_shared.ratelimit import Rate
 from avatar_shared.web.service import HttpServiceSettings
 
 
@@ -16,8 +17,8 @@ class TokenSettings(HttpServiceSettings):
     public_livekit_url: str | None = Field(
         None, description="LiveKit URL given to browsers, if not LIVEKIT_URL"
     )
-    rate_per_ip: str = Field("60/minute", description="Token requests allowed per client IP")
-    rate_per_principal: str = Field("20/minute", description="Token requests allowed per caller")
+    rate_per_ip: Rate = Field("60/minute", description="Token requests allowed per client IP")
+    rate_per_principal: Rate = Field("20/minute", description="Token requests allowed per caller")
     body_timeout_seconds: float = Field(
         10.0,
         gt=0,

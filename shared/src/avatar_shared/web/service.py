@@ -41,11 +41,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry import metrics, trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings
 from starlette.types import ASGIApp
 
-from avatar_shared.ratelimit import parse_rate
 from avatar_shared.web.cors import JsonCors
 from avatar_shared.web.errors import install_error_handlers
 from avatar_shared.web.guard import ResponseGuard
@@ -78,7 +77,7 @@ class ServerLimits:
 class HttpServiceSettings(BaseSettings):
     """What the token and bundle services' settings share: browsers, proxies, slow and
     many clients, draining. Each subclass sets its prefix, address, ports and rates
-    (``rate_per_ip``, ``rate_per_principal``, checked here)."""
+    (``rate_per_ip``, ``rate_per_principal``: :data:`avatar_shared.ratelimit.Rate`)."""
 
     cors_origins: list[str] = Field(
         [],
@@ -106,12 +105,6 @@ class HttpServiceSettings(BaseSettings):
         return ServerLimits(
             self.header_timeout_seconds, self.max_connections, self.send_timeout_seconds
         )
-
-    @field_validator("rate_per_ip", "rate_per_principal", check_fields=False)
-    @classmethod
-    def _rate(cls, value: str) -> str:
-        parse_rate(value)
-        return value
 
 
 #: OpenAPI security schemes of the HTTP services (docs/policy.md, "Callers").
