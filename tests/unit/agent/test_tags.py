@@ -70,6 +70,12 @@ PIECES = st.sampled_from(
         "<<emotion value=happy/>",
         "[actionable]",
         "<emotional>",
+        "<emotion>",
+        "happy",
+        "</emotion>",
+        "[action]",
+        "[/action]",
+        "<action>nod</action>",
     ]
 )
 # Tags as LLMs really write them, broken ones included.
@@ -199,7 +205,6 @@ def test_spacing_around_removed_tags(text: str, expected: str) -> None:
         "a [ b ] c",
         "[actionable items]",
         "<emotional support>",
-        "[   action: three spaces are not an opener]",
         "[transaction:x]",
         "[emotional support]",
         "<actionable>",
@@ -218,6 +223,7 @@ def test_ordinary_text_passes_through_untouched(text: str) -> None:
         ("[Action: Wave_Hand ]", "wave_hand"),
         ("[ ACTION : wave-hand ]", "wave_hand"),
         ("[action:\tnod\n]", "nod"),
+        ("[    action :   nod ]", "nod"),
     ],
 )
 def test_action_tags_are_tolerant_of_case_and_spacing(tag: str, name: str) -> None:
@@ -294,6 +300,12 @@ def test_hold_back_is_bounded() -> None:
     text, _ = parser.feed("word" + " " * 200)
     assert text.startswith("word")
     assert len(text) >= 4 + 200 - 64
+    parser = TagParser(actions=ACTIONS, emotions=EMOTIONS, max_hold=64)
+    text, _ = parser.feed("Hi <action>" + " " * 100 + "nod")
+    assert text == "Hi nod"  # no element that long: the opening tag goes alone
+    parser = TagParser(actions=ACTIONS, emotions=EMOTIONS, max_hold=64)
+    text, _ = parser.feed("[   " + " " * 100 + "action: nod] and")
+    assert text.startswith("[")  # an opener is at most max_hold characters long
 
 
 @pytest.mark.parametrize(
@@ -343,7 +355,7 @@ def test_the_scanner_and_str_isspace_agree_on_every_character() -> None:
         ("<emotion happy> Great", "Great", [("emotion", "happy", True)]),
         ("<emotion=sad> Oh", "Oh", [("emotion", "sad", True)]),
         ("<emotion intensity='high' value='sad'/> Oh", "Oh", [("emotion", "sad", True)]),
-        ("<emotion> Oh </emotion>", "Oh", []),
+        ("<emotion> Oh, I see </emotion>", "Oh, I see", []),
         ("< / Emotion > Oh", "Oh", []),
         ("<  /  emotion value=happy> Oh", "Oh", []),  # a closing tag names nothing
         ("Hi [  action:  nod ] there", "Hi there", [("action", "nod", True)]),
@@ -354,7 +366,7 @@ def test_the_scanner_and_str_isspace_agree_on_every_character() -> None:
         ("Hi <action:nod/> there", "Hi there", [("action", "nod", True)]),
         ('Hi <action name="wave hand"/> there', "Hi there", [("action", "wave_hand", True)]),
         ("Hi <action type='nod'> there", "Hi there", [("action", "nod", True)]),
-        ("Hi <action>nod</action> there", "Hi nod there", []),
+        ("Hi <action>nod</action> there", "Hi there", [("action", "nod", True)]),
         ("Hi [action:nod][/action] there", "Hi there", [("action", "nod", True)]),
         ("Hi [ / emotion] there", "Hi there", []),
     ],
@@ -373,6 +385,51 @@ def test_nameless_tags_are_counted() -> None:
     parser.feed("a [action:] b </emotion> c [action] d")
     parser.close()
     assert parser.nameless == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "spoken", "tags"),
+    [
+        # One name-shaped word between a nameless opening tag and a closing tag: the
+        # tag's name, as LLMs write XML elements.
+        ("<emotion>happy</emotion> Great", "Great", [("emotion", "happy", True)]),
+        ("Hi <action>nod</action>.", "Hi.", [("action", "nod", True)]),
+        ("Hi < Action > Wave-Hand </ action > you", "Hi you", [("action", "wave_hand", True)]),
+        ('Hi <emotion>"Sad"</emotion> you', "Hi you", [("emotion", "sad", True)]),
+        ("Hi <action>\u201cnod\u201d</action> you", "Hi you", [("action", "nod", True)]),
+        ("Hi [action]nod[/action] you", "Hi you", [("action", "nod", True)]),
+        ("Hi [emotion] happy [ / emotion] you", "Hi you", [("emotion", "happy", True)]),
+        ("Hi <emotion>furious</emotion> you", "Hi you", [("emotion", "furious", False)]),
+        ("Hi <emotion>Sorry</emotion>", "Hi", [("emotion", "sorry", False)]),
+        # The opener says the kind, whichever keyword closes it.
+        ("Hi <action>nod</emotion> you", "Hi you", [("action", "nod", True)]),
+        # Anything else after a nameless opening tag is text: it is removed alone.
+        ("<emotion>I am so glad</emotion>", "I am so glad", []),
+        ("<emotion>Sorry!</emotion> Oh", "Sorry! Oh", []),
+        ("Hi <action>nod and smile", "Hi nod and smile", []),
+        ("Hi <action>nod", "Hi nod", []),
+        ("Hi <action>nod\n</action> you", "Hi nod\nyou", []),
+        ("Hi <action/>nod</action> you", "Hi nod you", []),  # closed: not an element
+        ('Hi <emotion value="sad">sorry</emotion> you', "Hi sorry you", [("emotion", "sad", True)]),
+        ("Hi [action]nod</action> you", "Hi nod you", []),  # brackets must agree
+        ("Hi <action>nod[/action] you", "Hi nod you", []),
+        ("Hi </action>nod</action> you", "Hi nod you", []),  # a closing tag opens nothing
+        ("Hi <action>" + "a" * 70 + "</action> you", "Hi " + "a" * 70 + " you", []),
+    ],
+)
+def test_an_element_is_named_by_its_one_word(
+    text: str, spoken: str, tags: list[tuple[str, str, bool]]
+) -> None:
+    out, found, unterminated = parse([text])
+    assert out == spoken
+    assert [(t.kind.value, t.name, t.valid) for t in found] == tags
+    assert unterminated == 0
+    for cut in range(1, len(text)):  # wherever the stream is cut
+        assert parse([text[:cut], text[cut:]])[:2] == (out, found), cut
+
+
+def test_an_element_keeps_its_emotion_for_cartesia() -> None:
+    assert clean("Oh <emotion>sad</emotion> no", keep=True) == 'Oh <emotion value="sad"/>no'
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ Rule: **text that opens as a tag is never spoken.**
 
 - An *opener* is ``[`` or ``<``, then ``action`` or ``emotion`` (or their plurals), or
   the closing ``</emotion``, ``</action``, ``[/action``, ``[/emotion``, in any case, with
-  spaces or tabs after ``[``, ``<`` and ``/``, and followed by a character that is not a
+  any spaces or tabs after ``[``, ``<`` and ``/`` (an opener is still at most
+  ``max_hold`` characters long), and followed by a character that is not a
   letter (so ``[actionable]`` and ``<emotional>`` are text). The keyword says the tag's
   kind, whatever its bracket: LLMs mix the two forms (``[emotion: happy]``,
   ``<action name="nod"/>``).
@@ -28,6 +29,14 @@ Rule: **text that opens as a tag is never spoken.**
   (``Wave-Hand``, ``wave hand`` and ``waveHand`` are ``wave_hand``), at most 64
   characters. A tag with a name is reported, ``valid`` when the avatar allows it; one
   without (``[action:]``, ``</emotion>``) is removed and counted in :attr:`nameless`.
+- An *element*: a nameless opening tag, one name-shaped word (letters, digits, ``_``,
+  ``-``, quotes) and a closing tag of the same bracket, on one line and within
+  ``max_hold`` characters (``<emotion>happy</emotion>``, ``[action] nod [/action]``), is
+  one tag named by that word, removed whole: LLMs write XML elements, and the word is
+  the tag's name, not speech. Anything else after a nameless opening tag (``<emotion>I
+  am so glad</emotion>``, ``<action>Sorry!``) is text; the opening tag goes alone. So a
+  one-word reply wrapped in a nameless emotion element (``<emotion>Okay</emotion>``) is
+  taken as a name and not spoken: the lesser harm than speaking every name written so.
 - An opener that does not close is dropped with everything after it up to the first line
   break, the next ``[`` or ``<``, or ``max_hold`` characters and the rest of the word they
   end in, whichever comes first; the text after that point is spoken. So a forgotten
@@ -63,7 +72,7 @@ from avatar_shared.events import TagKind
 # A whole tag: the opener, then (after a non-letter) anything but a line break or the
 # start of another tag, then the closer, which may be alone on the next line. Either
 # keyword goes with either bracket: LLMs write "[emotion: happy]" and "<action:nod/>".
-_S = r"[^\S\r\n]{0,2}"  # the spaces LLMs put inside an opener
+_S = r"[^\S\r\n]*"  # the spaces LLMs put inside an opener (held up to max_hold)
 _KEYWORD = r"(?:actions?|emotions?)"
 _SQUARE_OPENER = rf"\[{_S}(?:/{_S})?{_KEYWORD}"
 _ANGLE_OPENER = rf"<{_S}/?{_S}{_KEYWORD}"
@@ -81,6 +90,13 @@ _SHORTEST_OPENED = len("[action:")
 _BODY = {"[": regex.compile(r"[^\[\]<\r\n]*"), "<": regex.compile(r"[^<>\[\r\n]*")}
 # The opener's keyword (which kind of tag), and whether it closes ("</emotion>").
 _START = regex.compile(rf"[\[<]{_S}(/?){_S}(action|emotion)s?", regex.IGNORECASE)
+# After a nameless opening tag, one name-shaped word and a closing tag: an element
+# ("<emotion>happy</emotion>", "[action]nod[/action]") named by the word.
+_WORD = r"[\"'\u201c\u2018]?[\w-]{1,64}[\"'\u201d\u2019]?"  # curly quotes too
+_ELEMENT_REST = {
+    "[": regex.compile(rf"{_S}({_WORD}){_S}\[{_S}/{_S}{_KEYWORD}{_S}\]", regex.IGNORECASE),
+    "<": regex.compile(rf"{_S}({_WORD}){_S}<{_S}/{_S}{_KEYWORD}{_S}>", regex.IGNORECASE),
+}
 _SQUARE_NAME = regex.compile(r"[\s:=]*(.*)\]", regex.DOTALL)
 _ATTRIBUTE = regex.compile(r"(?:value|name|type)\s*[:=]\s*", regex.IGNORECASE)
 _SEPARATOR = regex.compile(r"[\s:=]*")
@@ -132,8 +148,19 @@ def tag_name(raw: str) -> str:
         assert at is not None  # the separator matches the empty string
         value = _VALUE.match(body, at.end())
         name = next((g for g in value.groups() if g is not None), "") if value else ""
+    return _normalised(name)
+
+
+def _normalised(name: str) -> str:
     name = _CAMEL.sub("_", name).lower()
     return _NOT_NAME.sub("_", name).strip("_")[:_MAX_NAME].rstrip("_")
+
+
+def _opens_element(nameless: str) -> bool:
+    """Whether a nameless whole tag may open an element: neither closing nor closed."""
+    start = _START.match(nameless)
+    assert start is not None  # every tag starts with an opener
+    return not start.group(1) and not nameless[:-1].rstrip().endswith("/")
 
 
 def _opened(candidate: str) -> bool:
@@ -167,6 +194,7 @@ class TagParser:
     _gap: _Gap = field(default_factory=_Gap)
     _pending: str = ""
     _in_body: bool = False  # the candidate is an opener, before any line break
+    _element_at: int = 0  # the candidate is a nameless opening tag this long, and more
     _rest_of_word: bool = False  # dropping the word an unterminated opener was cut in
     _clean_chars: int = 0
     _last_clean: str = ""
@@ -181,6 +209,8 @@ class TagParser:
 
     def close(self) -> tuple[str, list[Tag]]:
         """End of the text: drop a fragment that could still be a tag, and its gap."""
+        if self._element_at:
+            self._unclosed_element()
         self._rest_of_word = False
         if self._pending:
             self._pending = ""
@@ -220,6 +250,9 @@ class TagParser:
 
     def _extend_pending(self, text: str, i: int) -> int:
         """Grow the candidate tag; settle it once the text decides."""
+        if self._element_at:
+            self._extend_element(text[i])
+            return i + 1
         if self._in_body:
             # Inside an opened tag, ordinary characters cannot decide anything: take
             # them at once, up to the hold bound, instead of one pattern match each.
@@ -245,11 +278,17 @@ class TagParser:
         if state is _Match.PARTIAL and len(candidate) <= self.max_hold:
             self._in_body = candidate[-1] not in "\r\n" and (self._in_body or _opened(candidate))
             return i + 1
-        self._pending = ""
         self._in_body = False
         if state is _Match.FULL:
-            self._tag(candidate)
-        elif not _opened(candidate):
+            name = tag_name(candidate)
+            if not name and _opens_element(candidate):
+                self._element_at = len(candidate)  # held: what follows may name it
+                return i + 1
+            self._pending = ""
+            self._tag(candidate, name)
+            return i + 1
+        self._pending = ""
+        if not _opened(candidate):
             # Not a tag: its first character is text; the rest is scanned again, since a
             # tag may start inside it (as in "[[action:x]").
             self._visible(candidate[0])
@@ -262,6 +301,26 @@ class TagParser:
             self._scan(candidate[-1])
         return i + 1
 
+    def _extend_element(self, char: str) -> None:
+        """After a nameless opening tag: a word and a closing tag make it an element."""
+        candidate = self._pending + char
+        rest = _ELEMENT_REST[candidate[0]].fullmatch(candidate, self._element_at, partial=True)
+        if rest is None or (rest.partial and len(candidate) > self.max_hold):
+            self._pending = candidate
+            self._unclosed_element()
+        elif rest.partial:
+            self._pending = candidate
+        else:
+            self._pending, self._element_at = "", 0
+            self._tag(candidate, _normalised(rest.group(1)))
+
+    def _unclosed_element(self) -> None:
+        """The opening tag is removed alone; what followed it is scanned as text."""
+        candidate, opening = self._pending, self._element_at
+        self._pending, self._element_at = "", 0
+        self._tag(candidate[:opening], "")
+        self._scan(candidate[opening:])
+
     def _classify(self, candidate: str) -> _Match:
         pattern = _SQUARE if candidate[0] == "[" else _ANGLE
         match = pattern.fullmatch(candidate, partial=True)
@@ -271,9 +330,9 @@ class TagParser:
 
     # --- what the text becomes ----------------------------------------------------------
 
-    def _tag(self, raw: str) -> None:
+    def _tag(self, raw: str, name: str) -> None:
+        """A whole tag, removed, with its normalised name (empty: nameless)."""
         self._remove()
-        name = tag_name(raw)
         if not name:
             self.nameless += 1
             return
