@@ -205,6 +205,21 @@ async def test_a_body_that_is_not_json_is_400_bad_request(
     assert response.headers["X-RateLimit-Remaining"].isdigit()
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_query_that_is_not_utf8_is_400_not_a_replaced_name(
+    client: httpx.AsyncClient, method: str
+) -> None:
+    response = await client.request(
+        method, f"{PATH}?avatar_id=demo-avatar&name=Ann%FF", json={"avatar_id": "demo-avatar"}
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "bad_request",
+        "message": "the query is not percent-encoded UTF-8",
+    }
+    assert response.headers["X-RateLimit-Remaining"].isdigit()
+
+
 async def test_avatar_outside_the_policy_is_403(client: httpx.AsyncClient) -> None:
     response = await client.get(PATH, params={"avatar_id": "private-avatar"})
     assert response.status_code == 403

@@ -49,7 +49,7 @@ def token_router(
         """Token for ZeroWeight's `LiveKitAvatarSession` (`getLiveKitToken`)."""
 
         async def read() -> SessionRequest:
-            query = AvatarTokenQuery.parse(request.query_params.multi_items())
+            query = AvatarTokenQuery.parse(request.scope["query_string"])
             return SessionRequest(avatar_id=query.avatar_id, room=query.room, name=query.name)
 
         issued = await issuer.issue(request.headers, client_address.of(request), read)
@@ -97,7 +97,7 @@ def token_router(
         """LiveKit's standard token endpoint (endpoint token generation)."""
 
         async def read() -> SessionRequest:
-            query = StandardTokenQuery.parse(request.query_params.multi_items())
+            query = StandardTokenQuery.parse(request.scope["query_string"])
             body = StandardTokenRequest.parse(
                 await read_body(request, MAX_BODY_BYTES, body_timeout)
             )

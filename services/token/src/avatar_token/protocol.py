@@ -11,15 +11,17 @@
 
 A parameter or JSON key given twice is refused (422), not resolved: proxies, firewalls
 and frameworks disagree on which copy wins, and a check made in front of this service
-must see the value this service uses.
+must see the value this service uses. For the same reason a query that is not
+percent-encoded UTF-8 is refused (400), where frameworks would put U+FFFD in its place
+and mint a name the caller never sent.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Self
+from urllib.parse import parse_qsl
 
 from pydantic import (
     AfterValidator,
@@ -31,7 +33,7 @@ from pydantic import (
 )
 
 from avatar_shared.events import AvatarId
-from avatar_shared.web.errors import ApiError, invalid_request
+from avatar_shared.web.errors import ApiError, bad_request, invalid_request
 from avatar_shared.web.text import has_unsafe_characters
 
 MAX_METADATA_BYTES = 4096
@@ -80,9 +82,13 @@ class _Query(BaseModel):
     """A route's query, validated by one pydantic call; other parameters are ignored."""
 
     @classmethod
-    def parse(cls, params: Iterable[tuple[str, str]]) -> Self:
-        """``params``: the query's (name, value) pairs in order. Validated, or an ApiError
-        (422) naming each bad parameter."""
+    def parse(cls, query: bytes) -> Self:
+        """``query``: the raw query string (``scope["query_string"]``). Validated, or an
+        ApiError: 400 if it is not percent-encoded UTF-8, 422 naming each bad parameter."""
+        try:
+            params = parse_qsl(query.decode("ascii"), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise bad_request("the query is not percent-encoded UTF-8") from None
         values: dict[str, str] = {}
         for name, value in params:
             if name in values and name in cls.model_fields:
