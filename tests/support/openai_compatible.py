@@ -12,7 +12,9 @@ terminating chunk), a stream that stalls after some chunks, one that sends only 
 comments after some chunks (bytes without words), and a stream that ends early
 after some chunks: with an ``{"error": ...}`` event as OpenAI streams one, with a line
 that is not JSON, or with a ``finish_reason`` (``length``, ``content_filter``, ``stop``).
-Every call is recorded with its arrival time.
+And a server that ignores ``max_completion_tokens``: its reply goes on for ever, as a
+local model caught repeating itself does (``endless``). Every call is recorded with its
+arrival time, and when the client hung up on it (``Call.hung_up``).
 
 Also a process for ``make run``: ``python -m tests.support.openai_compatible --port 18080
 --model local-model`` (docs/agent.md, "Bring your own model").
@@ -47,6 +49,7 @@ CHUNK = 6  # characters per streamed chunk
 class Call:
     at: float  # time.monotonic() on arrival
     body: dict[str, Any]
+    hung_up: float | None = None  # time.monotonic() when the client closed the stream
 
 
 @dataclass
@@ -65,6 +68,7 @@ class OpenAICompatibleDouble:
     #: one, a line that is not JSON, or the end (``finish_reason`` ``finish``, then [DONE])
     broken_after: int | None = None
     broken_with: str = "error"  # "error", "garbage" or a finish_reason ("length", ...)
+    endless: bool = False  # the reply, again and again, whatever max_completion_tokens says
     chunk_delay: float = 0.01
     calls: list[Call] = field(default_factory=list)
     port: int = 0
@@ -109,7 +113,12 @@ class OpenAICompatibleDouble:
             return _error(404, message, "model_not_found")
         if not body.get("stream"):
             return _error(400, "this double only streams", "invalid_request_error")
-        return await self._stream(request, body, next(self._replies))
+        call = self.calls[-1]
+        try:
+            return await self._stream(request, body, next(self._replies))
+        except (ConnectionResetError, asyncio.CancelledError):
+            call.hung_up = time.monotonic()
+            raise
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], reply: str
@@ -131,7 +140,8 @@ class OpenAICompatibleDouble:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
         await send({"role": "assistant", "content": ""})
-        for sent, start in enumerate(range(0, len(reply), CHUNK)):
+        pieces = (reply[start : start + CHUNK] for start in range(0, len(reply), CHUNK))
+        for sent, piece in enumerate(itertools.cycle(pieces) if self.endless else pieces):
             if sent == self.cut_after:
                 assert request.transport is not None
                 request.transport.close()  # no terminating chunk: a dropped connection
@@ -145,7 +155,7 @@ class OpenAICompatibleDouble:
             if sent == self.broken_after:
                 await self._break(response, send)
                 return response
-            await send({"content": reply[start : start + CHUNK]})
+            await send({"content": piece})
             await asyncio.sleep(self.chunk_delay)
         await send({}, "stop")
         if body.get("stream_options", {}).get("include_usage"):

@@ -277,6 +277,27 @@ async def test_a_reply_the_provider_ends_early_is_a_failure(
         assert run.failures("llm", failure.removeprefix("llm_")) == 1
 
 
+async def test_a_reply_past_its_token_limit_is_cut_when_the_server_ignores_the_limit(
+    nats_server: NatsServer,
+    js: JetStreamContext,
+    room: str,
+    llm_server: OpenAICompatibleDouble,
+    tts_server: CartesiaDouble,
+) -> None:
+    llm_server.endless = True  # a local model repeating itself, max_completion_tokens unread
+    run = await talk(nats_server, js, room, llm_server, tts_server, max_reply_tokens=50)
+    assert llm_server.completions[0].body["max_completion_tokens"] == 50
+    assert [d.failure for d in run.done()] == ["llm_length"]
+    assert run.failures("llm", "length") == 1
+    heard = " ".join(tts_server.spoken())
+    assert "Hello from your own model!" in heard
+    assert FALLBACK not in heard  # the reply was heard, up to its limit
+    assert 0 < len(heard) <= 50 * 8
+    hung_up = llm_server.completions[0].hung_up
+    assert hung_up is not None  # the agent closed the stream, not left it running
+    assert hung_up - llm_server.completions[0].at < 5
+
+
 async def test_a_long_conversation_sends_the_llm_its_prompt_and_newest_turns(
     nats_server: NatsServer,
     js: JetStreamContext,

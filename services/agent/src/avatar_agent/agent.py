@@ -10,13 +10,16 @@ tags reach the bus even when one of the two outputs is disabled.
 ``llm_node`` sends the LLM the newest part of the conversation
 (:mod:`avatar_agent.history`). It and ``tts_node`` also record a provider failure of the
 speech they serve (:class:`~avatar_agent.failures.ReplyFailures`) before the framework
-sees it.
+sees it. ``llm_node`` also ends a reply that runs past ``max_reply_chars``: the LLM was
+asked for at most ``AGENT_MAX_REPLY_TOKENS``, and a server that ignores the limit (a local
+model repeating itself for ever) must not talk, and cost speech, without end.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 from livekit import rtc
@@ -38,12 +41,24 @@ log = logging.getLogger(__name__)
 TagSink = Callable[[str, Tag], None]
 
 
+#: A reply of N tokens is at most this many times N characters: English averages about 4
+#: characters a token, so only a server ignoring the limit gets there.
+CHARS_PER_TOKEN = 8
+
+
 def _says_something(chunk: llm.ChatChunk | str | FlushSentinel) -> bool:
     """Whether a chunk of the LLM's stream holds text or a tool call."""
     if isinstance(chunk, str):
         return bool(chunk)
     delta = getattr(chunk, "delta", None)
     return delta is not None and bool(delta.content or delta.tool_calls)
+
+
+def _text_length(chunk: llm.ChatChunk | str | FlushSentinel) -> int:
+    if isinstance(chunk, str):
+        return len(chunk)
+    delta = getattr(chunk, "delta", None)
+    return len(delta.content or "") if delta is not None else 0
 
 
 def current_speech_id() -> str | None:
@@ -127,6 +142,7 @@ class AvatarAgent(Agent):
         tts_keeps_emotions: bool,
         max_hold: int = 64,
         max_history: int = 16_000,
+        max_reply_tokens: int = 1000,
         on_speech_begins: Callable[[str], None] = lambda speech_id: None,
         finishes: FinishReasons | None = None,
         **kwargs: Any,
@@ -141,6 +157,7 @@ class AvatarAgent(Agent):
         self._tts_keeps_emotions = tts_keeps_emotions
         self._max_hold = max_hold
         self._max_history = max_history
+        self._max_reply_chars = max_reply_tokens * CHARS_PER_TOKEN
 
     def _count_and_forward(self, sink: TagSink) -> TagSink:
         counter = tally(
@@ -192,14 +209,24 @@ class AvatarAgent(Agent):
         if speech_id is not None:
             self._on_speech_begins(speech_id)
         said_something = False
+        chars = 0
         try:
             sent = recent(chat_ctx, self._max_history)
-            async for chunk in Agent.default.llm_node(self, sent, tools, model_settings):
-                said_something = said_something or _says_something(chunk)
-                yield chunk
+            stream = Agent.default.llm_node(self, sent, tools, model_settings)
+            async with aclosing(stream):  # ending early closes the provider's stream
+                async for chunk in stream:
+                    chars += _text_length(chunk)
+                    if chars > self._max_reply_chars:
+                        break
+                    said_something = said_something or _says_something(chunk)
+                    yield chunk
         except Exception as exc:
             self.failures.record(speech_id, "llm", provider_name(self.session.llm), exc)
             raise
+        if chars > self._max_reply_chars:
+            log.warning("the LLM ignored the reply's token limit; its reply was cut")
+            self.failures.record_kind(speech_id, "llm", provider_name(self.session.llm), "length")
+            return
         # The stream ended as if complete; the provider may still have cut it short.
         cut = self._finishes.pop(speech_id) if self._finishes and speech_id else None
         if cut is not None or not said_something:

@@ -109,7 +109,8 @@ class AgentSettings(BaseSettings):
         ge=16,
         le=32_768,
         description="Longest reply asked of the LLM, in tokens (max_completion_tokens, "
-        "max_output_tokens); a reply cut there is reported as llm_length",
+        "max_output_tokens); a reply cut there is reported as llm_length, and one the "
+        "server lets run past 8 characters a token is cut by the agent",
     )
     text_input_rate: Rate = Field(
         "10/minute",

@@ -94,6 +94,7 @@ class Conversation:
         max_text_input: int = 2000,
         text_input_rate: str = "10/minute",
         max_history: int = 16_000,
+        max_reply_tokens: int = 1000,
         deliveries: RoomDeliveries | None = None,
         models: Models | None = None,
         limits: SessionLimits | None = None,
@@ -115,6 +116,7 @@ class Conversation:
             tts_keeps_emotions=tts_keeps_emotions,
             max_hold=max_hold,
             max_history=max_history,
+            max_reply_tokens=max_reply_tokens,
             on_speech_begins=self._speech_begins,
             finishes=models.finishes if models is not None else None,
         )

@@ -168,6 +168,7 @@ def start_conversation(
         max_text_input=settings.max_text_input_chars,
         text_input_rate=settings.text_input_rate,
         max_history=settings.max_history_chars,
+        max_reply_tokens=settings.max_reply_tokens,
         deliveries=deliveries,
         models=models,
         limits=settings.session_limits.from_metadata(dispatch_metadata),
