@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from avatar_agent.avatars import DEFAULT_EMOTIONS, AvatarCatalog
-from avatar_agent.config import AgentSettings
+from avatar_agent.config import DEFAULT_TEXT_LIMITS, AgentSettings, TextLimits
 from avatar_agent.prompt import build_instructions
 from avatar_agent.runtime import avatar_id_from_metadata
 from avatar_shared.config import ConfigError, load
@@ -207,3 +207,24 @@ def test_the_avatar_id_comes_from_the_dispatch_metadata(
     metadata: str, expected: str | None
 ) -> None:
     assert avatar_id_from_metadata(metadata) == expected
+
+
+def test_the_text_limits_are_the_settings_of_their_names() -> None:
+    avatars = ROOT / "deploy" / "local" / "avatars.toml"
+    settings = AgentSettings(
+        avatars_file=avatars,
+        max_tag_hold=100,
+        max_text_input_chars=300,
+        text_input_rate="5/second",
+        max_history_chars=4000,
+        max_reply_tokens=500,
+    )
+    assert settings.text_limits == TextLimits(
+        max_tag_hold=100,
+        max_text_input_chars=300,
+        text_input_rate="5/second",
+        max_history_chars=4000,
+        max_reply_tokens=500,
+    )
+    # the defaults are the settings' defaults
+    assert AgentSettings(avatars_file=avatars).text_limits == DEFAULT_TEXT_LIMITS

@@ -28,6 +28,7 @@ from livekit.agents.voice.agent_activity import _SpeechHandleContextVar
 from opentelemetry import metrics
 
 from avatar_agent.avatars import Avatar
+from avatar_agent.config import DEFAULT_TEXT_LIMITS, TextLimits
 from avatar_agent.failures import ReplyFailures
 from avatar_agent.history import recent
 from avatar_agent.prompt import build_instructions
@@ -140,9 +141,7 @@ class AvatarAgent(Agent):
         *,
         on_tag: TagSink,
         tts_keeps_emotions: bool,
-        max_hold: int = 64,
-        max_history: int = 16_000,
-        max_reply_tokens: int = 1000,
+        text: TextLimits = DEFAULT_TEXT_LIMITS,
         on_speech_begins: Callable[[str], None] = lambda speech_id: None,
         finishes: FinishReasons | None = None,
         **kwargs: Any,
@@ -155,9 +154,9 @@ class AvatarAgent(Agent):
         self.failures = ReplyFailures()
         self._finishes = finishes
         self._tts_keeps_emotions = tts_keeps_emotions
-        self._max_hold = max_hold
-        self._max_history = max_history
-        self._max_reply_chars = max_reply_tokens * CHARS_PER_TOKEN
+        self._max_hold = text.max_tag_hold
+        self._max_history = text.max_history_chars
+        self._max_reply_chars = text.max_reply_tokens * CHARS_PER_TOKEN
 
     def _count_and_forward(self, sink: TagSink) -> TagSink:
         counter = tally(

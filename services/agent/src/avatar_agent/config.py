@@ -9,6 +9,7 @@ with the way to fix it, and the process stops at start.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -33,6 +34,20 @@ class LLMProvider(StrEnum):
 class TTSProvider(StrEnum):
     CARTESIA = "cartesia"
     DEMO = "demo"  # silence, no network
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    """What bounds the text of a session (the settings of the same names)."""
+
+    max_tag_hold: int = 64
+    max_text_input_chars: int = 2000
+    text_input_rate: str = "10/minute"
+    max_history_chars: int = 16_000
+    max_reply_tokens: int = 1000
+
+
+DEFAULT_TEXT_LIMITS = TextLimits()
 
 
 class AgentSettings(BaseSettings):
@@ -147,6 +162,16 @@ class AgentSettings(BaseSettings):
     @property
     def session_limits(self) -> SessionLimits:
         return SessionLimits(self.max_session_seconds, self.inactivity_timeout_seconds)
+
+    @property
+    def text_limits(self) -> TextLimits:
+        return TextLimits(
+            max_tag_hold=self.max_tag_hold,
+            max_text_input_chars=self.max_text_input_chars,
+            text_input_rate=self.text_input_rate,
+            max_history_chars=self.max_history_chars,
+            max_reply_tokens=self.max_reply_tokens,
+        )
 
     @property
     def chat_model(self) -> str:

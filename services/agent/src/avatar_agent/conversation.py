@@ -41,6 +41,7 @@ from opentelemetry import metrics
 from avatar_agent.agent import AvatarAgent, provider_name
 from avatar_agent.avatars import Avatar
 from avatar_agent.chat import ChatInput
+from avatar_agent.config import DEFAULT_TEXT_LIMITS, TextLimits
 from avatar_agent.delivery import RoomDeliveries
 from avatar_agent.lifecycle import Lifecycle, SessionLimits
 from avatar_agent.outbox import EventOutbox, TraceParent
@@ -90,11 +91,7 @@ class Conversation:
         *,
         agent_name: str,
         tts_keeps_emotions: bool,
-        max_hold: int = 64,
-        max_text_input: int = 2000,
-        text_input_rate: str = "10/minute",
-        max_history: int = 16_000,
-        max_reply_tokens: int = 1000,
+        text: TextLimits = DEFAULT_TEXT_LIMITS,
         deliveries: RoomDeliveries | None = None,
         models: Models | None = None,
         limits: SessionLimits | None = None,
@@ -103,7 +100,10 @@ class Conversation:
         self.session = session
         self.models = models
         self.chat = ChatInput(
-            session, self._linked_identity, max_chars=max_text_input, rate=text_input_rate
+            session,
+            self._linked_identity,
+            max_chars=text.max_text_input_chars,
+            rate=text.text_input_rate,
         )
         self.lifecycle = Lifecycle(limits, self.close_for) if limits is not None else None
         self._end_room = end_room
@@ -114,9 +114,7 @@ class Conversation:
             avatar,
             on_tag=self._on_tag,
             tts_keeps_emotions=tts_keeps_emotions,
-            max_hold=max_hold,
-            max_history=max_history,
-            max_reply_tokens=max_reply_tokens,
+            text=text,
             on_speech_begins=self._speech_begins,
             finishes=models.finishes if models is not None else None,
         )
