@@ -30,7 +30,7 @@ from opentelemetry import metrics
 from avatar_agent.avatars import Avatar
 from avatar_agent.config import DEFAULT_TEXT_LIMITS, TextLimits
 from avatar_agent.failures import ReplyFailures
-from avatar_agent.history import recent
+from avatar_agent.history import CHARS_PER_TOKEN, recent
 from avatar_agent.prompt import build_instructions
 from avatar_agent.provider_http import FinishReasons
 from avatar_agent.tags import Tag, TagParser
@@ -40,11 +40,6 @@ from avatar_shared.telemetry import tally
 log = logging.getLogger(__name__)
 
 TagSink = Callable[[str, Tag], None]
-
-
-#: A reply of N tokens is at most this many times N characters: English averages about 4
-#: characters a token, so only a server ignoring the limit gets there.
-CHARS_PER_TOKEN = 8
 
 
 def _says_something(chunk: llm.ChatChunk | str | FlushSentinel) -> bool:
@@ -156,7 +151,9 @@ class AvatarAgent(Agent):
         self._tts_keeps_emotions = tts_keeps_emotions
         self._max_hold = text.max_tag_hold
         self._max_history = text.max_history_chars
-        self._max_reply_chars = text.max_reply_tokens * CHARS_PER_TOKEN
+        # Twice the characters a reply of that many tokens holds: only a server that
+        # ignores the limit gets there.
+        self._max_reply_chars = 2 * CHARS_PER_TOKEN * text.max_reply_tokens
 
     def _count_and_forward(self, sink: TagSink) -> TagSink:
         counter = tally(
