@@ -99,6 +99,14 @@ async def test_stack_starts_nats_and_services_and_stops_on_ctrl_c(tmp_path: Path
     stops = [log.index(f"stopping {name}") for name in names]
     assert stops == sorted(stops)
     assert "stack stopped" in log
+    # the demo runs clean: nothing the agent logs asks for attention
+    running = log[: log.index("stopping agent")]
+    noisy = [
+        line
+        for line in running.splitlines()
+        if line.startswith("agent") and ('"level": "WARNING"' in line or '"level": "ERROR"' in line)
+    ]
+    assert noisy == []
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from livekit.agents import AgentSession
+from livekit.agents import AgentSession, TurnHandlingOptions
 from livekit.agents import telemetry as lk_telemetry
 
 from avatar_agent.avatars import Avatar, AvatarCatalog
@@ -141,10 +141,19 @@ def start_conversation(
     settings = rt.settings
     models = build_models(settings, avatar, hears_user=hears_user)
     options = connect_options(settings)
+    # Resuming after a false interruption pauses the audio output; a session that cannot
+    # hear the user has none to resume from (and the local run's speaker cannot pause).
+    turns: TurnHandlingOptions = {"interruption": {"resume_false_interruption": hears_user}}
     session: AgentSession[None] = (
-        AgentSession(llm=models.llm, tts=models.tts, stt=models.stt, conn_options=options)
+        AgentSession(
+            llm=models.llm,
+            tts=models.tts,
+            stt=models.stt,
+            conn_options=options,
+            turn_handling=turns,
+        )
         if models.stt is not None  # a chat LLM needs to hear the user
-        else AgentSession(llm=models.llm, tts=models.tts, conn_options=options)
+        else AgentSession(llm=models.llm, tts=models.tts, conn_options=options, turn_handling=turns)
     )
     outbox = EventOutbox(
         bus,
