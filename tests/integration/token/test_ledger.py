@@ -11,6 +11,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from avatar_shared.bus import Bus
+from avatar_shared.events import SessionEnded, SessionStarted
 from avatar_shared.web.errors import ApiError
 from avatar_token.ledger import SessionLedger
 from avatar_token.sessions import DEFAULT_LIFECYCLE, Session
@@ -95,3 +96,71 @@ async def test_a_ledger_without_nats_refuses_with_503_in_bounded_time(
     assert err.value.status == 503
     assert err.value.body.error == "quota_unavailable"
     await ledger.admit(session(2, "user:a", "ava"))  # no quota: NATS is not even asked
+
+
+def started(s: Session) -> SessionStarted:
+    return SessionStarted(room=s.room, seq=0, agent_name="avatar-agent", avatar_id=s.avatar_id)
+
+
+def ended(s: Session) -> SessionEnded:
+    return SessionEnded(room=s.room, seq=1, reason="user_left", avatar_id=s.avatar_id)
+
+
+async def test_a_second_session_from_the_same_token_is_counted(ledger: SessionLedger) -> None:
+    """A room the caller named may hold one session after another; a token whose session
+    ended may start the next one there, and that one holds a slot like the first."""
+    limit = {"max_sessions_per_principal": 2}
+    first = session(1, "user:a", "ava", **limit)
+    assert await refused(ledger, first) is None
+    await ledger.started(started(first))
+    await ledger.ended(ended(first))
+    assert await refused(ledger, session(2, "user:a", "ava", **limit)) is None
+    await ledger.started(started(first))  # the first token, used again in its room
+    message = await refused(ledger, session(3, "user:a", "ava", **limit))
+    assert message is not None
+    assert message.startswith("429 ")
+    assert await refused(ledger, session(4, "user:b", "ava", **limit)) is None
+
+
+async def test_a_session_ending_frees_its_own_slot_only(ledger: SessionLedger) -> None:
+    """Another caller's token for the same room, not started yet, keeps its slot."""
+    limit = {"max_sessions_per_principal": 1}
+    mine = session(1, "user:a", "ava", **limit)
+    theirs = replace(session(1, "user:b", "ava", **limit), identity="id-b")  # same room
+    assert await refused(ledger, mine) is None
+    await ledger.started(started(mine))
+    assert await refused(ledger, theirs) is None
+    await ledger.ended(ended(mine))
+    assert await refused(ledger, session(2, "user:a", "ava", **limit)) is None
+    assert await refused(ledger, session(3, "user:b", "ava", **limit)) is not None
+
+
+async def test_an_ended_sessions_record_counts_in_no_quota(ledger: SessionLedger) -> None:
+    quotas = {"max_sessions": 1, "max_sessions_per_avatar": 1, "max_sessions_per_principal": 1}
+    first = session(1, "user:a", "ava", **quotas)
+    assert await refused(ledger, first) is None
+    await ledger.started(started(first))
+    assert await refused(ledger, session(2, "user:a", "ava", **quotas)) is not None
+    await ledger.ended(ended(first))
+    assert await refused(ledger, session(2, "user:a", "ava", **quotas)) is None
+
+
+async def test_a_session_end_applied_before_its_start_still_frees_the_slot(
+    ledger: SessionLedger,
+) -> None:
+    first = session(1, "user:a", "ava", max_sessions_per_principal=1)
+    assert await refused(ledger, first) is None
+    await ledger.ended(ended(first))  # its session_started is not applied yet
+    assert await refused(ledger, session(2, "user:a", "ava", max_sessions_per_principal=1)) is None
+
+
+async def test_a_late_end_does_not_free_the_next_sessions_slot(ledger: SessionLedger) -> None:
+    """The two follow separate consumers: the next session's start may be applied first."""
+    limit = {"max_sessions_per_principal": 1}
+    first = session(1, "user:a", "ava", **limit)
+    assert await refused(ledger, first) is None
+    await ledger.started(started(first))
+    late_end = ended(first)
+    await ledger.started(started(first))  # the next session in the room, after that end
+    await ledger.ended(late_end)
+    assert await refused(ledger, session(2, "user:a", "ava", **limit)) is not None

@@ -34,7 +34,7 @@ def test_only_the_quotas_the_policy_sets_are_counted() -> None:
     )
     key = principal_key("user:someone@example.com")
     assert quota_filters(capped) == [
-        ("deployment", 9, "avatars.sessions.v1.>"),
+        ("deployment", 9, "avatars.sessions.v1.*.*.*"),
         ("principal", 2, f"avatars.sessions.v1.*.{key}.*"),
         ("avatar", 5, "avatars.sessions.v1.*.*.ava"),
     ]

@@ -9,7 +9,12 @@ live of its own (``Nats-TTL``) and at most one message per subject:
   within it, or the slot frees itself);
 - the agent's ``session_started`` renews it for the session's maximum length plus a
   minute, so an agent that crashes cannot hold it for ever;
-- ``session_ended`` removes it (a filtered purge: nothing is left of it).
+- ``session_ended`` removes it (a purge of its subject) and leaves a record of it for the
+  start window, on ``<slot subject>.ended``, which no quota counts: a room the caller
+  named may hold one session after another, and a token whose session ended may start
+  another there within its start window. That session's ``session_started`` takes its
+  slot again from the record, so it is counted like the first. Another caller's slot
+  for the same room, whose session has not started, is not the ended session's and stays.
 
 Counting is one ``STREAM.INFO`` with a subject filter per quota (the whole deployment,
 the principal, the avatar): the stream holds the truth, whichever replica answers.
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 GRACE_SECONDS = 60.0
 #: What a refused caller is told to wait: a slot frees when some session ends.
 RETRY_AFTER_SECONDS = 30
+#: The last token of an ended slot's record: a fourth token, so no quota counts it.
+ENDED = "ended"
 
 
 def principal_key(principal: str) -> str:
@@ -63,7 +70,7 @@ def quota_filters(session: Session) -> list[tuple[str, int, str]]:
     """(which quota, its limit, the slots it counts) for each quota that applies."""
     life = session.lifecycle
     quotas = [
-        ("deployment", life.max_sessions, f"{SESSIONS_PREFIX}.>"),
+        ("deployment", life.max_sessions, f"{SESSIONS_PREFIX}.*.*.*"),
         (
             "principal",
             life.max_sessions_per_principal,
@@ -162,21 +169,24 @@ class SessionLedger:
 
     # --- the agents' session events ---------------------------------------------------
 
-    async def _find(self, room: str) -> tuple[str, Slot] | None:
-        subjects = await self._bus.subjects_in(
-            SESSIONS_STREAM, f"{SESSIONS_PREFIX}.{encode_room(room)}.*.*"
-        )
-        for subject in subjects:
+    async def _slots(self, room: str, *, ended: bool = False) -> list[tuple[str, Slot]]:
+        """The room's slots (subject and body), or with ``ended`` the records of its ended
+        ones (each under its slot's subject, without the suffix)."""
+        pattern = f"{SESSIONS_PREFIX}.{encode_room(room)}.*.*" + (f".{ENDED}" if ended else "")
+        found = []
+        for subject in await self._bus.subjects_in(SESSIONS_STREAM, pattern):
             body = await self._bus.last_on(SESSIONS_STREAM, subject)
             if body:
-                return subject, Slot(**json.loads(body))
-        return None
+                found.append((subject.removesuffix(f".{ENDED}"), Slot(**json.loads(body))))
+        return found
 
     async def started(self, event: AgentSessionStarted) -> None:
-        found = await self._find(event.room)
+        # A token whose session ended may start another in a room its caller named: the
+        # slot comes back from the ended one's record, and is counted again.
+        slots = await self._slots(event.room) or await self._slots(event.room, ended=True)
         slot = None
-        if found is not None:
-            subject, slot = found
+        if slots:
+            subject, slot = slots[0]
             renewed = Slot(**(asdict(slot) | {"started_at": event.ts.timestamp()}))
             ttl = slot.max_session_seconds + GRACE_SECONDS
             await self._bus.put(subject, renewed.body(), ttl_seconds=ttl)
@@ -191,18 +201,32 @@ class SessionLedger:
         )
 
     async def ended(self, event: AgentSessionEnded) -> None:
-        found = await self._find(event.room)
-        slot = found[1] if found else None
-        await self._bus.purge_subjects(
-            SESSIONS_STREAM, f"{SESSIONS_PREFIX}.{encode_room(event.room)}.>"
-        )
+        # The ended session's slot is the one its session_started renewed before the end;
+        # another token's slot for the same room, not started yet, stays, and so does one
+        # a later session renewed (its start applied first). With no start on record at
+        # all (an older agent, or its start not applied yet), every slot of the room goes.
+        slots = await self._slots(event.room)
+        ended_at = event.ts.timestamp()
+        ours = [
+            (subject, slot)
+            for subject, slot in slots
+            if slot.started_at is not None and slot.started_at <= ended_at
+        ]
+        if all(slot.started_at is None for _, slot in slots):
+            ours = slots
+        for subject, slot in ours:
+            await self._bus.purge_subjects(SESSIONS_STREAM, subject)
+            # kept, uncounted, while its token may start another session in the room
+            record = Slot(**(asdict(slot) | {"started_at": None}))
+            await self._bus.put(f"{subject}.{ENDED}", record.body(), ttl_seconds=self._start_window)
+        held = ours[0][1] if ours else None
         duration = event.duration_seconds
-        if duration is None and slot is not None and slot.started_at is not None:
-            duration = max(0.0, event.ts.timestamp() - slot.started_at)  # an older agent
+        if duration is None and held is not None and held.started_at is not None:
+            duration = max(0.0, ended_at - held.started_at)  # an older agent
         self._record(
             SessionEnded(
                 id=_audit_id(event.id),
-                principal=slot.principal if slot else None,
+                principal=held.principal if held else None,
                 avatar_id=event.avatar_id,
                 room=event.room,
                 ts=event.ts,
