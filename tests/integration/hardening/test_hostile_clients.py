@@ -182,6 +182,11 @@ NOT_HTTP = {
     b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n{}",
     "a broken chunked body": b"POST /api/livekit/token HTTP/1.1\r\nHost: t\r\n"
     b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\nZZ\r\n\r\n',
+    # A proxy reading Content-Length sends all 40 bytes as the body; read as chunked,
+    # the request after "0" would be a second one on the connection (smuggled).
+    "both Content-Length and Transfer-Encoding": b"POST /api/livekit/token HTTP/1.1\r\n"
+    b"Host: t\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
 }
 
 

@@ -18,6 +18,12 @@ malformed request line or header, headers still unfinished after 16 KiB, a broke
 chunked body) and a request past ``limit_concurrency``. Here they are JSON like every
 other answer: ``400 {"error": "bad_request"}`` and ``503 {"error": "overloaded"}`` with
 ``Retry-After``, both closing the connection.
+
+A request with both ``Content-Length`` and ``Transfer-Encoding`` is refused the same way
+(400, connection closed). h11 reads such a body by ``Transfer-Encoding`` and keeps the
+connection open, so the bytes a proxy reading ``Content-Length`` sent as body became the
+next request on it: the desync behind request smuggling. RFC 9112 (section 6.1) lets a
+server refuse such a request, and requires it to close the connection.
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from avatar_shared.web.guard import SECURITY_HEADERS
 
 _BAD_REQUEST = json.dumps({"error": "bad_request", "message": "malformed HTTP request"}).encode()
+_FRAMED_TWICE = json.dumps(
+    {
+        "error": "bad_request",
+        "message": "both Content-Length and Transfer-Encoding: the body's length is ambiguous",
+    }
+).encode()
 _OVERLOADED = json.dumps(
     {"error": "overloaded", "message": "too many requests in progress; retry shortly"}
 ).encode()
@@ -45,6 +57,11 @@ def _refusal_headers(body: bytes) -> list[tuple[bytes, bytes]]:
         (b"connection", b"close"),
         *SECURITY_HEADERS,
     ]
+
+
+async def _refuse(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 #: Unsent bytes a connection may hold before writing waits for the client (asyncio's
@@ -68,6 +85,10 @@ class BoundedH11(H11Protocol):
         self.app = self._admit
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        names = {name for name, _ in scope["headers"]}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            await _refuse(send, 400, _refusal_headers(_FRAMED_TWICE), _FRAMED_TWICE)
+            return
         # Counted as uvicorn counts: this connection and this request's task included.
         busy = self._capacity is not None and (
             len(self.connections) > self._capacity or len(self.tasks) > self._capacity
@@ -76,8 +97,7 @@ class BoundedH11(H11Protocol):
             await self._app(scope, receive, send)
             return
         headers = [*_refusal_headers(_OVERLOADED), (b"retry-after", b"1")]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": _OVERLOADED})
+        await _refuse(send, 503, headers, _OVERLOADED)
 
     def send_400_response(self, msg: str) -> None:
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # nothing answered yet
