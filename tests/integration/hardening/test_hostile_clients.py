@@ -200,6 +200,23 @@ async def test_what_is_not_http_is_a_json_400_and_a_closed_connection(
         assert (await client.get("/healthz")).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # HTTP/2's preface, spoken to HTTP/1.1
+        b"GET /healthz HTTP/3.0\r\nHost: t\r\n\r\n",
+    ],
+    ids=["http2 preface", "http3"],
+)
+async def test_another_http_version_is_a_json_505_and_a_closed_connection(
+    service: ServiceProcess, request_bytes: bytes
+) -> None:
+    body = json_answer(await exchange(service, request_bytes), 505)
+    assert body["error"] == "http_version_not_supported"
+    answer = await exchange(service, b"GET /healthz HTTP/1.0\r\n\r\n")  # still served
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+
+
 async def test_a_trailing_slash_is_404_not_a_redirect_to_the_callers_host(
     service: ServiceProcess,
 ) -> None:

@@ -23,7 +23,9 @@ A request with both ``Content-Length`` and ``Transfer-Encoding`` is refused the 
 (400, connection closed). h11 reads such a body by ``Transfer-Encoding`` and keeps the
 connection open, so the bytes a proxy reading ``Content-Length`` sent as body became the
 next request on it: the desync behind request smuggling. RFC 9112 (section 6.1) lets a
-server refuse such a request, and requires it to close the connection.
+server refuse such a request, and requires it to close the connection. A request of any
+HTTP version but 1.0 and 1.1 (h11 reads ``PRI * HTTP/2.0``, HTTP/2's preface, as a
+request) is ``505 {"error": "http_version_not_supported"}``, closing the connection.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ _FRAMED_TWICE = json.dumps(
         "error": "bad_request",
         "message": "both Content-Length and Transfer-Encoding: the body's length is ambiguous",
     }
+).encode()
+_OTHER_VERSION = json.dumps(
+    {"error": "http_version_not_supported", "message": "only HTTP/1.1 (and 1.0) is served"}
 ).encode()
 _OVERLOADED = json.dumps(
     {"error": "overloaded", "message": "too many requests in progress; retry shortly"}
@@ -88,6 +93,9 @@ class BoundedH11(H11Protocol):
         names = {name for name, _ in scope["headers"]}
         if b"transfer-encoding" in names and b"content-length" in names:
             await _refuse(send, 400, _refusal_headers(_FRAMED_TWICE), _FRAMED_TWICE)
+            return
+        if scope["http_version"] not in ("1.1", "1.0"):
+            await _refuse(send, 505, _refusal_headers(_OTHER_VERSION), _OTHER_VERSION)
             return
         # Counted as uvicorn counts: this connection and this request's task included.
         busy = self._capacity is not None and (
