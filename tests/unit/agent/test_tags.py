@@ -76,6 +76,9 @@ PIECES = st.sampled_from(
         "[action]",
         "[/action]",
         "<action>nod</action>",
+        "\uff3baction:nod\uff3d",  # fullwidth brackets
+        "\uff1c",
+        "\uff3b",
     ]
 )
 # Tags as LLMs really write them, broken ones included.
@@ -403,6 +406,29 @@ def test_malformed_tags_are_removed_and_named(
     assert [(t.kind.value, t.name, t.valid) for t in found] == tags
     assert unterminated == 0
     for cut in range(1, len(text)):  # wherever the stream is cut
+        assert parse([text[:cut], text[cut:]])[:2] == (out, found), cut
+
+
+@pytest.mark.parametrize(
+    ("text", "spoken", "tags"),
+    [
+        ("Hi \uff3baction\uff1awave_hand\uff3d there", "Hi there", [("action", "wave_hand", True)]),
+        (
+            "\u3053\u3093\u306b\u3061\u306f\uff1cemotion value='happy'\uff0f\uff1e\u5143\u6c17",
+            "\u3053\u3093\u306b\u3061\u306f \u5143\u6c17",
+            [("emotion", "happy", True)],
+        ),
+        ("Hi \uff1c\uff0femotion\uff1e there", "Hi there", []),  # a closing tag
+        ("x \uff1c y \uff3b1\uff3d", "x < y [1]", []),  # text: written with ASCII brackets
+    ],
+)
+def test_fullwidth_brackets_are_read_as_ascii(
+    text: str, spoken: str, tags: list[tuple[str, str, bool]]
+) -> None:
+    out, found, _ = parse([text])
+    assert out == spoken
+    assert [(t.kind.value, t.name, t.valid) for t in found] == tags
+    for cut in range(1, len(text)):
         assert parse([text[:cut], text[cut:]])[:2] == (out, found), cut
 
 

@@ -54,6 +54,10 @@ Rule: **text that opens as a tag is never spoken.**
   every tag's offsets in it, are the same whether emotions are kept or not.
 - Anything else that starts like a tag (``a[0]``, ``x < y``, ``[citation needed]``,
   ``<3``) is text, unchanged.
+- Fullwidth square and angle brackets and slash (U+FF3B, U+FF3D, U+FF1C, U+FF1E,
+  U+FF0F), which LLMs writing Chinese or Japanese put in tags, are read as their ASCII
+  forms, and written as them (one character for one, so offsets do not move): the
+  fullwidth ``[action:wave]`` is a tag like the ASCII one.
 
 Cost is linear in the input: a held candidate is at most ``max_hold`` characters and is
 matched by anchored patterns without nested repetition, with partial matching.
@@ -61,6 +65,7 @@ matched by anchored patterns without nested repetition, with partial matching.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
@@ -107,6 +112,8 @@ _NOT_NAME = regex.compile(r"[^a-z0-9]+")
 _SPACE = regex.compile(r"[\s\x1c-\x1f]+")
 _PLAIN = regex.compile(r"[^\s\x1c-\x1f\[<]+")
 _CLOSING = frozenset(".,!?;:)]}…")
+_FULLWIDTH = str.maketrans("\uff3b\uff3d\uff1c\uff1e\uff0f", "[]<>/")
+_HAS_FULLWIDTH = re.compile("[\uff3b\uff3d\uff1c\uff1e\uff0f]")
 _MAX_NAME = 64
 
 
@@ -204,6 +211,8 @@ class TagParser:
 
     def feed(self, chunk: str) -> tuple[str, list[Tag]]:
         """Parse one chunk; returns the text that is now certain, and the tags found."""
+        if not chunk.isascii() and _HAS_FULLWIDTH.search(chunk):
+            chunk = chunk.translate(_FULLWIDTH)
         self._scan(chunk)
         return self._take()
 
