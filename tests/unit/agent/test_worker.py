@@ -14,7 +14,14 @@ from livekit.agents.job import JobAcceptArguments
 from livekit.protocol import agent, models
 
 from avatar_agent import runtime as runtime_module
-from avatar_agent.worker import end_job, on_request, refused
+from avatar_agent.worker import (
+    LOAD_THRESHOLD,
+    build_server,
+    end_job,
+    on_request,
+    refused,
+    worker_load,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -163,3 +170,31 @@ async def test_without_an_answer_from_nats_the_session_goes_ahead() -> None:
     ctx = FakeContext(json.dumps(metadata), now)
     assert not await refused(ctx, Away())  # type: ignore[arg-type]
     assert ctx.calls == []
+
+
+class _Server:
+    def __init__(self, jobs: int) -> None:
+        self.active_jobs = [object()] * jobs
+
+
+@pytest.mark.parametrize(
+    ("jobs", "cpu", "full"),
+    [
+        (0, 0.1, False),
+        (3, 0.1, False),  # calls wait on their providers: little CPU
+        (4, 0.1, True),  # AGENT_MAX_JOBS reached, whatever the CPU
+        (5, 0.1, True),
+        (0, 0.75, True),  # the CPU alone, as livekit-agents measures it
+    ],
+)
+def test_a_worker_is_full_at_its_job_limit_or_its_cpu(jobs: int, cpu: float, full: bool) -> None:
+    load = worker_load(4, cpu=lambda server: cpu)
+    assert (load(_Server(jobs)) >= LOAD_THRESHOLD) is full  # type: ignore[arg-type]
+
+
+def test_the_server_reports_its_load_by_jobs_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_MAX_JOBS", "2")
+    server = build_server()
+    assert server.load_fnc is not None
+    assert server._load_threshold == LOAD_THRESHOLD
+    assert server.load_fnc(_Server(2)) >= LOAD_THRESHOLD  # type: ignore[call-arg]

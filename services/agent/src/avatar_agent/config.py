@@ -115,6 +115,14 @@ class AgentSettings(BaseSettings):
     drain_timeout_seconds: int = Field(
         1800, gt=0, description="On SIGTERM, how long running calls may go on"
     )
+    max_jobs: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Calls one worker runs at once; LiveKit sends more to other workers "
+        "(each call is a process, 160 MiB before it does anything: size it to the pod's "
+        "memory limit)",
+    )
     max_tag_hold: int = Field(64, ge=16, le=1024, description="Longest tag held back, in chars")
     max_text_input_chars: int = Field(
         2000, ge=1, le=100_000, description="Longest typed message taken; the rest is cut"

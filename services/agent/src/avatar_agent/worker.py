@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from livekit.agents import AgentServer, JobContext, JobRequest, cli
+from livekit.agents.worker import _DefaultLoadCalc
 from opentelemetry import metrics
 
 from avatar_agent.delivery import BusSource, publish_from
@@ -152,6 +153,25 @@ async def entrypoint(ctx: JobContext) -> None:
         conversation.session.generate_reply(instructions=avatar.greeting)
 
 
+#: The load at which LiveKit sends a worker no more jobs (livekit-agents' production
+#: default, set here so that :func:`worker_load` can scale the job count to it).
+LOAD_THRESHOLD = 0.7
+
+
+def worker_load(
+    max_jobs: int, cpu: Callable[[AgentServer], float] = _DefaultLoadCalc.get_load
+) -> Callable[[AgentServer], float]:
+    """The worker's load as LiveKit reads it: its CPU's (livekit-agents' own measure), or
+    its share of ``max_jobs``, whichever is higher; the share reaches the threshold at
+    ``max_jobs`` jobs. Calls wait on their providers and use little CPU, so CPU alone
+    lets a worker take calls until the pod runs out of memory (each is a process)."""
+
+    def load(server: AgentServer) -> float:
+        return max(cpu(server), LOAD_THRESHOLD * len(server.active_jobs) / max_jobs)
+
+    return load
+
+
 def build_server() -> AgentServer:
     rt = runtime()
     livekit = load(LiveKitSettings)
@@ -163,6 +183,8 @@ def build_server() -> AgentServer:
         host=rt.settings.host,
         port=rt.settings.port,
         drain_timeout=rt.settings.drain_timeout_seconds,
+        load_fnc=worker_load(rt.settings.max_jobs),
+        load_threshold=LOAD_THRESHOLD,
     )
     server.rtc_session(entrypoint, agent_name=rt.settings.name, on_request=on_request)
     probes = Probes(
