@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from livekit.agents import AgentSession, TurnHandlingOptions
+from livekit.agents import NOT_GIVEN, AgentSession, TurnHandlingOptions
 from livekit.agents import telemetry as lk_telemetry
 
 from avatar_agent.avatars import Avatar, AvatarCatalog
@@ -144,16 +144,12 @@ def start_conversation(
     # Resuming after a false interruption pauses the audio output; a session that cannot
     # hear the user has none to resume from (and the local run's speaker cannot pause).
     turns: TurnHandlingOptions = {"interruption": {"resume_false_interruption": hears_user}}
-    session: AgentSession[None] = (
-        AgentSession(
-            llm=models.llm,
-            tts=models.tts,
-            stt=models.stt,
-            conn_options=options,
-            turn_handling=turns,
-        )
-        if models.stt is not None  # a chat LLM needs to hear the user
-        else AgentSession(llm=models.llm, tts=models.tts, conn_options=options, turn_handling=turns)
+    session: AgentSession[None] = AgentSession(
+        llm=models.llm,
+        tts=models.tts,
+        stt=models.stt if models.stt is not None else NOT_GIVEN,  # a chat LLM's ears
+        conn_options=options,
+        turn_handling=turns,
     )
     outbox = EventOutbox(
         bus,
