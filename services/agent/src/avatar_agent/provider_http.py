@@ -76,7 +76,7 @@ def _retry_after_ms(value: str | None, cap: float) -> float | None:
 
 #: ``finish_reason`` values that mean the provider cut the reply short.
 CUT_SHORT = frozenset({"length", "content_filter"})
-#: A streamed line longer than this is not read for its finish_reason (nor kept).
+#: A streamed line longer than this is not kept whole (nor read for its finish_reason).
 _MAX_LINE = 64 * 1024
 _REMEMBERED = 64
 
@@ -110,13 +110,28 @@ class FinishReasons:
             self._reasons.popitem(last=False)
 
 
+class _Lines:
+    """The complete lines of a stream read chunk by chunk. An unfinished line is held up
+    to :data:`_MAX_LINE` bytes; past that only its first ``keep`` bytes are."""
+
+    def __init__(self, keep: int = 0) -> None:
+        self._keep = keep
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        *lines, self._rest = (self._rest + chunk).split(b"\n")
+        if len(self._rest) > _MAX_LINE:
+            self._rest = self._rest[: self._keep]
+        return lines
+
+
 class _Tap(httpx.AsyncByteStream):
     """The response's bytes, unchanged, read line by line for a cut-short finish_reason."""
 
     def __init__(self, inner: Any, found: Callable[[str], None]) -> None:
         self._inner = inner
         self._found = found
-        self._line = b""
+        self._lines = _Lines()  # a line too long to keep is not read
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
@@ -124,10 +139,7 @@ class _Tap(httpx.AsyncByteStream):
             yield chunk
 
     def _scan(self, chunk: bytes) -> None:
-        *lines, self._line = (self._line + chunk).split(b"\n")
-        if len(self._line) > _MAX_LINE:
-            self._line = b""
-        for line in lines:
+        for line in self._lines.feed(chunk):
             if line.startswith(b"data:") and b"finish_reason" in line:
                 self._read(line[5:])
 
@@ -167,7 +179,7 @@ class _DataDeadline(httpx.AsyncByteStream):
     def __init__(self, inner: Any, seconds: float) -> None:
         self._inner = inner
         self._seconds = seconds
-        self._line = b""
+        self._lines = _Lines(keep=len(b"data:"))  # only a line's start matters here
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunks = aiter(self._inner)
@@ -187,10 +199,7 @@ class _DataDeadline(httpx.AsyncByteStream):
             yield chunk
 
     def _has_data_line(self, chunk: bytes) -> bool:
-        *lines, self._line = (self._line + chunk).split(b"\n")
-        if len(self._line) > _MAX_LINE:
-            self._line = self._line[: len(b"data:")]  # only its start matters
-        return any(line.startswith(b"data:") for line in lines)
+        return any(line.startswith(b"data:") for line in self._lines.feed(chunk))
 
     async def aclose(self) -> None:
         await self._inner.aclose()
