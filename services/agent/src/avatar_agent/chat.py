@@ -31,6 +31,7 @@ from typing import Protocol
 from livekit import rtc
 from opentelemetry import metrics
 
+from avatar_agent.config import DEFAULT_TEXT_LIMITS
 from avatar_shared import semconv
 from avatar_shared.ratelimit import RateLimiter
 
@@ -86,7 +87,7 @@ class ChatInput:
         linked: Callable[[], str | None],
         *,
         max_chars: int,
-        rate: str = "10/minute",
+        rate: str = DEFAULT_TEXT_LIMITS.text_input_rate,
         read_seconds: float = READ_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -38,7 +38,8 @@ class TTSProvider(StrEnum):
 
 @dataclass(frozen=True)
 class TextLimits:
-    """What bounds the text of a session (the settings of the same names)."""
+    """What bounds the text of a session: the settings of the same names, whose
+    defaults these are."""
 
     max_tag_hold: int = 64
     max_text_input_chars: int = 2000
@@ -123,12 +124,20 @@ class AgentSettings(BaseSettings):
         "(each call is a process, 160 MiB before it does anything: size it to the pod's "
         "memory limit)",
     )
-    max_tag_hold: int = Field(64, ge=16, le=1024, description="Longest tag held back, in chars")
+    max_tag_hold: int = Field(
+        DEFAULT_TEXT_LIMITS.max_tag_hold,
+        ge=16,
+        le=1024,
+        description="Longest tag held back, in chars",
+    )
     max_text_input_chars: int = Field(
-        2000, ge=1, le=100_000, description="Longest typed message taken; the rest is cut"
+        DEFAULT_TEXT_LIMITS.max_text_input_chars,
+        ge=1,
+        le=100_000,
+        description="Longest typed message taken; the rest is cut",
     )
     max_reply_tokens: int = Field(
-        1000,
+        DEFAULT_TEXT_LIMITS.max_reply_tokens,
         ge=16,
         le=32_768,
         description="Longest reply asked of the LLM, in tokens (max_completion_tokens, "
@@ -136,12 +145,12 @@ class AgentSettings(BaseSettings):
         "server lets run past 8 characters a token is cut by the agent",
     )
     text_input_rate: Rate = Field(
-        "10/minute",
+        DEFAULT_TEXT_LIMITS.text_input_rate,
         description="Typed messages taken per session: a burst of N, then N per period; "
         "more are dropped (e.g. 10/minute)",
     )
     max_history_chars: int = Field(
-        16_000,
+        DEFAULT_TEXT_LIMITS.max_history_chars,
         ge=100,
         le=1_000_000,
         description="Conversation the LLM is given each turn, newest first, in characters "
