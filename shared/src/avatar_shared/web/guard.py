@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -34,17 +35,16 @@ def _internal_error_body(trace_id: str) -> bytes:
     return json.dumps({"error": "internal_error", "message": message}).encode()
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+def json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """A whole JSON answer through an ASGI ``send``."""
+    start = {"type": "http.response.start", "status": status}
+    await send({**start, "headers": [*json_headers(body), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -71,7 +71,7 @@ class ResponseGuard:
             log.info("client closed the connection before its request was read")
             if not started:
                 body = b'{"error":"client_closed_request","message":"client went away"}'
-                await _send_json(guarded_send, CLIENT_CLOSED, body)
+                await send_json(guarded_send, CLIENT_CLOSED, body)
         except Exception as exc:
             span = trace.get_current_span()
             span.record_exception(exc)
@@ -83,4 +83,4 @@ class ResponseGuard:
             body = _internal_error_body(
                 format(context.trace_id, "032x") if context.is_valid else ""
             )
-            await _send_json(guarded_send, 500, body)
+            await send_json(guarded_send, 500, body)

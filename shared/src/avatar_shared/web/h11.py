@@ -38,7 +38,7 @@ import h11
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from avatar_shared.web.guard import SECURITY_HEADERS
+from avatar_shared.web.guard import SECURITY_HEADERS, json_headers, send_json
 
 _BAD_REQUEST = json.dumps({"error": "bad_request", "message": "malformed HTTP request"}).encode()
 _FRAMED_TWICE = json.dumps(
@@ -55,18 +55,9 @@ _OVERLOADED = json.dumps(
 ).encode()
 
 
-def _refusal_headers(body: bytes) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-        *SECURITY_HEADERS,
-    ]
-
-
-async def _refuse(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+#: What a refusal says besides its JSON body: it ends the connection; and, as it never
+#: reaches the response guard, the guard's headers.
+_CLOSING = ((b"connection", b"close"), *SECURITY_HEADERS)
 
 
 #: Unsent bytes a connection may hold before writing waits for the client (asyncio's
@@ -92,10 +83,10 @@ class BoundedH11(H11Protocol):
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
         names = {name for name, _ in scope["headers"]}
         if b"transfer-encoding" in names and b"content-length" in names:
-            await _refuse(send, 400, _refusal_headers(_FRAMED_TWICE), _FRAMED_TWICE)
+            await send_json(send, 400, _FRAMED_TWICE, _CLOSING)
             return
         if scope["http_version"] not in ("1.1", "1.0"):
-            await _refuse(send, 505, _refusal_headers(_OTHER_VERSION), _OTHER_VERSION)
+            await send_json(send, 505, _OTHER_VERSION, _CLOSING)
             return
         # Counted as uvicorn counts: this connection and this request's task included.
         busy = self._capacity is not None and (
@@ -104,13 +95,14 @@ class BoundedH11(H11Protocol):
         if not busy:
             await self._app(scope, receive, send)
             return
-        headers = [*_refusal_headers(_OVERLOADED), (b"retry-after", b"1")]
-        await _refuse(send, 503, headers, _OVERLOADED)
+        await send_json(send, 503, _OVERLOADED, (*_CLOSING, (b"retry-after", b"1")))
 
     def send_400_response(self, msg: str) -> None:
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # nothing answered yet
             response = h11.Response(
-                status_code=400, headers=_refusal_headers(_BAD_REQUEST), reason=b"Bad Request"
+                status_code=400,
+                headers=[*json_headers(_BAD_REQUEST), *_CLOSING],
+                reason=b"Bad Request",
             )
             self.transport.write(self.conn.send(response))
             self.transport.write(self.conn.send(h11.Data(data=_BAD_REQUEST)))
