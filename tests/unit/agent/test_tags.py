@@ -79,6 +79,14 @@ PIECES = st.sampled_from(
         "\uff3baction:nod\uff3d",  # fullwidth brackets
         "\uff1c",
         "\uff3b",
+        # markdown markers, which go with a tag they wrap
+        "*",
+        "**",
+        "_",
+        "`",
+        "~~",
+        "*[action:nod]*",
+        "**bold**",
     ]
 )
 # Tags as LLMs really write them, broken ones included.
@@ -309,6 +317,9 @@ def test_hold_back_is_bounded() -> None:
     parser = TagParser(actions=ACTIONS, emotions=EMOTIONS, max_hold=64)
     text, _ = parser.feed("[   " + " " * 100 + "action: nod] and")
     assert text.startswith("[")  # an opener is at most max_hold characters long
+    parser = TagParser(actions=ACTIONS, emotions=EMOTIONS, max_hold=64)
+    text, _ = parser.feed("Hi *[action:nod]" + "*" * 100)
+    assert text == "Hi * " + "*" * 100  # the markers after a wrapped tag are not held
 
 
 @pytest.mark.parametrize(
@@ -463,6 +474,42 @@ def test_an_element_keeps_its_emotion_for_cartesia() -> None:
 )
 def test_an_unterminated_opener_is_never_spoken(text: str, spoken: str) -> None:
     assert clean(text) == spoken
+
+
+@pytest.mark.parametrize(
+    ("text", "spoken"),
+    [
+        # The same markers right before and right after a tag go with it.
+        ("Hi *[action:nod]* there", "Hi there"),
+        ("Hi **[action:nod]** there", "Hi there"),
+        ("Hi ***[action:nod]***!", "Hi!"),
+        ("Hi _[action:nod]_ there", "Hi there"),
+        ("Hi ~~[action:nod]~~ there", "Hi there"),
+        ("`<emotion value=happy/>` Hi", "Hi"),
+        ("*<emotion>happy</emotion>* Hi", "Hi"),
+        # Anything else is text: markers that differ, or wrap more than the tag...
+        ("Hi *[action:nod]** there", "Hi * ** there"),
+        ("Hi **[action:nod]* there", "Hi ** * there"),
+        ("*[action:nod] Hello*", "* Hello*"),
+        ("**Hello [action:nod]**", "**Hello **"),
+        # ...markers inside a word, runs longer than three, what is not a tag.
+        ("word*[action:nod]* x", "word* * x"),
+        ("x ****[action:nod]**** y", "x **** **** y"),
+        ("x *[citation needed]* y", "x *[citation needed]* y"),
+        ("x *[action: nod", "x *"),
+        ("a * b * c", "a * b * c"),
+    ],
+)
+def test_markdown_markers_around_a_tag_go_with_it(text: str, spoken: str) -> None:
+    assert clean(text) == spoken
+    assert clean(text, keep=True).replace('<emotion value="happy"/>', "") == spoken
+
+
+@pytest.mark.parametrize("end", ["", "*", "**", "*!"])
+def test_a_wrapped_tag_at_the_end_of_the_text_is_reported(end: str) -> None:
+    text, tags, _ = parse(["Bye *[action:nod]", end])
+    assert [tag.name for tag in tags] == ["nod"]
+    assert text == {"": "Bye *", "*": "Bye", "**": "Bye * **", "*!": "Bye!"}[end]
 
 
 def test_thousands_of_openers_say_nothing() -> None:

@@ -52,6 +52,10 @@ Rule: **text that opens as a tag is never spoken.**
   cannot form a new opener), and nothing at the start or end of the text or before
   closing punctuation. So no opener is ever in the clean text; and the clean text, and
   every tag's offsets in it, are the same whether emotions are kept or not.
+- Markdown markers around a tag go with it: the same run of up to three ``*``, ``_``,
+  ``~`` or backquotes right before a tag, at the start of a word, and right after it
+  (``*[action:wave]*``, ``**<emotion value="happy"/>**``) is removed with the tag.
+  Markers that differ, or wrap more than the tag (``*[action:nod] Hello*``), are text.
 - Anything else that starts like a tag (``a[0]``, ``x < y``, ``[citation needed]``,
   ``<3``) is text, unchanged.
 - Fullwidth square and angle brackets and slash (U+FF3B, U+FF3D, U+FF1C, U+FF1E,
@@ -112,6 +116,9 @@ _NOT_NAME = regex.compile(r"[^a-z0-9]+")
 _SPACE = regex.compile(r"[\s\x1c-\x1f]+")
 _PLAIN = regex.compile(r"[^\s\x1c-\x1f\[<]+")
 _CLOSING = frozenset(".,!?;:)]}…")
+# Markdown emphasis and code markers LLMs wrap tags in ("*[action:wave]*").
+_MARKERS = "*_~`"
+_MAX_WRAP = 3
 _FULLWIDTH = str.maketrans("\uff3b\uff3d\uff1c\uff1e\uff0f", "[]<>/")
 _HAS_FULLWIDTH = re.compile("[\uff3b\uff3d\uff1c\uff1e\uff0f]")
 _MAX_NAME = 64
@@ -202,6 +209,9 @@ class TagParser:
     _pending: str = ""
     _in_body: bool = False  # the candidate is an opener, before any line break
     _element_at: int = 0  # the candidate is a nameless opening tag this long, and more
+    _wrap: str = ""  # markers right before a possible tag, held until it is decided
+    _wrapped: tuple[str, str, str] | None = None  # a tag after markers: raw, name, markers
+    _after: str = ""  # the markers read after that tag so far
     _rest_of_word: bool = False  # dropping the word an unterminated opener was cut in
     _clean_chars: int = 0
     _last_clean: str = ""
@@ -225,6 +235,9 @@ class TagParser:
             self._pending = ""
             self._in_body = False
             self._drop_unterminated()
+        if self._wrapped is not None:
+            self._unwrap()
+        self._flush_wrap()
         if not self._gap.has_tag:
             self._write(self._gap.space, clean=True)
         self._write("".join(self._gap.kept), clean=False)
@@ -241,6 +254,9 @@ class TagParser:
                 i = run.end() if run else i
                 self._rest_of_word = i == len(text)
                 continue
+            if self._wrapped is not None:
+                i = self._after_wrapped(text, i)
+                continue
             if self._pending:
                 i = self._extend_pending(text, i)
                 continue
@@ -248,14 +264,58 @@ class TagParser:
             if char in "[<":
                 self._pending = char
                 i += 1
+            elif char.isspace():
+                self._flush_wrap()
+                run = _SPACE.match(text, i)
+                assert run is not None  # it matches the character just looked at
+                self._add_space(run.group())
+                i = run.end()
             else:
-                run = (_SPACE if char.isspace() else _PLAIN).match(text, i)
-                assert run is not None  # both match the character just looked at
-                if char.isspace():
-                    self._add_space(run.group())
+                run = _PLAIN.match(text, i)
+                assert run is not None  # it matches the character just looked at
+                if self._may_wrap(self._wrap + run.group()):
+                    self._wrap += run.group()
                 else:
                     self._visible(run.group())
                 i = run.end()
+
+    # --- markers around a tag ("*[action:wave]*", "`<emotion value="sad"/>`") ----------
+
+    def _may_wrap(self, markers: str) -> bool:
+        """Whether these characters, at the start of a word, may open a wrapped tag."""
+        at_word_start = not self._in_word or bool(self._gap.space) or self._gap.has_tag
+        return (
+            len(markers) <= _MAX_WRAP
+            and not markers.strip(_MARKERS)
+            and (bool(self._wrap) or at_word_start)
+        )
+
+    def _flush_wrap(self) -> None:
+        """The held markers are text after all."""
+        if self._wrap:
+            wrap, self._wrap = self._wrap, ""
+            self._visible(wrap)
+
+    def _after_wrapped(self, text: str, i: int) -> int:
+        """After a tag that followed markers: read the markers after it, then decide."""
+        assert self._wrapped is not None
+        if text[i] in _MARKERS and len(self._after) <= len(self._wrapped[2]):
+            self._after += text[i]
+            return i + 1
+        self._unwrap()
+        return i  # scanned again, now that the tag is settled
+
+    def _unwrap(self) -> None:
+        """The same markers after the tag as before it go with the tag; else both are text."""
+        assert self._wrapped is not None
+        (raw, name, wrap), after = self._wrapped, self._after
+        self._wrapped, self._after = None, ""
+        if after == wrap:
+            self._remove_tag(raw, name)
+            return
+        self._visible(wrap)
+        self._remove_tag(raw, name)
+        self._scan(after)
 
     def _extend_pending(self, text: str, i: int) -> int:
         """Grow the candidate tag; settle it once the text decides."""
@@ -340,7 +400,14 @@ class TagParser:
     # --- what the text becomes ----------------------------------------------------------
 
     def _tag(self, raw: str, name: str) -> None:
-        """A whole tag, removed, with its normalised name (empty: nameless)."""
+        """A whole tag, with its normalised name (empty: nameless); after markers, the
+        markers after it decide whether they go with it."""
+        if self._wrap:
+            self._wrapped, self._wrap = (raw, name, self._wrap), ""
+            return
+        self._remove_tag(raw, name)
+
+    def _remove_tag(self, raw: str, name: str) -> None:
         self._remove()
         if not name:
             self.nameless += 1
@@ -353,6 +420,7 @@ class TagParser:
             self._gap.kept.append(f'<emotion value="{name}"/>')
 
     def _drop_unterminated(self) -> None:
+        self._flush_wrap()
         self.unterminated += 1
         self._remove()
 
@@ -371,6 +439,7 @@ class TagParser:
             self._gap.space = ""
 
     def _visible(self, text: str) -> None:
+        self._flush_wrap()
         self._settle_gap(before=text[0])
         self._write(text, clean=True)
 
