@@ -265,7 +265,8 @@ class TagParser:
                 self._pending = char
                 i += 1
             elif char.isspace():
-                self._flush_wrap()
+                if self._wrap:
+                    self._flush_wrap()
                 run = _SPACE.match(text, i)
                 assert run is not None  # it matches the character just looked at
                 self._add_space(run.group())
@@ -273,7 +274,7 @@ class TagParser:
             else:
                 run = _PLAIN.match(text, i)
                 assert run is not None  # it matches the character just looked at
-                if self._may_wrap(self._wrap + run.group()):
+                if char in _MARKERS and self._may_wrap(self._wrap + run.group()):
                     self._wrap += run.group()
                 else:
                     self._visible(run.group())
@@ -439,7 +440,8 @@ class TagParser:
             self._gap.space = ""
 
     def _visible(self, text: str) -> None:
-        self._flush_wrap()
+        if self._wrap:
+            self._flush_wrap()
         self._settle_gap(before=text[0])
         self._write(text, clean=True)
 
