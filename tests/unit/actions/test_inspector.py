@@ -10,8 +10,10 @@ from avatar_actions.inspector import Inspector, RoomLog, trace_id_of
 from avatar_shared.events import PlayoutStarted
 from avatar_shared.web.auth import Authenticator, AuthSettings, hash_api_key
 from avatar_shared.web.errors import install_error_handlers
+from avatar_shared.web.policy import Policy, Rule
 
 KEY = "inspector-test-key-0123456789"
+SCOPED_KEY = "inspector-scoped-key-0123456789"
 
 
 def entry(room: str, n: int, kind: str = "agent_state") -> dict[str, object]:
@@ -84,7 +86,8 @@ async def test_only_an_api_key_of_the_policy_gets_in(
 ) -> None:
     auth = AuthSettings(policy_file="p.toml", anonymous=callers_anonymous)  # type: ignore[call-arg]
     authenticator = Authenticator(auth, {"operator": hash_api_key(KEY)})
-    inspector = Inspector(None, authenticator, anonymous=anonymous)  # type: ignore[arg-type]
+    policy = Policy(rules=[Rule(principals=["api_key:operator"], avatars=["*"])])
+    inspector = Inspector(None, authenticator, policy, anonymous=anonymous)  # type: ignore[arg-type]
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(inspector.router())
@@ -101,8 +104,73 @@ async def test_only_an_api_key_of_the_policy_gets_in(
 async def test_what_is_not_an_event_is_skipped_and_the_view_goes_on() -> None:
     authenticator = Authenticator(AuthSettings(policy_file="p.toml"), {})  # type: ignore[call-arg]
     log = RoomLog()
-    inspector = Inspector(None, authenticator, log=log)  # type: ignore[arg-type]
+    inspector = Inspector(None, authenticator, Policy(), log=log)  # type: ignore[arg-type]
     await inspector._seen(b"{not json", None)  # the core subscription's handler
     await inspector._seen(b'{"type": "agent_state", "seq": ' + b"9" * 5000 + b"}", None)
     await inspector._seen(PlayoutStarted(room="r", speech_id="s", seq=0).to_json(), None)
     assert [e["type"] for e in log.history("r")] == ["playout_started"]
+
+
+def scoped_inspector(log: RoomLog) -> Inspector:
+    """An operator key for every avatar, and a key for the avatar "demo" only."""
+    auth = AuthSettings(policy_file="p.toml")  # type: ignore[call-arg]
+    keys = {"operator": hash_api_key(KEY), "scoped": hash_api_key(SCOPED_KEY)}
+    policy = Policy(
+        rules=[
+            Rule(principals=["api_key:operator"], avatars=["*"]),
+            Rule(principals=["api_key:scoped"], avatars=["demo"]),
+        ]
+    )
+    return Inspector(None, Authenticator(auth, keys), policy, log=log)  # type: ignore[arg-type]
+
+
+def with_avatar(
+    room: str, n: int, avatar: str | None, kind: str = "agent_state"
+) -> dict[str, object]:
+    return {**entry(room, n, kind), "avatar_id": avatar}
+
+
+async def test_a_key_sees_only_the_rooms_of_avatars_its_rules_allow() -> None:
+    log = RoomLog()
+    log.add(with_avatar("mine", 1, "demo"))
+    log.add(with_avatar("theirs", 2, "other"))
+    log.add(with_avatar("unknown", 3, None))  # no event has named its avatar yet
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(scoped_inspector(log).router())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+
+        async def listed(key: str) -> list[str]:
+            answer = await client.get("/inspector/api/rooms", headers={"X-API-Key": key})
+            assert answer.status_code == 200, answer.text
+            return sorted(r["room"] for r in answer.json()["rooms"])
+
+        assert await listed(KEY) == ["mine", "theirs", "unknown"]
+        assert await listed(SCOPED_KEY) == ["mine"]
+        for room in ("theirs", "unknown", "never-seen"):  # alike: existence is not told
+            answer = await client.get(
+                f"/inspector/api/rooms/{room}/events", headers={"X-API-Key": SCOPED_KEY}
+            )
+            assert answer.status_code == 404, room
+            assert answer.json()["error"] == "not_found"
+        log.add(with_avatar("theirs", 4, "demo", "session_started"))  # the room used again
+        assert await listed(SCOPED_KEY) == ["mine", "theirs"]  # its latest avatar decides
+
+
+async def test_a_room_used_again_for_another_avatar_streams_only_what_the_key_may_see() -> None:
+    log = RoomLog()
+    log.add(with_avatar("named", 1, "other", "session_started"))
+    log.add(with_avatar("named", 2, "other", "session_ended"))
+    log.add(with_avatar("named", 3, "demo", "session_started"))
+    inspector = scoped_inspector(log)
+    sees_demo = lambda avatar: avatar == "demo"  # noqa: E731 (what the scoped key sees)
+    stream = inspector._stream("named", sees_demo)
+    first = await anext(stream)
+    assert b'"avatar_id":"demo"' in first
+    log.add(with_avatar("named", 4, "other", "agent_state"))  # not the key's: skipped
+    log.add(with_avatar("named", 5, "demo", "agent_state"))
+    following = await anext(stream)
+    assert b'"ts":"2026-11-30T12:00:05+00:00"' in following
+    await stream.aclose()

@@ -55,6 +55,7 @@ async def run(
             inspector = Inspector(
                 service.bus,
                 Authenticator.from_settings(auth[0], auth[1], http),
+                auth[1],
                 anonymous=settings.inspector_anonymous,
                 trace_url=settings.inspector_trace_url,
             )

@@ -11,7 +11,10 @@ Off unless ``ACTIONS_INSPECTOR=true``. Served on the actions service's health po
   the trace UI.
 
 Every request needs an API key of the access policy (``X-API-Key``, the HTTP services'
-own mechanism); ``ACTIONS_INSPECTOR_ANONYMOUS=true`` lets anyone in, which only
+own mechanism), and a key sees only the rooms of avatars its rules let it use, as the
+token service would: a room whose avatar is not known yet, only a key that may use every
+avatar (``avatars = ["*"]``); another room is "not found", whether it exists or not.
+``ACTIONS_INSPECTOR_ANONYMOUS=true`` lets anyone in and shows every room, which only
 development mode allows (``make run`` binds loopback and sets it). The feed is a core NATS
 subscription to every room's events (``avatars.v1.*.*.*``), so each replica sees all
 rooms; history is what this replica has seen since it started, bounded per room and in
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -37,6 +40,7 @@ from avatar_shared.events import InvalidEvent, decode_event
 from avatar_shared.subjects import PREFIX
 from avatar_shared.web.auth import Authenticator
 from avatar_shared.web.errors import ApiError
+from avatar_shared.web.policy import Policy
 
 #: Events kept per room, and rooms kept, for the history shown on opening a room: about
 #: 30,000 events of well under 1 KiB, some 20 MiB at most beside the service's own bound.
@@ -46,6 +50,8 @@ MAX_ROOMS = 100
 LISTENER_QUEUE = 1000
 _TRACEPARENT = TraceContextTextMapPropagator()
 _SESSION_EVENTS = frozenset({"session_started", "session_ended"})
+#: Whether the caller may see a room of this avatar (None: not known yet).
+Sees = Callable[[str | None], bool]
 
 
 def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
@@ -84,9 +90,14 @@ class RoomLog:
             last = history[-1]
             sessions = (e["type"] for e in reversed(history) if e["type"] in _SESSION_EVENTS)
             ended = next(sessions, None) == "session_ended"  # a named room may start again
-            avatar = next((e.get("avatar_id") for e in history if e.get("avatar_id")), None)
+            avatar = self.avatar_of(room)
             listed.append({"room": room, "avatar_id": avatar, "last": last["ts"], "ended": ended})
         return listed
+
+    def avatar_of(self, room: str) -> str | None:
+        """The avatar of the room's latest event that names one."""
+        history = self._rooms.get(room, ())
+        return next((e["avatar_id"] for e in reversed(history) if e.get("avatar_id")), None)
 
     def history(self, room: str) -> list[dict[str, Any]]:
         return list(self._rooms.get(room, ()))
@@ -108,6 +119,7 @@ class Inspector:
         self,
         bus: Bus,
         authenticator: Authenticator,
+        policy: Policy,
         *,
         anonymous: bool = False,
         trace_url: str = "",
@@ -115,6 +127,7 @@ class Inspector:
     ) -> None:
         self._bus = bus
         self._auth = authenticator
+        self._policy = policy
         self._anonymous = anonymous
         self._trace_url = trace_url
         self.log = log or RoomLog()
@@ -140,13 +153,15 @@ class Inspector:
         entry["trace_id"] = trace_id_of(headers)
         self.log.add(entry)
 
-    async def _allowed(self, request: Request) -> None:
+    async def _sees(self, request: Request) -> Sees:
+        """Which rooms the caller may see, by their avatar."""
         if self._anonymous:
-            return
+            return lambda avatar: True
         principal = await self._auth.authenticate(request.headers)
-        if principal.kind == "api_key":
-            return
-        raise ApiError(403, "forbidden", "the inspector takes an API key of the access policy")
+        if principal.kind != "api_key":
+            raise ApiError(403, "forbidden", "the inspector takes an API key of the access policy")
+        # "*" as the avatar matches only a rule for every avatar: an unknown one is theirs.
+        return lambda avatar: self._policy.rule_for(principal, avatar or "*") is not None
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/inspector", tags=["inspector"])
@@ -159,25 +174,31 @@ class Inspector:
 
         @router.get("/api/rooms")
         async def rooms(request: Request) -> JSONResponse:
-            await self._allowed(request)
-            return JSONResponse({"rooms": self.log.rooms()}, headers={"Cache-Control": "no-store"})
+            sees = await self._sees(request)
+            listed = [r for r in self.log.rooms() if sees(r["avatar_id"])]
+            return JSONResponse({"rooms": listed}, headers={"Cache-Control": "no-store"})
 
         @router.get("/api/rooms/{room:path}/events")
         async def events(request: Request, room: str) -> StreamingResponse:
-            await self._allowed(request)
+            sees = await self._sees(request)
+            if not sees(self.log.avatar_of(room)):
+                raise ApiError(404, "not_found", "no such room")
             return StreamingResponse(
-                self._stream(room),
+                self._stream(room, sees),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             )
 
         return router
 
-    async def _stream(self, room: str) -> AsyncIterator[bytes]:
+    async def _stream(self, room: str, sees: Sees) -> AsyncGenerator[bytes, None]:
+        """The room's history, then its events as they come; a named room used again
+        for an avatar the caller may not see shows nothing of that session."""
         queue = self.log.listen(room)
         try:
             for entry in self.log.history(room):
-                yield _sse(entry)
+                if sees(entry.get("avatar_id") or self.log.avatar_of(room)):
+                    yield _sse(entry)
             closing = asyncio.ensure_future(self._closing.wait())
             try:
                 while not self._closing.is_set():
@@ -186,7 +207,9 @@ class Inspector:
                         {getting, closing}, timeout=15, return_when=asyncio.FIRST_COMPLETED
                     )
                     if getting in done:
-                        yield _sse(getting.result())
+                        entry = getting.result()
+                        if sees(entry.get("avatar_id") or self.log.avatar_of(room)):
+                            yield _sse(entry)
                         continue
                     getting.cancel()
                     yield b": keep-alive\n\n"  # proxies close idle streams
