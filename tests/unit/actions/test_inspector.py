@@ -6,7 +6,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from avatar_actions.inspector import Inspector, RoomLog, trace_id_of
+from avatar_actions.inspector import MAX_STREAMS, Inspector, RoomLog, trace_id_of
 from avatar_shared.events import PlayoutStarted
 from avatar_shared.web.auth import Authenticator, AuthSettings, hash_api_key
 from avatar_shared.web.errors import install_error_handlers
@@ -174,3 +174,26 @@ async def test_a_room_used_again_for_another_avatar_streams_only_what_the_key_ma
     following = await anext(stream)
     assert b'"ts":"2026-11-30T12:00:05+00:00"' in following
     await stream.aclose()
+
+
+async def test_live_streams_are_capped_so_the_probes_still_get_in() -> None:
+    log = RoomLog()
+    log.add(with_avatar("mine", 1, "demo"))
+    inspector = scoped_inspector(log)
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(inspector.router())
+    open_streams = [inspector._stream("mine", lambda avatar: True) for _ in range(MAX_STREAMS)]
+    for stream in open_streams:
+        await anext(stream)  # each registered as a listener, like an open browser tab
+    assert log.listening() == MAX_STREAMS
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        answer = await client.get("/inspector/api/rooms/mine/events", headers={"X-API-Key": KEY})
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "busy"
+    assert answer.headers["retry-after"] == "5"
+    for stream in open_streams:
+        await stream.aclose()  # a closed tab frees its place
+    assert log.listening() == 0

@@ -48,6 +48,9 @@ PER_ROOM = 300
 MAX_ROOMS = 100
 #: A room listening to the live feed gets at most this many events queued.
 LISTENER_QUEUE = 1000
+#: Live streams open at once, per replica: each holds a connection of the health port,
+#: whose probes must still get in (the server takes 1,000 connections).
+MAX_STREAMS = 32
 _TRACEPARENT = TraceContextTextMapPropagator()
 _SESSION_EVENTS = frozenset({"session_started", "session_ended"})
 #: Whether the caller may see a room of this avatar (None: not known yet).
@@ -106,6 +109,9 @@ class RoomLog:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=LISTENER_QUEUE)
         self._listeners.setdefault(room, set()).add(queue)
         return queue
+
+    def listening(self) -> int:
+        return sum(len(queues) for queues in self._listeners.values())
 
     def leave(self, room: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
         listeners = self._listeners.get(room, set())
@@ -183,6 +189,13 @@ class Inspector:
             sees = await self._sees(request)
             if not sees(self.log.avatar_of(room)):
                 raise ApiError(404, "not_found", "no such room")
+            if self.log.listening() >= MAX_STREAMS:
+                raise ApiError(
+                    503,
+                    "busy",
+                    f"{MAX_STREAMS} inspector streams are open on this replica; try later",
+                    headers={"Retry-After": "5"},
+                )
             return StreamingResponse(
                 self._stream(room, sees),
                 media_type="text/event-stream",
