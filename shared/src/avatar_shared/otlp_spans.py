@@ -138,8 +138,9 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join([_field(tag, _key_value(key, value)) for key, value in attributes.items()])
 
 
-def _count(tag: int, count: int) -> bytes:
-    return bytes((tag,)) + _varint(count) if count else b""
+def _count(tag: bytes, count: int) -> bytes:
+    """A varint field, left out at zero (proto3's default)."""
+    return tag + _varint(count) if count else b""
 
 
 def _flags(tag: bytes, parent: SpanContext | None) -> bytes:
@@ -164,7 +165,7 @@ def _events(span: ReadableSpan) -> bytes:
             + _FIXED64(event.timestamp)
             + _string(b"\x12", event.name)
             + _attributes(b"\x1a", event.attributes)
-            + _count(0x20, event.dropped_attributes),
+            + _count(b"\x20", event.dropped_attributes),
         )
         for event in span.events
     )
@@ -179,7 +180,7 @@ def _links(span: ReadableSpan) -> bytes:
             _field(b"\x0a", link.context.trace_id.to_bytes(16, "big"))
             + _field(b"\x12", link.context.span_id.to_bytes(8, "big"))
             + _attributes(b"\x22", link.attributes)
-            + _count(0x28, link.dropped_attributes)
+            + _count(b"\x28", link.dropped_attributes)
             + _flags(b"\x35", link.context),
         )
         for link in span.links
@@ -190,7 +191,7 @@ def _status(span: ReadableSpan) -> bytes:
     status = span.status
     description = status.description
     payload = (_string(b"\x12", description) if description else b"") + _count(
-        0x18, status.status_code.value
+        b"\x18", status.status_code.value
     )
     return _field(b"\x7a", payload)
 
@@ -210,11 +211,11 @@ def _span(span: ReadableSpan) -> bytes:
         + _KIND[span.kind]  # 6
         + _TWO_FIXED64(0x39, span.start_time or 0, 0x41, span.end_time or 0)  # 7, 8
         + _attributes(b"\x4a", span.attributes)  # 9
-        + _count(0x50, span.dropped_attributes)  # 10
+        + _count(b"\x50", span.dropped_attributes)  # 10
         + _events(span)  # 11
-        + _count(0x60, span.dropped_events)  # 12
+        + _count(b"\x60", span.dropped_events)  # 12
         + _links(span)  # 13
-        + _count(0x70, span.dropped_links)  # 14
+        + _count(b"\x70", span.dropped_links)  # 14
         + _status(span)  # 15
         + _flags(b"\x85\x01", parent)  # 16, a two-byte tag
     )
