@@ -184,6 +184,7 @@ def test_the_agent_worker_serves_health_and_drains_on_sigterm() -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "LIVEKIT_"))}
     env = clean | {
         "LIVEKIT_URL": "ws://127.0.0.1:9",  # discard port: nothing answers
+        "NATS_URL": "nats://127.0.0.1:9",  # nor here: not a NATS of the machine's
         "LIVEKIT_API_KEY": "devkey",
         "LIVEKIT_API_SECRET": GOOD["LIVEKIT_API_SECRET"],
         "AGENT_AVATARS_FILE": str(ROOT / "deploy" / "local" / "avatars.toml"),

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,3 +66,37 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Repeats(logging.Filter):
+    """Lets a warning through at most once per ``interval`` seconds per message; the next
+    that passes carries how many were held back (``repeated``). For loggers a client can
+    drive: uvicorn writes a warning per malformed request, so a flood of them would be a
+    flood of lines (and of log storage) where one a minute says the same."""
+
+    def __init__(
+        self,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_messages: int = 256,
+    ) -> None:
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._max_messages = max_messages
+        self._seen: dict[str, tuple[float, int]] = {}  # message -> (last passed, held back)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key, now = str(record.msg), self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self._interval:
+            self._seen[key] = (seen[0], seen[1] + 1)
+            return False
+        if seen is None and len(self._seen) >= self._max_messages:
+            self._seen.clear()
+        if seen is not None and seen[1]:
+            record.repeated = seen[1]
+        self._seen[key] = (now, 0)
+        return True

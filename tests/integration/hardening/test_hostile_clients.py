@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -217,6 +219,76 @@ async def test_another_http_version_is_a_json_505_and_a_closed_connection(
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
 
 
+async def refused_counts(service: ServiceProcess) -> dict[str, float]:
+    """``avatar.http.server.refused`` so far, by reason, from the service's metrics port."""
+    async with httpx.AsyncClient() as client:
+        scrape = (await client.get(service.metrics_url + "/metrics")).text
+    found = re.findall(
+        r'^avatar_http_server_refused_total\{avatar_reason="(\w+)"[^}]*\} (\S+)$', scrape, re.M
+    )
+    return {reason: float(value) for reason, value in found}
+
+
+@pytest.fixture(scope="module")
+async def counted(nats_server: NatsServer) -> AsyncIterator[ServiceProcess]:
+    """The token service with its metrics on (the other fixtures run without the SDK)."""
+    port = free_port()
+    env = token_env(
+        nats_server,
+        port,
+        ROOT / "deploy" / "local" / "policy.toml",
+        TOKEN_HEADER_TIMEOUT_SECONDS="1",
+        OTEL_SDK_DISABLED="false",
+    )
+    async with running_service("avatar_token", env, f"http://127.0.0.1:{port}") as service:
+        yield service
+
+
+async def test_a_flood_of_malformed_requests_is_counted_and_logged_once(
+    counted: ServiceProcess,
+) -> None:
+    service = counted
+    before, lines_before = (
+        await refused_counts(service),
+        service.log().count("Invalid HTTP request"),
+    )
+    for _ in range(20):
+        json_answer(await exchange(service, NOT_HTTP["a header without a colon"]), 400)
+    json_answer(await exchange(service, b"GET /healthz HTTP/3.0\r\nHost: t\r\n\r\n"), 505)
+    after = await refused_counts(service)
+    assert after["bad_request"] - before.get("bad_request", 0) == 20
+    assert after["http_version_not_supported"] - before.get("http_version_not_supported", 0) == 1
+    # uvicorn's warning per malformed request: at most one line a minute
+    assert service.log().count("Invalid HTTP request") - lines_before <= 1
+
+
+async def test_a_connection_left_mid_headers_is_counted_an_idle_one_is_not(
+    counted: ServiceProcess,
+) -> None:
+    token = counted
+    before = (await refused_counts(token)).get("header_timeout", 0)
+    _, idle = await connect(token)
+    _, partial = await connect(token)
+    partial.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # never finished
+    await asyncio.sleep(2.5)  # TOKEN_HEADER_TIMEOUT_SECONDS=1: both closed by now
+    idle.close()
+    partial.close()
+    assert (await refused_counts(token)).get("header_timeout", 0) - before == 1
+
+
+async def test_an_upgrade_it_does_not_speak_is_ignored_and_served(service: ServiceProcess) -> None:
+    """``curl --http2`` on plain HTTP asks for h2c: served over HTTP/1.1, not logged."""
+    headers = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": ""}
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        for _ in range(3):
+            assert (await client.get("/healthz", headers=headers)).status_code == 200
+        websocket = {"Connection": "Upgrade", "Upgrade": "websocket"}
+        assert (await client.get("/healthz", headers=websocket)).status_code == 200
+    log = service.log()
+    assert "Unsupported upgrade" not in log
+    assert "WebSocket library" not in log
+
+
 async def test_a_trailing_slash_is_404_not_a_redirect_to_the_callers_host(
     service: ServiceProcess,
 ) -> None:
@@ -262,6 +334,7 @@ async def test_past_max_connections_a_request_is_a_json_503(nats_server: NatsSer
         ROOT / "deploy" / "local" / "policy.toml",
         TOKEN_MAX_CONNECTIONS="2",
         AUTH_ANONYMOUS="true",
+        OTEL_SDK_DISABLED="false",  # the refusal is counted
     )
     async with running_service("avatar_token", env, f"http://127.0.0.1:{port}") as token:
         request = f"GET {TOKEN_PATH} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
@@ -275,6 +348,7 @@ async def test_past_max_connections_a_request_is_a_json_503(nats_server: NatsSer
         body = json_answer(refused, 503)
         assert body["error"] == "overloaded"
         assert b"retry-after: 1" in refused.lower()
+        assert (await refused_counts(token))["overloaded"] == 1
         for _, writer in idle:
             writer.close()
         await asyncio.sleep(0.1)
@@ -294,6 +368,7 @@ async def test_clients_that_stop_reading_are_cut_off_holding_little(
     env = bundles_env(zeroweight, nats_server, port, policy_file) | {
         "BUNDLES_MAX_BUNDLE_BYTES": str(32 * MIB),
         "BUNDLES_SEND_TIMEOUT_SECONDS": "1",
+        "OTEL_SDK_DISABLED": "false",  # the cut-offs are counted
     }
     request = b"GET /api/avatars/bundle/big-1 HTTP/1.1\r\nHost: t\r\nX-API-Key: %s\r\n\r\n"
     request %= CALLER_KEY.encode()
@@ -323,6 +398,7 @@ async def test_clients_that_stop_reading_are_cut_off_holding_little(
             for _, writer in readers:
                 writer.close()
         assert max(sizes) < len(whole.content)  # cut off, not served whole once read
+        assert (await refused_counts(bundles))["send_timeout"] == len(readers)
         async with httpx.AsyncClient(base_url=bundles.url, timeout=30) as client:
             again = await client.get("/api/avatars/bundle/big-1", headers=AUTH)
         assert again.content == whole.content

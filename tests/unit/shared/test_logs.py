@@ -4,7 +4,7 @@ import logging
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from avatar_shared.logs import JsonFormatter, configure_logging
+from avatar_shared.logs import JsonFormatter, Repeats, configure_logging
 
 
 def _record(message: str, **extra: object) -> logging.LogRecord:
@@ -60,3 +60,35 @@ def test_logs_carry_the_service_name_traces_carry(monkeypatch: pytest.MonkeyPatc
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_a_repeated_warning_passes_once_a_minute_with_the_count_held_back() -> None:
+    now = [0.0]
+    repeats = Repeats(interval=60.0, clock=lambda: now[0])
+
+    def passes(message: str, level: int = logging.WARNING) -> logging.LogRecord | None:
+        record = logging.makeLogRecord({"msg": message, "levelno": level})
+        return record if repeats.filter(record) else None
+
+    assert passes("Invalid HTTP request received.") is not None
+    for _ in range(5):
+        now[0] += 1
+        assert passes("Invalid HTTP request received.") is None
+    assert passes("another warning") is not None  # each message on its own
+    assert passes("progress", logging.INFO) is not None  # below WARNING: never held
+    assert passes("progress", logging.INFO) is not None
+    now[0] = 60.0
+    again = passes("Invalid HTTP request received.")
+    assert again is not None
+    assert again.repeated == 5  # type: ignore[attr-defined]
+    now[0] = 200.0
+    quiet = passes("Invalid HTTP request received.")
+    assert quiet is not None
+    assert not hasattr(quiet, "repeated")  # nothing held back since
+
+
+def test_the_messages_remembered_are_bounded() -> None:
+    repeats = Repeats(max_messages=3, clock=lambda: 0.0)
+    for n in range(10):
+        assert repeats.filter(logging.makeLogRecord({"msg": f"m{n}", "levelno": logging.ERROR}))
+    assert len(repeats._seen) <= 3

@@ -26,18 +26,31 @@ next request on it: the desync behind request smuggling. RFC 9112 (section 6.1) 
 server refuse such a request, and requires it to close the connection. A request of any
 HTTP version but 1.0 and 1.1 (h11 reads ``PRI * HTTP/2.0``, HTTP/2's preface, as a
 request) is ``505 {"error": "http_version_not_supported"}``, closing the connection.
+
+Each refusal, and each connection closed for a request's headers not finishing in time
+(an idle keep-alive connection is not counted) or for a client not reading, is counted in
+``avatar.http.server.refused`` by ``avatar.reason``: none of them reaches the app, its
+spans or its request metrics. uvicorn's warning per malformed request goes through
+:class:`~avatar_shared.logs.Repeats` (``serve`` installs it): a line a minute at most.
+An ``Upgrade`` this server does not speak (``h2c`` from ``curl --http2``, ``websocket``)
+is ignored, as RFC 9110 (section 7.8) allows, and the request served over HTTP/1.1,
+without uvicorn's two warnings per request that it cannot upgrade.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
 import h11
+from opentelemetry import metrics
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from avatar_shared import semconv
+from avatar_shared.telemetry import Tally, tally
 from avatar_shared.web.guard import SECURITY_HEADERS, json_headers, send_json
 
 _BAD_REQUEST = json.dumps({"error": "bad_request", "message": "malformed HTTP request"}).encode()
@@ -66,6 +79,17 @@ _CLOSING = ((b"connection", b"close"), *SECURITY_HEADERS)
 WRITE_BUFFER_BYTES = 16 * 1024
 
 
+@functools.cache
+def _refusals() -> Tally:
+    meter = metrics.get_meter(semconv.INSTRUMENTATION_NAME)
+    description = "Requests and connections the HTTP server refused before the app, by reason"
+    return tally(meter, semconv.METRIC_HTTP_REFUSED, description)
+
+
+def _refused(reason: str) -> None:
+    _refusals().add(1, {semconv.REASON: reason})
+
+
 class BoundedH11(H11Protocol):
     header_timeout = 10.0
     send_timeout = 30.0
@@ -83,9 +107,11 @@ class BoundedH11(H11Protocol):
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
         names = {name for name, _ in scope["headers"]}
         if b"transfer-encoding" in names and b"content-length" in names:
+            _refused("bad_request")
             await send_json(send, 400, _FRAMED_TWICE, _CLOSING)
             return
         if scope["http_version"] not in ("1.1", "1.0"):
+            _refused("http_version_not_supported")
             await send_json(send, 505, _OTHER_VERSION, _CLOSING)
             return
         # Counted as uvicorn counts: this connection and this request's task included.
@@ -95,9 +121,14 @@ class BoundedH11(H11Protocol):
         if not busy:
             await self._app(scope, receive, send)
             return
+        _refused("overloaded")
         await send_json(send, 503, _OVERLOADED, (*_CLOSING, (b"retry-after", b"1")))
 
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # an Upgrade it does not speak: ignored, the request served over HTTP/1.1
+
     def send_400_response(self, msg: str) -> None:
+        _refused("bad_request")
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # nothing answered yet
             response = h11.Response(
                 status_code=400,
@@ -137,6 +168,7 @@ class BoundedH11(H11Protocol):
 
     def _stalled(self) -> None:
         self._send_deadline = None
+        _refused("send_timeout")
         if not self.transport.is_closing():
             self.transport.abort()  # close() would wait to flush what it cannot send
 
@@ -162,6 +194,8 @@ class BoundedH11(H11Protocol):
         self._header_deadline = None
         waiting = self.cycle is None or self.cycle.response_complete
         if waiting and not self.transport.is_closing():
+            if self.conn.trailing_data[0]:  # part of a request, not an idle keep-alive
+                _refused("header_timeout")
             self.transport.close()
 
 

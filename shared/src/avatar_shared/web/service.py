@@ -45,6 +45,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings
 from starlette.types import ASGIApp
 
+from avatar_shared.logs import Repeats
 from avatar_shared.web.cors import JsonCors
 from avatar_shared.web.errors import install_error_handlers
 from avatar_shared.web.guard import ResponseGuard
@@ -52,6 +53,8 @@ from avatar_shared.web.h11 import bounded_h11
 from avatar_shared.web.tracing import NO_FASTAPI_TELEMETRY, ServerTelemetry
 
 log = logging.getLogger(__name__)
+#: uvicorn's warnings, a client's to provoke: each at most once a minute.
+_SERVER_WARNINGS = Repeats()
 #: Connections the metrics port serves at once: Prometheus scrapes one at a time, and
 #: a replica is rarely scraped by more than a couple.
 METRICS_CONNECTIONS = 8
@@ -254,6 +257,9 @@ async def serve(
             **options,
         )
 
+    server_log = logging.getLogger("uvicorn.error")  # a line per malformed request
+    if _SERVER_WARNINGS not in server_log.filters:
+        server_log.addFilter(_SERVER_WARNINGS)
     config = bounded(
         app,
         port,
