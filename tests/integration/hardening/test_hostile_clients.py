@@ -289,6 +289,24 @@ async def test_an_upgrade_it_does_not_speak_is_ignored_and_served(service: Servi
     assert "WebSocket library" not in log
 
 
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [
+        (b"http://elsewhere.example/healthz", 200),  # as a client sends it to a proxy
+        (b"HTTPS://elsewhere.example:8443/healthz", 200),
+        (b"http://elsewhere.example", 404),  # the path "/"
+        (b"ftp://elsewhere.example/healthz", 404),  # not an HTTP URL: a path
+    ],
+)
+async def test_an_absolute_form_target_is_routed_by_its_path(
+    service: ServiceProcess, target: bytes, status: int
+) -> None:
+    answer = await exchange(
+        service, b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % target
+    )
+    json_answer(answer, status)
+
+
 async def test_a_trailing_slash_is_404_not_a_redirect_to_the_callers_host(
     service: ServiceProcess,
 ) -> None:

@@ -25,7 +25,9 @@ connection open, so the bytes a proxy reading ``Content-Length`` sent as body be
 next request on it: the desync behind request smuggling. RFC 9112 (section 6.1) lets a
 server refuse such a request, and requires it to close the connection. A request of any
 HTTP version but 1.0 and 1.1 (h11 reads ``PRI * HTTP/2.0``, HTTP/2's preface, as a
-request) is ``505 {"error": "http_version_not_supported"}``, closing the connection.
+request) is ``505 {"error": "http_version_not_supported"}``, closing the connection. A
+target in absolute form (``GET http://host/path``) is routed by its path, as RFC 9112
+requires a server to accept it (uvicorn took the whole URL for the path: 404).
 
 Each refusal, and each connection closed for a request's headers not finishing in time
 (an idle keep-alive connection is not counted) or for a client not reading, is counted in
@@ -43,6 +45,7 @@ import asyncio
 import functools
 import json
 from typing import Any
+from urllib.parse import unquote
 
 import h11
 from opentelemetry import metrics
@@ -105,6 +108,8 @@ class BoundedH11(H11Protocol):
         self.app = self._admit
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not scope["raw_path"].startswith(b"/"):
+            _origin_form(scope)
         names = {name for name, _ in scope["headers"]}
         if b"transfer-encoding" in names and b"content-length" in names:
             _refused("bad_request")
@@ -197,6 +202,20 @@ class BoundedH11(H11Protocol):
             if self.conn.trailing_data[0]:  # part of a request, not an idle keep-alive
                 _refused("header_timeout")
             self.transport.close()
+
+
+def _origin_form(scope: Scope) -> None:
+    """A request target in absolute form (``GET http://host/path``, as sent to a proxy):
+    RFC 9112 (section 3.2.2) has a server accept it, so its path is routed as the path
+    (the host in it is not used, like the Host header). Any other form keeps its target
+    (``*``, ``host:443``) and is not found."""
+    scheme, found, rest = scope["raw_path"].partition(b"://")
+    if not found or scheme.lower() not in (b"http", b"https"):
+        return
+    slash = rest.find(b"/")
+    raw_path = rest[slash:] if slash >= 0 else b"/"
+    scope["raw_path"] = raw_path
+    scope["path"] = unquote(raw_path.decode("ascii"))
 
 
 def bounded_h11(header_timeout: float, send_timeout: float) -> type[BoundedH11]:
