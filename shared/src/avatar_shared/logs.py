@@ -86,17 +86,23 @@ class Repeats(logging.Filter):
         self._max_messages = max_messages
         self._seen: dict[str, tuple[float, int]] = {}  # message -> (last passed, held back)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        key, now = str(record.msg), self._clock()
+    def allow(self, key: str) -> int | None:
+        """Whether a line of kind ``key`` may be written now: None if not, else how many
+        were held back since the last one (for code that logs through it directly)."""
+        now = self._clock()
         seen = self._seen.get(key)
         if seen is not None and now - seen[0] < self._interval:
             self._seen[key] = (seen[0], seen[1] + 1)
-            return False
+            return None
         if seen is None and len(self._seen) >= self._max_messages:
             self._seen.clear()
-        if seen is not None and seen[1]:
-            record.repeated = seen[1]
         self._seen[key] = (now, 0)
-        return True
+        return seen[1] if seen is not None else 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        held = self.allow(str(record.msg))
+        if held:
+            record.repeated = held
+        return held is not None

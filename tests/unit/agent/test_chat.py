@@ -136,13 +136,22 @@ async def test_messages_past_the_rate_are_not_read_and_are_counted(
     assert session.replies == ["message 0", "message 1", "message 2"]
     assert [r.read for r in readers[3:]] == [0, 0]
     assert all(r.closed for r in readers[3:])
-    assert caplog.text.count("typed message not taken: rate_limited") == 2
+    # Two dropped, one line: a script typing does not write a line per message.
+    assert caplog.text.count("typed message not taken: rate_limited") == 1
     clock.now += 20  # one message's worth of the rate has come back
     chat.on_stream(Reader(["later"]), USER)  # type: ignore[arg-type]
     chat.on_stream(Reader(["too soon"]), USER)  # type: ignore[arg-type]
     await asyncio.sleep(0.01)
-    await chat.aclose()
     assert session.replies[3:] == ["later"]
+    clock.now += 60  # a minute after the line: the next drop is written, with the count
+    with caplog.at_level(logging.WARNING):
+        for n in range(4):
+            chat.on_stream(Reader([f"again {n}"]), USER)  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+    await chat.aclose()
+    lines = [r for r in caplog.records if "not taken" in r.getMessage()]
+    assert len(lines) == 2
+    assert lines[-1].repeated == 2  # type: ignore[attr-defined]  # the burst's second, "too soon"
 
 
 async def test_a_message_that_takes_too_long_to_arrive_is_dropped(

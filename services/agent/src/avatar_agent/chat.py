@@ -14,9 +14,11 @@ Each message is an LLM request, and typing, unlike speaking, has no natural pace
 script could send hundreds a second. Messages are taken at ``rate``
 (``AGENT_TEXT_INPUT_RATE``, a token bucket: a burst, then a steady rate), and each must
 arrive whole within :data:`READ_SECONDS`. One past the rate is not read, one still
-arriving then is closed there; both are logged and counted (``avatar.agent.input.dropped``,
-reason ``rate_limited`` or ``too_slow``). So the messages being read at once, and the
-replies they cost, are bounded too.
+arriving then is closed there; both are counted (``avatar.agent.input.dropped``, reason
+``rate_limited`` or ``too_slow``) and logged, as are cut messages, at most once a minute
+per kind (:class:`~avatar_shared.logs.Repeats`: the next line says how many were held
+back), since a script typing would otherwise write log lines at its own pace. So the
+messages being read at once, the replies they cost and the lines they write are bounded.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from opentelemetry import metrics
 
 from avatar_agent.config import DEFAULT_TEXT_LIMITS
 from avatar_shared import semconv
+from avatar_shared.logs import Repeats
 from avatar_shared.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,7 @@ class ChatInput:
         self._max_chars = max_chars
         self._read_seconds = read_seconds
         self._rate = RateLimiter(rate, clock=clock, max_keys=1)
+        self._lines = Repeats(clock=clock)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_stream(self, reader: rtc.TextStreamReader, participant_identity: str) -> None:
@@ -114,18 +118,26 @@ class ChatInput:
 
     def _drop(self, reason: str, participant_identity: str) -> None:
         _dropped.add(1, {semconv.REASON: reason})
-        log.warning(
+        self._warn(
+            reason,
             "typed message not taken: %s",
             reason,
-            extra={"participant": participant_identity, "reason": reason},
+            participant=participant_identity,
+            reason=reason,
         )
+
+    def _warn(self, kind: str, message: str, *args: object, **extra: object) -> None:
+        """A warning the user's typing provokes: a line a minute per ``kind`` at most."""
+        held = self._lines.allow(kind)
+        if held is not None:
+            log.warning(message, *args, extra=extra | ({"repeated": held} if held else {}))
 
     async def _take(self, reader: TextReader, participant_identity: str) -> None:
         try:
             async with asyncio.timeout(self._read_seconds):
                 text, cut = await read_bounded(reader, self._max_chars)
         except rtc.StreamError as exc:  # aborted by the sender, the room left mid-message
-            log.warning("typed message not read whole: %s", exc)
+            self._warn("not_whole", "typed message not read whole: %s", exc)
             return
         except TimeoutError:
             reader.close()
@@ -133,10 +145,11 @@ class ChatInput:
             return
         if cut:
             _truncated.add(1)
-            log.warning(
+            self._warn(
+                "cut",
                 "typed message cut to its first %d characters",
                 self._max_chars,
-                extra={"participant": participant_identity},
+                participant=participant_identity,
             )
         if not text.strip():
             return
