@@ -497,6 +497,7 @@ def test_an_unterminated_opener_is_never_spoken(text: str, spoken: str) -> None:
         ("x ****[action:nod]**** y", "x **** **** y"),
         ("x *[citation needed]* y", "x *[citation needed]* y"),
         ("x *[action: nod", "x *"),
+        ("x *[action: nod [action:wave_hand]* y", "x * * y"),  # they wrapped the broken one
         ("a * b * c", "a * b * c"),
     ],
 )
