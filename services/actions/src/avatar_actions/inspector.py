@@ -207,11 +207,14 @@ class Inspector:
     async def _stream(self, room: str, sees: Sees) -> AsyncGenerator[bytes, None]:
         """The room's history, then its events as they come; a named room used again
         for an avatar the caller may not see shows nothing of that session."""
+
+        def shown(entry: dict[str, Any]) -> bool:  # an event without one is the room's
+            return sees(entry.get("avatar_id") or self.log.avatar_of(room))
+
         queue = self.log.listen(room)
         try:
-            for entry in self.log.history(room):
-                if sees(entry.get("avatar_id") or self.log.avatar_of(room)):
-                    yield _sse(entry)
+            for entry in filter(shown, self.log.history(room)):
+                yield _sse(entry)
             closing = asyncio.ensure_future(self._closing.wait())
             try:
                 while not self._closing.is_set():
@@ -220,8 +223,7 @@ class Inspector:
                         {getting, closing}, timeout=15, return_when=asyncio.FIRST_COMPLETED
                     )
                     if getting in done:
-                        entry = getting.result()
-                        if sees(entry.get("avatar_id") or self.log.avatar_of(room)):
+                        if shown(entry := getting.result()):
                             yield _sse(entry)
                         continue
                     getting.cancel()
